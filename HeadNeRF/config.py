@@ -1,0 +1,231 @@
+"""Typed configs loaded from YAML.
+
+YAML is only the serialisation: every file is loaded with ``yaml.safe_load`` into nested
+dataclasses. Unknown keys are an error that names the key and the nearest valid one; types
+are checked (ints are accepted where floats are expected); ranges and cross-field rules
+live in each dataclass's ``__post_init__``. The resolved config is written back with
+:func:`to_dict` + ``yaml.safe_dump`` (plain types only, no ``!!python`` tags).
+"""
+
+import dataclasses
+import difflib
+import types
+import typing
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "ModelConfig",
+    "LossConfig",
+    "DataConfig",
+    "TrainConfig",
+    "MODEL_NAMES",
+    "from_dict",
+    "to_dict",
+    "load_yaml",
+]
+
+MODEL_NAMES = ("HeadNeRF", "HeadNeRF_Gaze", "GazeNeRF")
+
+
+class ConfigError(ValueError):
+    """A config value or key is wrong. The message is one line and names the key."""
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """The network. Defaults are the seed's sizes (32² features × 64 samples, 8×384 MLPs, 512² output)."""
+
+    model_name: str = "HeadNeRF_Gaze"  # HeadNeRF (no gaze) | HeadNeRF_Gaze (seed) | GazeNeRF (two streams)
+    featmap_size: int = 32  # rays per side: one ray per feature-map pixel
+    featmap_channels: int = 256  # feature channels volume-rendered and fed to the 2-D renderer
+    image_size: int = 512  # output RGB size; image_size / featmap_size must be a power of two
+    num_samples: int = 64  # stratified samples per ray
+    pe_freqs: int = 10  # positional-encoding frequencies of the point (2^0 .. 2^(n-1))
+    mlp_width: int = 384
+    mlp_depth: int = 8
+    skip_layer: int = 4  # the point encoding and shape code are concatenated again after this layer
+    gaze_mlp_width: int = 384
+    gaze_mlp_depth: int = 8
+    gaze_tile: int = 32  # (pitch, yaw) is repeated this many times (seed: 32 -> 64 channels)
+    bound_radius: float = 1.6  # the head lies inside this sphere around the origin (head units); no samples outside
+    template_gaze_noise: float = 0.08  # std of the noise on the zero template gaze while training
+    feat_addition_alpha: float = 1.0  # blend of the gaze vs the template stream at render time
+    renderer_min_channels: int = 32  # narrowest channel count of the 2-D upsampler
+
+    def __post_init__(self):
+        _check(self.model_name in MODEL_NAMES, "model_name", f"must be one of {list(MODEL_NAMES)}, got {self.model_name!r}")
+        for k in ("featmap_size", "featmap_channels", "image_size", "num_samples", "mlp_width", "mlp_depth",
+                  "gaze_mlp_width", "gaze_mlp_depth", "gaze_tile", "renderer_min_channels"):
+            _check(getattr(self, k) >= 1, k, f"must be >= 1, got {getattr(self, k)}")
+        _check(self.pe_freqs >= 0, "pe_freqs", "must be >= 0")
+        ratio = self.image_size // self.featmap_size
+        _check(self.image_size % self.featmap_size == 0 and ratio & (ratio - 1) == 0, "image_size",
+               f"image_size/featmap_size must be a power of two, got {self.image_size}/{self.featmap_size}")
+        _check(0 <= self.skip_layer < self.mlp_depth, "skip_layer", f"must be in [0, mlp_depth), got {self.skip_layer}")
+        _check(self.bound_radius > 0, "bound_radius", "must be > 0")
+        _check(self.template_gaze_noise >= 0, "template_gaze_noise", "must be >= 0")
+        _check(0.0 <= self.feat_addition_alpha <= 1.0, "feat_addition_alpha", "must be in [0, 1]")
+
+
+@dataclasses.dataclass
+class LossConfig:
+    """Weights of each loss term (0 turns a term off). See HeadNeRF/losses.py."""
+
+    photometric: str = "mse"  # mse | l1, on head pixels
+    head: float = 1.0  # masked photometric loss inside the head mask
+    nonhead: float = 1.0  # non-head pixels of the render must be background (white)
+    background: float = 1.0  # the rendered background feature map alone must be white
+    eye: float = 10.0  # extra photometric weight inside the eye masks
+    template: float = 0.5  # template (gaze = 0) render vs the frame, outside the eyes
+    template_eye: float = 0.0  # template render vs the subject/camera's most frontal-gaze frame, inside the eyes
+    vgg: float = 0.0  # perceptual loss; needs vgg_weights_path (no weights ship offline)
+    vgg_weights_path: str = ""
+    latent_reg: float = 0.001  # mean square of the per-image latent offsets
+    camera_reg: float = 0.001  # mean square of the per-image camera refinements
+    gaze_functional: float = 0.0  # needs gaze_estimator_path (a checkpoint from Evaluation)
+    gaze_estimator_path: str = ""
+
+    def __post_init__(self):
+        _check(self.photometric in ("mse", "l1"), "loss_config.photometric", f"must be mse or l1, got {self.photometric!r}")
+        for f in dataclasses.fields(self):
+            if f.type is float:
+                _check(getattr(self, f.name) >= 0, f"loss_config.{f.name}", f"weights must be >= 0, got {getattr(self, f.name)}")
+        _check(self.vgg == 0 or bool(self.vgg_weights_path), "loss_config.vgg",
+               "the VGG loss needs loss_config.vgg_weights_path (ImageNet VGG16 weights cannot be downloaded offline); set vgg: 0 or give the path")
+        _check(self.gaze_functional == 0 or bool(self.gaze_estimator_path), "loss_config.gaze_functional",
+               "the functional gaze loss needs loss_config.gaze_estimator_path; set gaze_functional: 0 or give the path")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    dataset_dir: str = "data/synthetic"
+    subjects: list = dataclasses.field(default_factory=list)  # subject ids to train on; empty = split.json's train_subjects
+    max_rows_per_subject: int = 0  # 0 = all
+    num_workers: int = 0
+
+    def __post_init__(self):
+        _check(self.max_rows_per_subject >= 0, "data.max_rows_per_subject", "must be >= 0")
+        _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    loss_config: LossConfig = dataclasses.field(default_factory=LossConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    run_dir: str = "runs/headnerf"
+    seed: int = 0
+    steps: int = 1000  # optimisation steps
+    batch_size: int = 2
+    rays_per_image: int = 0  # 0 = the full feature map (needed by the 2-D renderer)
+    init_lr: float = 1e-4
+    lr_patience: int = 2  # validations without improvement before the LR is multiplied by lr_decay_factor
+    lr_decay_factor: float = 0.5
+    min_lr: float = 1e-6
+    val_every: int = 200  # steps between validations ("epochs" of the plateau schedule)
+    val_images: int = 8  # held-out images per validation
+    ckpt_every: int = 200
+    log_every: int = 20
+    image_every: int = 200  # steps between tensorboard image grids
+    learn_latent_offsets: bool = False  # per-image latent offsets, initialised at zero (codes come from the HDF5)
+    learn_camera_refinement: bool = False  # per-image small rotation + translation refinement
+    max_bad_steps: int = 10  # consecutive NaN/inf losses before training aborts
+    grad_clip: float = 1.0  # 0 = off
+    device: str = "cpu"
+    num_threads: int = 0  # torch CPU threads; 0 = torch's default
+
+    def __post_init__(self):
+        for k in ("steps", "batch_size", "val_every", "ckpt_every", "log_every", "image_every", "val_images", "max_bad_steps"):
+            _check(getattr(self, k) >= 1, k, f"must be >= 1, got {getattr(self, k)}")
+        _check(self.rays_per_image >= 0, "rays_per_image", "must be >= 0")
+        _check(self.init_lr > 0, "init_lr", f"must be > 0, got {self.init_lr}")
+        _check(0 < self.lr_decay_factor <= 1, "lr_decay_factor", f"must be in (0, 1], got {self.lr_decay_factor}")
+        _check(self.lr_patience >= 0, "lr_patience", "must be >= 0")
+        _check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
+        _check(self.device in ("cpu", "cuda") or self.device.startswith("cuda:"), "device", f"cpu or cuda, got {self.device!r}")
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value, tp, key: str):
+    """Check ``value`` against the annotation ``tp`` (bool/int/float/str/list/dataclass)."""
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {type(value).__name__}")
+        return from_dict(tp, value, prefix=key + ".")
+    origin = typing.get_origin(tp)
+    if tp is list or origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return list(value)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {tp}, got {type(value).__name__} {value!r}")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true/false, got {type(value).__name__} {value!r}")
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
+    if not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def from_dict(cls, raw: dict, prefix: str = ""):
+    """Build dataclass ``cls`` from a plain dict, rejecting unknown keys (with a suggestion)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            hint = f"; did you mean '{prefix}{near[0]}'?" if near else f"; valid keys: {sorted(fields)}"
+            raise ConfigError(f"{prefix}{key}: unknown key{hint}")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in raw.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        if prefix and not str(exc).startswith(prefix):
+            raise ConfigError(prefix + str(exc)) from None
+        raise
+
+
+def to_dict(cfg) -> dict:
+    """Plain-type dict of a config dataclass (safe for ``yaml.safe_dump`` and checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+def load_yaml(path: str, cls=TrainConfig):
+    """Load and validate a YAML config file into ``cls``.
+
+    Raises:
+        ConfigError: one line naming the file and the offending key.
+    """
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    try:
+        return from_dict(cls, raw or {})
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

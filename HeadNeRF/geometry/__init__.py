@@ -1,0 +1,19 @@
+"""Camera and gaze geometry (pure tensor functions; conventions in docs/conventions.md)."""
+
+from .cameras import (  # noqa: F401
+    cam2world,
+    camera_center,
+    intrinsics_matrix,
+    look_at_w2c,
+    normalized_camera_w2c,
+    project_points,
+    scale_intrinsics,
+)
+from .gaze import (  # noqa: F401
+    angular_error_deg,
+    gaze_rotation,
+    head_pose_from_rotation,
+    pitch_yaw_to_vector,
+    rotate_pitch_yaw,
+    vector_to_pitch_yaw,
+)
