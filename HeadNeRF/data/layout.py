@@ -1,0 +1,174 @@
+"""The processed-HDF5 contract shared by preprocessing, synthetic generation, training and evaluation.
+
+One file per subject, ``<dataset_dir>/subject<ID:04d>.h5``, plus ``<dataset_dir>/split.json``.
+Every key below must be present, whatever produced the file (our synthetic generator,
+``DataProcess/Gen_mask_lm_3DMM.py`` on ETH-XGaze, or a photo). ``docs/data_format.md``
+is the human-readable version of :data:`KEYS`; keep the two in sync.
+
+N is the number of rows (images) in the file, S the square image size, D the latent-code
+length. Images are **RGB**. Pixel coordinates follow ``HeadNeRF.geometry.cameras``
+(pixel centres at +0.5). Angles are radians.
+"""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+LAYOUT_VERSION = 1
+SPLIT_FILE = "split.json"
+
+# Latent-code blocks, in order, as stored in the ``latent_code`` attr ``code_slices``.
+CODE_BLOCKS = ("identity", "expression", "albedo", "illumination")
+
+
+@dataclasses.dataclass(frozen=True)
+class KeySpec:
+    """What one HDF5 dataset must look like. ``shape`` uses "N", "S", "D" or ints."""
+
+    shape: tuple
+    dtypes: tuple  # allowed numpy dtype kinds/names, e.g. ("uint8",) or ("float32", "float64")
+    description: str
+    value_range: tuple | None = None  # inclusive (lo, hi) checked on a sample of rows
+
+
+KEYS: dict[str, KeySpec] = {
+    "face_patch": KeySpec(("N", "S", "S", 3), ("uint8",), "RGB image, head centred (normalised camera view)"),
+    "mask": KeySpec(("N", "S", "S"), ("uint8",), "head mask, 0 or 255 (values >= 128 count as inside)"),
+    "eye_mask": KeySpec(("N", "S", "S"), ("uint8",), "union of the two periocular eye masks, 0/255"),
+    "left_eye_mask": KeySpec(("N", "S", "S"), ("uint8",), "periocular mask of the subject's left eye (image right), 0/255"),
+    "right_eye_mask": KeySpec(("N", "S", "S"), ("uint8",), "periocular mask of the subject's right eye (image left), 0/255"),
+    "lm2d": KeySpec(("N", 68, 2), ("float32", "float64"), "68 iBUG landmarks (x=col, y=row) in pixels"),
+    "iris2d": KeySpec(("N", 2, 2), ("float32", "float64"), "iris centres in pixels: [subject's right, subject's left]"),
+    "face_gaze": KeySpec(("N", 2), ("float32", "float64"), "gaze (pitch, yaw) in the normalised camera frame", (-np.pi, np.pi)),
+    "face_head_pose": KeySpec(("N", 2), ("float32", "float64"), "head pose (pitch, yaw) in the normalised camera", (-np.pi, np.pi)),
+    "cam_R_w2c": KeySpec(("N", 3, 3), ("float32", "float64"), "world(head frame)→camera rotation", (-1.0001, 1.0001)),
+    "cam_t_w2c": KeySpec(("N", 3), ("float32", "float64"), "world(head frame)→camera translation (head units)"),
+    "cam_K": KeySpec(("N", 3, 3), ("float32", "float64"), "intrinsics in pixels of face_patch"),
+    "latent_code": KeySpec(("N", "D"), ("float32", "float64"), "latent-code initialisation: identity|expression|albedo|illumination"),
+    "subject_index": KeySpec(("N",), ("int32", "int64"), "subject id"),
+    "cam_index": KeySpec(("N",), ("int32", "int64"), "camera id (0-based)", (0, 255)),
+    "frame_index": KeySpec(("N",), ("int32", "int64"), "frame id: rows with the same frame share gaze and head state"),
+    "valid_mask": KeySpec(("N",), ("bool",), "False rows are skipped by every reader"),
+}
+
+# File-level attributes.
+ATTRS = {
+    "layout_version": "int, equals LAYOUT_VERSION",
+    "source": "'synthetic' | 'xgaze' | 'photo'",
+    "subject_id": "int",
+    "image_size": "int S",
+}
+# ``latent_code`` carries attr ``code_slices``: JSON {block: [start, stop]} for CODE_BLOCKS.
+
+
+class DataFormatError(ValueError):
+    """A processed HDF5 file or split file does not follow the contract. The message is one line."""
+
+
+def subject_file_name(subject_id: int) -> str:
+    return f"subject{int(subject_id):04d}.h5"
+
+
+def _fail(path, key, expected, found) -> DataFormatError:
+    return DataFormatError(f"{path}: key '{key}': expected {expected}, found {found}")
+
+
+def code_slices(h5file, path="<file>") -> dict[str, tuple[int, int]]:
+    """Parse the ``code_slices`` attr of ``latent_code`` into {block: (start, stop)}."""
+    raw = h5file["latent_code"].attrs.get("code_slices")
+    if raw is None:
+        raise _fail(path, "latent_code.attrs['code_slices']", "JSON {block: [start, stop]}", "nothing")
+    try:
+        slices = {k: (int(v[0]), int(v[1])) for k, v in json.loads(raw).items()}
+    except (ValueError, TypeError, IndexError) as exc:
+        raise _fail(path, "latent_code.attrs['code_slices']", "JSON {block: [start, stop]}", repr(raw)) from exc
+    missing = [b for b in CODE_BLOCKS if b not in slices]
+    if missing:
+        raise _fail(path, "latent_code.attrs['code_slices']", f"blocks {list(CODE_BLOCKS)}", f"missing {missing}")
+    return slices
+
+
+def validate_file(h5file, path: str | None = None) -> dict:
+    """Check an open ``h5py.File`` against :data:`KEYS`. Returns {"N", "S", "D", "code_slices"}.
+
+    Raises:
+        DataFormatError: naming the file, the key, what was expected and what was found.
+    """
+    path = path or getattr(h5file, "filename", "<file>")
+    dims: dict[str, int] = {}
+    for key, spec in KEYS.items():
+        if key not in h5file:
+            raise _fail(path, key, f"a dataset of shape {spec.shape} ({spec.description})", "no such key")
+        ds = h5file[key]
+        if not hasattr(ds, "shape"):
+            raise _fail(path, key, "a dataset", "a group")
+        if len(ds.shape) != len(spec.shape):
+            raise _fail(path, key, f"{len(spec.shape)}-D array of shape {spec.shape}", f"{len(ds.shape)}-D shape {ds.shape}")
+        for want, got in zip(spec.shape, ds.shape):
+            if isinstance(want, int):
+                if want != got:
+                    raise _fail(path, key, f"shape {spec.shape}", f"shape {ds.shape}")
+            elif dims.setdefault(want, got) != got:
+                raise _fail(path, key, f"{want}={dims[want]} (as in earlier keys), shape {spec.shape}", f"shape {ds.shape}")
+        if ds.dtype.name not in spec.dtypes:
+            raise _fail(path, key, f"dtype {' or '.join(spec.dtypes)}", f"dtype {ds.dtype.name}")
+        if ds.shape[0] > 0:
+            try:  # touch the first and last rows: a truncated file fails here, not deep inside a DataLoader
+                ds[0]
+                ds[ds.shape[0] - 1]
+            except (OSError, ValueError, KeyError) as exc:
+                raise _fail(path, key, "readable data", f"a read error ({str(exc).splitlines()[0]}); the file is probably truncated") from None
+        if spec.value_range is not None and ds.shape[0] > 0:
+            sample = np.asarray(ds[: min(ds.shape[0], 64)])
+            lo, hi = spec.value_range
+            if not np.all(np.isfinite(sample)) or sample.min() < lo or sample.max() > hi:
+                raise _fail(path, key, f"finite values in [{lo:.4g}, {hi:.4g}]",
+                            f"range [{np.nanmin(sample):.4g}, {np.nanmax(sample):.4g}]")
+    if dims.get("S", 0) <= 0:
+        raise _fail(path, "face_patch", "a non-empty S×S image", f"S={dims.get('S')}")
+    slices = code_slices(h5file, path)
+    stop = max(s[1] for s in slices.values())
+    if stop > dims["D"]:
+        raise _fail(path, "latent_code.attrs['code_slices']", f"slices within D={dims['D']}", f"a slice ending at {stop}")
+    return {"N": dims["N"], "S": dims["S"], "D": dims["D"], "code_slices": slices}
+
+
+@dataclasses.dataclass
+class Split:
+    """Which data is for training and which is held out (``split.json``).
+
+    * ``train_subjects`` / ``test_subjects``: subject ids (test subjects are never trained on).
+    * ``heldout_cameras`` / ``heldout_frames``: for train subjects, rows whose camera or frame is
+      listed here form the validation set; the rest is training data.
+    """
+
+    train_subjects: list
+    test_subjects: list
+    heldout_cameras: list
+    heldout_frames: list
+
+    @classmethod
+    def load(cls, dataset_dir: str) -> "Split":
+        path = os.path.join(dataset_dir, SPLIT_FILE)
+        if not os.path.isfile(path):
+            raise DataFormatError(f"{path}: no split file; every dataset directory needs {SPLIT_FILE} "
+                                  "(make_synthetic_dataset.py and Gen_mask_lm_3DMM.py write one)")
+        try:
+            with open(path) as f:
+                raw = json.load(f)
+        except ValueError as exc:
+            raise DataFormatError(f"{path}: not valid JSON ({exc})") from exc
+        fields = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(raw) - set(fields))
+        missing = [k for k in fields if k not in raw]
+        if unknown or missing:
+            raise DataFormatError(f"{path}: expected keys {fields}, missing {missing}, unknown {unknown}")
+        if not all(isinstance(raw[k], list) and all(isinstance(v, int) for v in raw[k]) for k in fields):
+            raise DataFormatError(f"{path}: every entry must be a list of integers")
+        return cls(**{k: raw[k] for k in fields})
+
+    def save(self, dataset_dir: str) -> None:
+        with open(os.path.join(dataset_dir, SPLIT_FILE), "w") as f:
+            json.dump(dataclasses.asdict(self), f, indent=1)

@@ -1,0 +1,456 @@
+"""The training loop, top to bottom: data -> model -> step -> validate -> checkpoint.
+
+``train(cfg)`` is what ``train_headnerf.py`` calls. Read it first; the helpers above it are
+small and each does one thing.
+
+* **Data order** is a pure function of (seed, step): epoch ``e`` uses a
+  ``DistributedSampler`` permutation with ``set_epoch(e)``; step ``s`` takes batch
+  ``s mod batches_per_epoch`` of it. A resumed run therefore sees exactly the batches the
+  uninterrupted run would have seen.
+* **Randomness inside the model** (stratified jitter, template-gaze noise) comes from one
+  ``torch.Generator`` whose state is checkpointed, so resume is exact.
+* **LR schedule**: ``ReduceLROnPlateau`` on the validation loss, checked every
+  ``val_every`` steps (the seed's "epochs"): after ``lr_patience`` validations without
+  improvement the LR is multiplied by ``lr_decay_factor``.
+* **Bad steps**: a NaN/inf loss or gradient skips the step with a warning (weights untouched);
+  ``max_bad_steps`` in a row aborts with a message and *no* checkpoint of the bad state.
+* **Interruption**: SIGINT/SIGTERM finish the current step, write a checkpoint, then exit.
+* **Multi-process**: under ``torchrun`` the model is wrapped in DistributedDataParallel
+  (gloo on CPU, nccl on CUDA); rank 0 alone validates, logs and writes files.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from torch.utils.data import DataLoader, DistributedSampler
+
+from .checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
+from .config import ConfigError, TrainConfig, to_dict
+from .data.dataset import GazeDataset
+from .geometry import rotate_pitch_yaw
+from .losses import VGGPerceptual, total_loss
+from .metrics import masked_psnr
+
+__all__ = ["train", "TrainingAborted", "gaze_in_head_frame", "PerImageOffsets", "StepBatchSampler", "prepare"]
+
+
+class TrainingAborted(RuntimeError):
+    """Training stopped on purpose (too many bad steps). One-line message."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Small pieces
+
+
+def gaze_in_head_frame(gaze_cam: torch.Tensor, R_w2c: torch.Tensor) -> torch.Tensor:
+    """(B,2) gaze label in the camera frame -> (B,2) gaze in the head (world) frame."""
+    return rotate_pitch_yaw(gaze_cam, R_w2c.transpose(-1, -2))
+
+
+class PerImageOffsets(torch.nn.Module):
+    """Optional learnable per-training-image latent offsets and camera refinements, initialised at 0.
+
+    Camera refinement: ``R' = exp(w) R``, ``t' = exp(w) t + dt`` (a small rotation in the camera frame).
+    """
+
+    def __init__(self, num_images: int, code_dim: int, learn_latent: bool, learn_camera: bool):
+        super().__init__()
+        self.latent = torch.nn.Parameter(torch.zeros(num_images, code_dim)) if learn_latent else None
+        self.camera = torch.nn.Parameter(torch.zeros(num_images, 6)) if learn_camera else None
+
+    def forward(self, batch: dict):
+        """Returns (shape_code, appearance_code, R_w2c, t_w2c, latent_offsets or None, camera_offsets or None)."""
+        shape_code, app_code, R, t = batch["shape_code"], batch["appearance_code"], batch["R_w2c"], batch["t_w2c"]
+        lat = cam = None
+        if self.latent is not None:
+            lat = self.latent[batch["item_index"]]
+            ds = shape_code.shape[-1]
+            shape_code, app_code = shape_code + lat[:, :ds], app_code + lat[:, ds:]
+        if self.camera is not None:
+            from pytorch3d.transforms import axis_angle_to_matrix
+
+            cam = self.camera[batch["item_index"]]
+            dR = axis_angle_to_matrix(cam[:, :3])
+            R, t = dR @ R, (dR @ t.unsqueeze(-1)).squeeze(-1) + cam[:, 3:]
+        return shape_code, app_code, R, t, lat, cam
+
+
+class StepBatchSampler(torch.utils.data.Sampler):
+    """Yields the index batches of steps ``start_step .. total_steps-1`` (see module docstring)."""
+
+    def __init__(self, dataset, batch_size: int, seed: int, start_step: int, total_steps: int,
+                 rank: int = 0, world_size: int = 1):
+        self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                                          drop_last=True)
+        self.batch_size, self.start, self.total = batch_size, start_step, total_steps
+        self.per_epoch = len(self.sampler) // batch_size
+        if self.per_epoch == 0:
+            raise ConfigError(f"batch_size: {batch_size} x {world_size} process(es) is more than the "
+                              f"{len(dataset)} training images; lower batch_size")
+
+    def __len__(self) -> int:
+        return self.total - self.start
+
+    def __iter__(self):
+        epoch, order = None, None
+        for step in range(self.start, self.total):
+            e, k = divmod(step, self.per_epoch)
+            if e != epoch:
+                self.sampler.set_epoch(e)
+                epoch, order = e, list(self.sampler)
+            yield order[k * self.batch_size:(k + 1) * self.batch_size]
+
+
+def _git_hash() -> str:
+    try:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def forward_batch(model, offsets: PerImageOffsets, batch: dict, training: bool, generator=None,
+                  render_template: bool = False, render_background: bool = False):
+    """Run the model on a dataset batch. Returns (outputs, latent_offsets, camera_offsets)."""
+    shape_code, app_code, R, t, lat, cam = offsets(batch)
+    gaze_head = gaze_in_head_frame(batch["gaze"], batch["R_w2c"])
+    out = model(shape_code, app_code, R, t, batch["K"], gaze_head=gaze_head, eye_mask=batch["eye_mask"],
+                training=training, render_template=render_template, render_background=render_background,
+                generator=generator)
+    return out, lat, cam
+
+
+# ----------------------------------------------------------------------------------------------
+# Setup
+
+
+def setup_distributed(device: str):
+    """(rank, world_size, torch.device). Initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device: cuda requested but no CUDA device is available; use --device cpu")
+    if world > 1:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        if device == "cuda":
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return rank, world, torch.device(device)
+
+
+def prepare(cfg: TrainConfig, resume: str | None = None):
+    """Everything that can fail on bad input, done before any file is written.
+
+    Returns a dict with datasets, model, offsets, optimizer, scheduler, checkpoint state (or None).
+    """
+    from .models import build_model  # imported here so config/data errors surface before the model code loads
+
+    loss_cfg = cfg.loss_config
+    train_ds = GazeDataset(cfg.data.dataset_dir, "train", subjects=cfg.data.subjects or None,
+                           image_size=cfg.model.image_size, max_rows_per_subject=cfg.data.max_rows_per_subject,
+                           with_template=loss_cfg.template_eye > 0)
+    val_ds = GazeDataset(cfg.data.dataset_dir, "val", subjects=cfg.data.subjects or None,
+                         image_size=cfg.model.image_size)
+    vgg = VGGPerceptual(loss_cfg.vgg_weights_path) if loss_cfg.vgg > 0 else None
+    if loss_cfg.gaze_functional > 0:
+        total_loss({}, {}, loss_cfg)  # raises the explanatory ConfigError
+    state = None
+    if resume:
+        state = load_checkpoint(resume)
+        check_compatible(state, to_dict(cfg.model), resume)
+    model = build_model(cfg.model, train_ds.shape_code_dim, train_ds.appearance_code_dim)
+    offsets = PerImageOffsets(len(train_ds), train_ds.shape_code_dim + train_ds.appearance_code_dim,
+                              cfg.learn_latent_offsets, cfg.learn_camera_refinement)
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+            offsets.load_state_dict(state["offsets"])
+        except (RuntimeError, KeyError) as exc:
+            raise CheckpointError(f"{resume}: weights do not fit this config ({str(exc).splitlines()[0][:200]})") from None
+    return {"train_ds": train_ds, "val_ds": val_ds, "vgg": vgg, "model": model, "offsets": offsets, "state": state}
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation and the final report
+
+
+@torch.no_grad()
+def validate(model, val_ds: GazeDataset, cfg: TrainConfig, device, rows=None) -> dict:
+    """Head-region MSE/PSNR of the model on held-out rows (deterministic, no jitter)."""
+    model.eval()
+    rows = list(range(min(len(val_ds), cfg.val_images))) if rows is None else rows
+    psnr, mse = [], []
+    zero = PerImageOffsets(0, 0, False, False)
+    for i in range(0, len(rows), cfg.batch_size):
+        batch = _to(torch.utils.data.default_collate([val_ds[j] for j in rows[i:i + cfg.batch_size]]), device)
+        out, _, _ = forward_batch(model, zero, batch, training=False)
+        head = batch["head_mask"]
+        gt = batch["image"] * head + (1 - head)
+        psnr.append(masked_psnr(out["image"], gt, head))
+        mse.append(((out["image"] - gt).square() * head).flatten(1).sum(1) / (head.flatten(1).sum(1) * 3).clamp_min(1))
+    model.train()
+    psnr, mse = torch.cat(psnr), torch.cat(mse)
+    return {"val_loss": mse.mean().item(), "psnr_head": psnr.nanmean().item()}
+
+
+def _split_val_rows(val_ds: GazeDataset) -> tuple[list, list]:
+    """Indices of held-out-frame rows (seen cameras) and held-out-camera rows."""
+    cams = set(val_ds.split.heldout_cameras)
+    frames_rows = [i for i, r in enumerate(val_ds._rows) if r[2] not in cams]
+    cam_rows = [i for i, r in enumerate(val_ds._rows) if r[2] in cams]
+    return frames_rows, cam_rows
+
+
+@torch.no_grad()
+def redirection_report(model, val_ds: GazeDataset, device, max_pairs: int = 8) -> dict | None:
+    """Gaze redirection against the generator's exact render (synthetic data only).
+
+    For pairs (A, B) of held-out frames of the same subject and camera, render A's identity and
+    camera at B's eyeball gaze and compare, on the union of both eye masks, with the generator's
+    exact render of A at that gaze; the baseline copies A unchanged.
+    """
+    import h5py
+
+    first = val_ds.paths[val_ds._rows[0][0]]
+    with h5py.File(first, "r") as f:
+        if f.attrs.get("source") != "synthetic":
+            return None
+    from .data.synthetic import render_view
+
+    frame_rows, _ = _split_val_rows(val_ds)
+    pairs = []
+    for i in frame_rows:
+        for j in frame_rows:
+            ri, rj = val_ds._rows[i], val_ds._rows[j]
+            if ri[0] == rj[0] and ri[2] == rj[2] and ri[3] != rj[3]:
+                pairs.append((i, j))
+                break
+        if len(pairs) >= max_pairs:
+            break
+    if not pairs:
+        return None
+    model.eval()
+    model_psnr, copy_psnr = [], []
+    for i, j in pairs:
+        a, b = val_ds[i], val_ds[j]
+        sid, row = val_ds._rows[i][0], val_ds._rows[i][1]
+        with h5py.File(val_ds.paths[sid], "r") as f:
+            code = f["latent_code"][row]
+        gaze_head_b = gaze_in_head_frame(b["gaze"][None], b["R_w2c"][None])
+        target = render_view(code, a["R_w2c"][None], a["t_w2c"][None], a["K"][None], val_ds.image_size, gaze_head_b)
+        tgt_img = torch.as_tensor(target["image"]).permute(0, 3, 1, 2).float().div(255).to(device)
+        tgt_eye = (torch.as_tensor(target["eye_mask"]) >= 128).float()[:, None].to(device)
+        A = _to(torch.utils.data.default_collate([a]), device)
+        out = model(A["shape_code"], A["appearance_code"], A["R_w2c"], A["t_w2c"], A["K"],
+                    gaze_head=gaze_head_b.to(device), eye_mask=A["eye_mask"])
+        eye = ((tgt_eye + A["eye_mask"]) > 0).float()
+        model_psnr.append(masked_psnr(out["image"], tgt_img, eye).item())
+        copy_psnr.append(masked_psnr(A["image"], tgt_img, eye).item())
+    model.train()
+    m, c = sum(model_psnr) / len(pairs), sum(copy_psnr) / len(pairs)
+    return {"pairs": len(pairs), "eye_psnr_model": m, "eye_psnr_copy_input": c, "eye_psnr_gain_db": m - c}
+
+
+def _image_grid(model, val_ds: GazeDataset, device, n_sweep: int = 5) -> torch.Tensor:
+    """(3, H, W) grid: GT | render | renders of the same view at a sweep of gaze yaws."""
+    import torchvision
+
+    model.eval()
+    with torch.no_grad():
+        item = _to(torch.utils.data.default_collate([val_ds[0]]), device)
+        tiles = [item["image"][0]]
+        out, _, _ = forward_batch(model, PerImageOffsets(0, 0, False, False), item, training=False)
+        tiles.append(out["image"][0])
+        for yaw in torch.linspace(-0.6, 0.6, n_sweep):
+            gaze = torch.tensor([[0.0, float(yaw)]], device=device)
+            sweep = model(item["shape_code"], item["appearance_code"], item["R_w2c"], item["t_w2c"], item["K"],
+                          gaze_head=gaze, eye_mask=item["eye_mask"])
+            tiles.append(sweep["image"][0])
+    model.train()
+    return torchvision.utils.make_grid(torch.stack(tiles).clamp(0, 1).cpu(), nrow=len(tiles), padding=2, pad_value=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(cfg: TrainConfig, resume: str | None = None, dry_run: bool = False, progress: bool = True) -> dict:
+    """Train ``cfg``; returns the final report dict (also written to ``run_dir/report.json``)."""
+    rank, world, device = setup_distributed(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    run_dir = resume if resume and os.path.isdir(resume) else (os.path.dirname(os.path.dirname(resume)) if resume else cfg.run_dir)
+    if not resume and os.path.exists(os.path.join(run_dir, "checkpoints", "last.pt")):
+        raise ConfigError(f"run_dir: {run_dir} already holds a run; pass --resume {run_dir} to continue it, "
+                          "or choose another run_dir (nothing was overwritten)")
+    torch.manual_seed(cfg.seed)
+    parts = prepare(cfg, resume)
+    train_ds, val_ds, model, offsets, state = (parts[k] for k in ("train_ds", "val_ds", "model", "offsets", "state"))
+    n_params = sum(p.numel() for p in model.parameters())
+    if rank == 0:
+        print(f"[train] {cfg.model.model_name}: {n_params / 1e6:.2f} M parameters; {len(train_ds)} training and "
+              f"{len(val_ds)} validation images from {cfg.data.dataset_dir}; run dir {run_dir}")
+    if dry_run:
+        if rank == 0:
+            print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        return {"dry_run": True, "parameters": n_params}
+
+    model.to(device)
+    offsets.to(device)
+    params = list(model.parameters()) + list(offsets.parameters())
+    optimizer = torch.optim.Adam(params, lr=cfg.init_lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_decay_factor,
+                                                           patience=cfg.lr_patience, min_lr=cfg.min_lr)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(cfg.seed * 1000 + rank)
+    step, best = 0, math.inf
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        saved_gens = state["rng"]["generator"]
+        generator.set_state(saved_gens[rank % len(saved_gens)].cpu())
+        torch.set_rng_state(state["rng"]["torch"])
+        step, best = int(state["step"]), float(state["best_val"])
+    net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
+
+    writer = None
+    if rank == 0:
+        os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+        with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+            yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+        with open(os.path.join(run_dir, "git_hash.txt"), "w") as f:
+            f.write(_git_hash() + "\n")
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(os.path.join(run_dir, "tb"))
+
+    def checkpoint(tag: str = "last") -> None:
+        gens = [generator.get_state().cpu()]
+        if world > 1:  # every rank's jitter stream, so resume is exact on all of them
+            gens = [torch.empty_like(gens[0]) for _ in range(world)]
+            dist.all_gather_object(gens, generator.get_state().cpu())
+        if rank == 0:
+            save_checkpoint({"model": model.state_dict(), "offsets": offsets.state_dict(),
+                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                             "step": step, "best_val": best, "config": to_dict(cfg),
+                             "rng": {"torch": torch.get_rng_state(), "generator": gens},
+                             "code_dims": [train_ds.shape_code_dim, train_ds.appearance_code_dim],
+                             "code_slices": {k: list(v) for k, v in train_ds.code_slices.items()}},
+                            os.path.join(run_dir, "checkpoints", f"{tag}.pt"))
+
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+
+    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    sampler = StepBatchSampler(train_ds, cfg.batch_size, cfg.seed, step, cfg.steps, rank, world)
+    loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=cfg.data.num_workers,
+                        persistent_workers=False, pin_memory=device.type == "cuda")
+    want_template = cfg.model.model_name == "HeadNeRF_Gaze" and (cfg.loss_config.template > 0 or cfg.loss_config.template_eye > 0)
+    want_background = cfg.loss_config.background > 0
+    bad_steps, t_start = 0, time.time()
+    bar = None
+    if rank == 0 and progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True, file=sys.stdout)
+    try:
+        for batch in loader:
+            batch = _to(batch, device)
+            out, lat, cam = forward_batch(net, offsets, batch, training=True, generator=generator,
+                                          render_template=want_template, render_background=want_background)
+            loss, terms = total_loss(out, batch, cfg.loss_config, parts["vgg"], lat, cam)
+            optimizer.zero_grad(set_to_none=True)
+            finite = torch.isfinite(loss).float()
+            if finite.item():
+                loss.backward()
+                finite = torch.stack([torch.isfinite(p.grad).all() for p in params if p.grad is not None]).all().float()
+            if world > 1:  # every rank must agree to skip, or DDP would deadlock / diverge
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            if finite.item():
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+                bad_steps = 0
+            else:
+                bad_steps += 1
+                warnings.warn(f"step {step}: non-finite loss or gradient ({loss.item()}); step skipped "
+                              f"({bad_steps}/{cfg.max_bad_steps} in a row)")
+                if bad_steps >= cfg.max_bad_steps:
+                    raise TrainingAborted(f"{bad_steps} consecutive non-finite losses at step {step}; aborting. "
+                                          f"The last good checkpoint in {run_dir}/checkpoints is untouched; "
+                                          "lower init_lr or check the data")
+            step += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
+            if writer is not None and step % cfg.log_every == 0:
+                writer.add_scalar("loss/total", loss.item(), step)
+                for k, v in terms.items():
+                    writer.add_scalar(f"loss/{k}", v.item(), step)
+                writer.add_scalar("lr", optimizer.param_groups[0]["lr"], step)
+                with torch.no_grad():
+                    head = batch["head_mask"]
+                    gt = batch["image"] * head + (1 - head)
+                    writer.add_scalar("psnr/train_head", masked_psnr(out["image"].detach(), gt, head).nanmean().item(), step)
+            if step % cfg.val_every == 0 or step == cfg.steps:
+                val = torch.tensor([validate(model, val_ds, cfg, device)["val_loss"] if rank == 0 else 0.0])
+                if world > 1:
+                    dist.broadcast(val, 0)
+                scheduler.step(val.item())
+                best = min(best, val.item())
+                if writer is not None:
+                    writer.add_scalar("val/loss", val.item(), step)
+                    writer.add_scalar("val/psnr_head", -10 * math.log10(max(val.item(), 1e-10)), step)
+            if writer is not None and step % cfg.image_every == 0:
+                writer.add_image("val/gt_render_gaze_sweep", _image_grid(model, val_ds, device), step)
+            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                checkpoint()
+            if stop["signal"] is not None:
+                checkpoint()
+                if rank == 0:
+                    print(f"\n[train] signal {stop['signal']} received: checkpoint written at step {step} to "
+                          f"{run_dir}/checkpoints/last.pt; continue with --resume {run_dir}")
+                raise SystemExit(128 + stop["signal"])
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        if bar is not None:
+            bar.close()
+
+    report = {"steps": step, "train_seconds": round(time.time() - t_start, 1), "model_name": cfg.model.model_name}
+    if rank == 0:
+        frame_rows, cam_rows = _split_val_rows(val_ds)
+        if frame_rows:
+            report["psnr_head_heldout_frames"] = validate(model, val_ds, cfg, device, frame_rows[:32])["psnr_head"]
+        if cam_rows:
+            report["psnr_head_heldout_cameras"] = validate(model, val_ds, cfg, device, cam_rows[:32])["psnr_head"]
+        redirect = redirection_report(model, val_ds, device)
+        if redirect is not None:
+            report["gaze_redirection"] = redirect
+        with open(os.path.join(run_dir, "report.json"), "w") as f:
+            json.dump(report, f, indent=1)
+        if writer is not None:
+            writer.close()
+        print("[train] report: " + json.dumps(report))
+        print(f"[train] outputs: {run_dir}/checkpoints/last.pt, {run_dir}/report.json, tensorboard {run_dir}/tb")
+    if world > 1:
+        dist.barrier()
+    return report
