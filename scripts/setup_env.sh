@@ -14,7 +14,6 @@ fi
 echo "[setup] creating $VENV with $("$PY" --version) and installing requirements.txt (about 3 minutes)"
 rm -rf "$VENV"
 "$PY" -m venv "$VENV"
-"$VENV/bin/pip" install -q --upgrade "pip<26" 2>&1 | grep -v "is ignored: it is neither" || true
 "$VENV/bin/pip" install -q -r requirements.txt 2>&1 | grep -v "is ignored: it is neither" || true
 "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "is ignored: it is neither" || true
 "$VENV/bin/python" -c "import torch, pytorch3d.renderer, mediapipe, cv2, h5py, HeadNeRF; print('[setup] ok: torch', torch.__version__)"
