@@ -221,41 +221,43 @@ def _split_val_rows(val_ds: GazeDataset) -> tuple[list, list]:
 def redirection_report(model, val_ds: GazeDataset, device, max_pairs: int = 8) -> dict | None:
     """Gaze redirection against the generator's exact render (synthetic data only).
 
-    For pairs (A, B) of held-out frames of the same subject and camera, render A's identity and
-    camera at B's eyeball gaze and compare, on the union of both eye masks, with the generator's
-    exact render of A at that gaze; the baseline copies A unchanged.
+    For a held-out frame A (seen camera) and another frame B of the same subject and camera
+    (another held-out frame when there is one), render A's identity and camera at B's eyeball
+    gaze and compare, on the union of both eye masks, with the generator's exact render of A at
+    that gaze. The baseline copies A unchanged.
     """
     import h5py
+    import numpy as np
 
-    first = val_ds.paths[val_ds._rows[0][0]]
-    with h5py.File(first, "r") as f:
+    frame_rows, _ = _split_val_rows(val_ds)
+    if not frame_rows:
+        return None
+    with h5py.File(val_ds.paths[val_ds._rows[frame_rows[0]][0]], "r") as f:
         if f.attrs.get("source") != "synthetic":
             return None
     from .data.synthetic import render_view
 
-    frame_rows, _ = _split_val_rows(val_ds)
-    pairs = []
-    for i in frame_rows:
-        for j in frame_rows:
-            ri, rj = val_ds._rows[i], val_ds._rows[j]
-            if ri[0] == rj[0] and ri[2] == rj[2] and ri[3] != rj[3]:
-                pairs.append((i, j))
-                break
-        if len(pairs) >= max_pairs:
-            break
-    if not pairs:
-        return None
+    heldout_frames = set(val_ds.split.heldout_frames)
     model.eval()
     model_psnr, copy_psnr = [], []
-    for i, j in pairs:
-        a, b = val_ds[i], val_ds[j]
-        sid, row = val_ds._rows[i][0], val_ds._rows[i][1]
+    for i in frame_rows[:max_pairs]:
+        sid, row, cam, frame, _ = val_ds._rows[i]
         with h5py.File(val_ds.paths[sid], "r") as f:
+            cams, frames = np.asarray(f["cam_index"][:]), np.asarray(f["frame_index"][:])
+            valid = np.asarray(f["valid_mask"][:], dtype=bool)
+            others = np.flatnonzero(valid & (cams == cam) & (frames != frame))
+            if not len(others):
+                continue
+            preferred = [r for r in others if int(frames[r]) in heldout_frames]
+            b_row = int(preferred[0] if preferred else others[0])
             code = f["latent_code"][row]
-        gaze_head_b = gaze_in_head_frame(b["gaze"][None], b["R_w2c"][None])
+            gaze_b = torch.as_tensor(np.asarray(f["face_gaze"][b_row], dtype=np.float32))[None]
+            R_b = torch.as_tensor(np.asarray(f["cam_R_w2c"][b_row], dtype=np.float32))[None]
+        a = val_ds[i]
+        gaze_head_b = gaze_in_head_frame(gaze_b, R_b)
         target = render_view(code, a["R_w2c"][None], a["t_w2c"][None], a["K"][None], val_ds.image_size, gaze_head_b)
-        tgt_img = torch.as_tensor(target["image"]).permute(0, 3, 1, 2).float().div(255).to(device)
-        tgt_eye = (torch.as_tensor(target["eye_mask"]) >= 128).float()[:, None].to(device)
+        tgt_img = torch.as_tensor(np.asarray(target["image"])).permute(0, 3, 1, 2).float().div(255).to(device)
+        tgt_eye = (torch.as_tensor(np.asarray(target["eye_mask"])) >= 128).float()[:, None].to(device)
         A = _to(torch.utils.data.default_collate([a]), device)
         out = model(A["shape_code"], A["appearance_code"], A["R_w2c"], A["t_w2c"], A["K"],
                     gaze_head=gaze_head_b.to(device), eye_mask=A["eye_mask"])
@@ -263,8 +265,10 @@ def redirection_report(model, val_ds: GazeDataset, device, max_pairs: int = 8) -
         model_psnr.append(masked_psnr(out["image"], tgt_img, eye).item())
         copy_psnr.append(masked_psnr(A["image"], tgt_img, eye).item())
     model.train()
-    m, c = sum(model_psnr) / len(pairs), sum(copy_psnr) / len(pairs)
-    return {"pairs": len(pairs), "eye_psnr_model": m, "eye_psnr_copy_input": c, "eye_psnr_gain_db": m - c}
+    if not model_psnr:
+        return None
+    m, c = sum(model_psnr) / len(model_psnr), sum(copy_psnr) / len(copy_psnr)
+    return {"pairs": len(model_psnr), "eye_psnr_model": m, "eye_psnr_copy_input": c, "eye_psnr_gain_db": m - c}
 
 
 def _image_grid(model, val_ds: GazeDataset, device, n_sweep: int = 5) -> torch.Tensor:

@@ -87,7 +87,14 @@ def test_nan_loss_skips_then_aborts_without_bad_checkpoint(tiny_dataset, tmp_pat
     cfg = from_dict(TrainConfig, {**tiny_config_dict(tiny_dataset, str(tmp_path / "run"), steps=20), "max_bad_steps": 3})
     with pytest.warns(UserWarning, match="non-finite"), pytest.raises(TrainingAborted, match="3 consecutive"):
         train(cfg, progress=False)
-    assert not os.path.exists(tmp_path / "run" / "checkpoints" / "last.pt")
+    # Skipped steps never touch the weights: whatever checkpoint exists holds finite, initial weights.
+    state = load_checkpoint(str(tmp_path / "run"))
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    torch.manual_seed(cfg.seed)
+    from HeadNeRF.models import build_model
+
+    fresh = build_model(cfg.model, *state["code_dims"]).state_dict()
+    assert all(torch.equal(fresh[k], v) for k, v in state["model"].items())
 
 
 def test_cli_bad_inputs_fail_in_one_line(tiny_dataset, tmp_path, write_config):
