@@ -235,6 +235,7 @@ def redirection_report(model, val_ds: GazeDataset, device, max_pairs: int = 8) -
     with h5py.File(val_ds.paths[val_ds._rows[frame_rows[0]][0]], "r") as f:
         if f.attrs.get("source") != "synthetic":
             return None
+        supersample = int(f.attrs.get("supersample", 1))  # render the target exactly as the stored images were
     from .data.synthetic import render_view
 
     heldout_frames = set(val_ds.split.heldout_frames)
@@ -255,7 +256,8 @@ def redirection_report(model, val_ds: GazeDataset, device, max_pairs: int = 8) -
             R_b = torch.as_tensor(np.asarray(f["cam_R_w2c"][b_row], dtype=np.float32))[None]
         a = val_ds[i]
         gaze_head_b = gaze_in_head_frame(gaze_b, R_b)
-        target = render_view(code, a["R_w2c"][None], a["t_w2c"][None], a["K"][None], val_ds.image_size, gaze_head_b)
+        target = render_view(code, a["R_w2c"][None], a["t_w2c"][None], a["K"][None], val_ds.image_size, gaze_head_b,
+                             supersample=supersample)
         tgt_img = torch.as_tensor(np.asarray(target["image"])).permute(0, 3, 1, 2).float().div(255).to(device)
         tgt_eye = (torch.as_tensor(np.asarray(target["eye_mask"])) >= 128).float()[:, None].to(device)
         A = _to(torch.utils.data.default_collate([a]), device)
