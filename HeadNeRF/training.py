@@ -292,6 +292,25 @@ def _image_grid(model, val_ds: GazeDataset, device, n_sweep: int = 5) -> torch.T
     return torchvision.utils.make_grid(torch.stack(tiles).clamp(0, 1).cpu(), nrow=len(tiles), padding=2, pad_value=1)
 
 
+def write_gaze_sweep_gif(model, val_ds: GazeDataset, device, path: str, frames: int = 24) -> None:
+    """A GIF of the first held-out view with the gaze moving around a circle (pitch 0.3, yaw 0.5 rad)."""
+    import imageio.v2 as imageio
+    import numpy as np
+
+    model.eval()
+    item = _to(torch.utils.data.default_collate([val_ds[0]]), device)
+    images = []
+    with torch.no_grad():
+        for k in range(frames):
+            angle = 2 * math.pi * k / frames
+            gaze = torch.tensor([[0.3 * math.sin(angle), 0.5 * math.cos(angle)]], device=device)
+            out = model(item["shape_code"], item["appearance_code"], item["R_w2c"], item["t_w2c"], item["K"],
+                        gaze_head=gaze, eye_mask=item["eye_mask"])
+            images.append((out["image"][0].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8))
+    model.train()
+    imageio.mimsave(path, images, duration=0.08, loop=0)
+
+
 # ----------------------------------------------------------------------------------------------
 # The loop
 
@@ -451,12 +470,14 @@ def train(cfg: TrainConfig, resume: str | None = None, dry_run: bool = False, pr
         redirect = redirection_report(model, val_ds, device)
         if redirect is not None:
             report["gaze_redirection"] = redirect
+        write_gaze_sweep_gif(model, val_ds, device, os.path.join(run_dir, "gaze_sweep.gif"))
         with open(os.path.join(run_dir, "report.json"), "w") as f:
             json.dump(report, f, indent=1)
         if writer is not None:
             writer.close()
         print("[train] report: " + json.dumps(report))
-        print(f"[train] outputs: {run_dir}/checkpoints/last.pt, {run_dir}/report.json, tensorboard {run_dir}/tb")
+        print(f"[train] outputs: {run_dir}/checkpoints/last.pt, {run_dir}/report.json, {run_dir}/gaze_sweep.gif, "
+              f"tensorboard {run_dir}/tb")
     if world > 1:
         dist.barrier()
     return report

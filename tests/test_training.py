@@ -33,6 +33,12 @@ def test_every_model_trains_a_few_steps(tiny_dataset, tmp_path, model_name):
     assert saved["model_name"] == model_name and saved["psnr_head_heldout_frames"] > 0
     assert "eye_psnr_gain_db" in saved["gaze_redirection"]
     assert os.listdir(tmp_path / "run" / "tb")
+    import imageio.v2 as imageio
+
+    gif = imageio.mimread(tmp_path / "run" / "gaze_sweep.gif")
+    assert gif[0].shape[:2] == (16, 16)
+    # The GIF writer merges identical frames: without a gaze input every frame is the same.
+    assert len(gif) == 1 if model_name == "HeadNeRF" else len(gif) > 1
 
 
 @pytest.mark.parametrize("model_name", ["HeadNeRF", "HeadNeRF_Gaze", "GazeNeRF"])
