@@ -1,0 +1,130 @@
+"""The gaze MLP of HeadNeRF_Gaze, its per-ray inputs, and GazeNeRF's feature rotation.
+
+Gaze MLP (seed §3.5, ``MLPforGaze``), per sample:
+
+    input = [PE(x) (per sample), eye_mask (1), (pitch, yaw) × gaze_tile, col, row (per ray)]
+    h_0 = ReLU(W_0 input); h_i = ReLU(W_i h_{i-1}); skip [input, h] into layer depth//2 + 1
+    density_injection = h            (projected to the trunk width if the widths differ)
+    colour_injection  = ReLU(W_c h)  (trunk colour width = mlp_width // 2)
+
+The seed's dead ``Gaze_RGB_layer_0`` is dropped. The eye mask is average-pooled to the
+feature grid and lies in [0, 1] (the seed fed 0..255); the coordinates are the column and
+the row of the feature pixel, each ``linspace(-1, 1)``.
+
+Speed decisions:
+
+* The per-ray inputs are constant along a ray, so their share of layer 0 and of the skip
+  layer (``W_ray ray_inputs``) is computed once per ray (``(N, 1, W)``) and broadcast over
+  the samples; only the point encoding is multiplied per sample.
+* Several gaze inputs for the same samples (HeadNeRF_Gaze's gaze and template passes) run
+  as one stacked batch ``(P, N, S, ·)``: the per-sample share of layer 0 / the skip layer is
+  computed once and shared, and the later layers are single larger GEMMs.
+"""
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["GazeMLP", "per_ray_gaze_inputs", "gaze_input_dim", "pool_eye_mask", "rotate_feature_groups"]
+
+
+def gaze_input_dim(gaze_tile: int) -> int:
+    """Per-ray input channels: eye mask (1) + tiled (pitch, yaw) (2 * gaze_tile) + coords (2)."""
+    return 1 + 2 * gaze_tile + 2
+
+
+def pool_eye_mask(eye_mask: torch.Tensor | None, batch: int, size: int, like: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) mask in [0, 1] (any H = W) or None -> (B, 1, size, size) area-averaged mask.
+
+    Uses adaptive average pooling, which is the exact block average when H is a multiple of
+    ``size`` (the seed hard-coded a 16×16 kernel). None gives zeros (no eye region).
+    """
+    if eye_mask is None:
+        return like.new_zeros(batch, 1, size, size)
+    return F.adaptive_avg_pool2d(eye_mask.to(like.dtype), size)
+
+
+def per_ray_gaze_inputs(pooled_eye_mask: torch.Tensor, gaze: torch.Tensor, gaze_tile: int) -> torch.Tensor:
+    """Per-ray gaze-MLP inputs of every feature pixel.
+
+    Args:
+        pooled_eye_mask: (B, 1, h, w) in [0, 1].
+        gaze: (B, 2) head-frame (pitch, yaw) in radians.
+    Returns:
+        (B, h*w, 1 + 2*gaze_tile + 2): [mask, p, y, p, y, ..., col, row], rays row-major.
+    """
+    B, _, h, w = pooled_eye_mask.shape
+    mask = pooled_eye_mask.reshape(B, h * w, 1)
+    tiled = gaze.repeat(1, gaze_tile).unsqueeze(1).expand(B, h * w, 2 * gaze_tile)
+    rows, cols = torch.meshgrid(torch.linspace(-1, 1, h, device=gaze.device, dtype=gaze.dtype),
+                                torch.linspace(-1, 1, w, device=gaze.device, dtype=gaze.dtype), indexing="ij")
+    coords = torch.stack((cols.reshape(-1), rows.reshape(-1)), dim=-1).expand(B, h * w, 2)
+    return torch.cat((mask, tiled, coords), dim=-1)
+
+
+class GazeMLP(nn.Module):
+    """Per-sample gaze MLP producing additive injections for the trunk (see module docstring).
+
+    Args:
+        point_dim: channels of the encoded point.
+        ray_input_dim: ``gaze_input_dim(gaze_tile)``.
+        width, depth: ``ModelConfig.gaze_mlp_width / gaze_mlp_depth``.
+        trunk_width, trunk_colour_width: widths of the trunk states the injections are added to.
+    """
+
+    def __init__(self, point_dim: int, ray_input_dim: int, width: int, depth: int, trunk_width: int,
+                 trunk_colour_width: int):
+        super().__init__()
+        self.depth = depth
+        skip_after = depth // 2  # the seed's layer 4 of 8
+        self.skip_into = skip_after + 1 if skip_after + 1 < depth else None
+        self.layers = nn.ModuleList([nn.Linear(point_dim, width)] + [nn.Linear(width, width) for _ in range(depth - 1)])
+        self.ray_in = nn.Linear(ray_input_dim, width, bias=False)
+        if self.skip_into is not None:
+            self.skip_point = nn.Linear(point_dim, width, bias=False)
+            self.skip_ray = nn.Linear(ray_input_dim, width, bias=False)
+        # The seed adds h (width 384) to the trunk's 384-d state; a projection only if widths differ.
+        self.density_out = nn.Identity() if width == trunk_width else nn.Linear(width, trunk_width)
+        self.colour_out = nn.Linear(width, trunk_colour_width)
+
+    def forward(self, points_pe: torch.Tensor, ray_inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Injections for P sets of per-ray inputs over the same samples.
+
+        Args:
+            points_pe: (N, S, Pd) encoded sample points.
+            ray_inputs: (P, N, F) per-ray inputs (P passes, e.g. gaze and template).
+        Returns:
+            density_injection (P, N, S, trunk_width), colour_injection (P, N, S, trunk_colour_width).
+        """
+        point_term = self.layers[0](points_pe)  # (N, S, W), shared by the P passes
+        h = F.relu_(point_term + self.ray_in(ray_inputs).unsqueeze(2))  # (P, N, S, W)
+        if self.skip_into is not None:
+            skip_point = self.skip_point(points_pe)  # (N, S, W)
+            skip_ray = self.skip_ray(ray_inputs).unsqueeze(2)  # (P, N, 1, W)
+        for i in range(1, self.depth):
+            pre = self.layers[i](h)
+            if i == self.skip_into:
+                pre += skip_point
+                pre += skip_ray
+            h = F.relu_(pre)
+        return self.density_out(h), F.relu(self.colour_out(h))
+
+
+def rotate_feature_groups(features: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+    """GazeNeRF's rigid "eyeball" rotation of a feature map, acting on channel triplets.
+
+    Channels ``[3g, 3g+1, 3g+2]`` form a 3-vector that is multiplied by ``R``; with C not a
+    multiple of 3 the last ``C % 3`` channels are passed through unrotated (the default 256
+    channels give 85 rotated triplets + 1 plain channel).
+
+    Args:
+        features: (B, C, h, w).
+        R: (B, 3, 3), e.g. ``gaze_rotation(gaze_head)``.
+    Returns:
+        (B, C, h, w).
+    """
+    B, C, h, w = features.shape
+    G = C // 3
+    groups = features[:, : 3 * G].reshape(B, G, 3, h * w)
+    rotated = (R.unsqueeze(1) @ groups).reshape(B, 3 * G, h, w)  # (B, G, 3, 3) @ (B, G, 3, hw)
+    return torch.cat((rotated, features[:, 3 * G:]), dim=1)

@@ -1,0 +1,124 @@
+"""The conditional NeRF MLP of HeadNeRF: (point, shape code, appearance code) -> (feature, density).
+
+Architecture (seed §3.4), on flattened channels-last samples ``(N, S, C)`` (N rays, S samples):
+
+    h_0 = ReLU(W_0 [PE(x), shape])                          layer 0
+    h_i = ReLU(W_i h_{i-1})                                 layers 1..depth-1
+    h_{k+1} = ReLU(W_{k+1} [PE(x), shape, h_k])            skip after ``skip_layer`` = k
+    density = softplus(w_sigma · (h + density_injection) + b)
+    colour  = ReLU(W_c h + W_a appearance + b_c) + colour_injection      (width // 2)
+    feature = W_f colour + b_f                                           (featmap_channels)
+
+Speed decisions:
+
+* ``nn.Linear`` on channels-last ``(N, S, C)`` tensors (one GEMM per layer), not 1×1 convs.
+* The codes are constant over an image, so every layer that reads a code is split into a
+  per-sample part (``W_point PE(x)`` [+ ``W_hidden h``]) and a per-image part
+  (``W_code code``) computed once per image and broadcast over the samples of each ray,
+  instead of concatenating the code to every sample (the seed's 179 + 127 extra input
+  channels per sample at layer 0, the skip layer and the colour layer).
+* The seed's colour head applies ``RGB_layer_0`` (width→width, **no activation**) and then
+  ``RGB_layer_1`` to ``[RGB_layer_0 h, appearance]``: the product of two linear maps. We keep
+  the single map ``W_c`` (same function class; width² fewer FLOPs per sample; seed weights
+  would load as ``W_c = W_1[:, :width] @ W_0``).
+* Injections enter linearly before the density head and after the colour ReLU, so a second
+  set of injections (the template pass of HeadNeRF_Gaze) reuses ``hidden`` and
+  ``colour_hidden`` and only re-runs the two small heads.
+
+Density activation: **softplus**, not the seed's ReLU. Training starts from scratch here (no
+licence-restricted HeadNeRF weights), and a ReLU head passes no gradient where its
+pre-activation is negative, so regions that start empty can never become opaque; softplus
+keeps a gradient everywhere and is still >= 0.
+"""
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["ConditionalTrunk", "per_ray_code_term"]
+
+
+def per_ray_code_term(code_term: torch.Tensor, ray_image: torch.Tensor) -> torch.Tensor:
+    """(B, W) per-image term, (N,) image index of each ray -> (N, 1, W), broadcastable over samples."""
+    return code_term.index_select(0, ray_image).unsqueeze(1)
+
+
+class ConditionalTrunk(nn.Module):
+    """HeadNeRF's conditional field. See the module docstring for the layer formulas.
+
+    Args:
+        point_dim: channels of the encoded point, ``encoding_dim(pe_freqs)``.
+        shape_code_dim, appearance_code_dim: per-image code sizes.
+        width, depth, skip_layer: ``ModelConfig.mlp_width / mlp_depth / skip_layer``.
+        feature_channels: ``ModelConfig.featmap_channels``.
+    """
+
+    def __init__(self, point_dim: int, shape_code_dim: int, appearance_code_dim: int, width: int, depth: int,
+                 skip_layer: int, feature_channels: int):
+        super().__init__()
+        self.width, self.depth = width, depth
+        self.colour_width = max(width // 2, 1)
+        # The skip re-injects the inputs into layer skip_layer + 1 (none if that is past the end).
+        self.skip_into = skip_layer + 1 if skip_layer + 1 < depth else None
+        self.layers = nn.ModuleList(
+            [nn.Linear(point_dim, width)] + [nn.Linear(width, width) for _ in range(depth - 1)]
+        )
+        self.shape_in = nn.Linear(shape_code_dim, width, bias=False)  # per-image part of layer 0
+        if self.skip_into is not None:
+            self.skip_point = nn.Linear(point_dim, width, bias=False)
+            self.skip_shape = nn.Linear(shape_code_dim, width, bias=False)
+        self.density_head = nn.Linear(width, 1)
+        self.colour_layer = nn.Linear(width, self.colour_width)
+        self.appearance_in = nn.Linear(appearance_code_dim, self.colour_width, bias=False)
+        self.feature_head = nn.Linear(self.colour_width, feature_channels)
+        for layer in list(self.layers[1:]) + [self.density_head, self.colour_layer]:
+            nn.init.xavier_uniform_(layer.weight)  # the seed's init on the hidden layers and heads
+        nn.init.zeros_(self.density_head.bias)
+
+    def hidden(self, points_pe: torch.Tensor, shape_code: torch.Tensor, ray_image: torch.Tensor) -> torch.Tensor:
+        """Trunk hidden state before the heads.
+
+        Args:
+            points_pe: (N, S, P) encoded sample points.
+            shape_code: (B, Ds).
+            ray_image: (N,) long, the image each ray belongs to.
+        Returns:
+            h: (N, S, W).
+        """
+        # In-place adds on fresh Linear outputs are autograd-safe (addmm does not save its output).
+        h = self.layers[0](points_pe)
+        h += per_ray_code_term(self.shape_in(shape_code), ray_image)
+        h = F.relu_(h)
+        for i in range(1, self.depth):
+            pre = self.layers[i](h)
+            if i == self.skip_into:
+                # [h, PE, shape] @ W == W_h h + W_p PE + W_s shape (split, no concat per sample)
+                pre += self.skip_point(points_pe)
+                pre += per_ray_code_term(self.skip_shape(shape_code), ray_image)
+            h = F.relu_(pre)
+        return h
+
+    def colour_hidden(self, h: torch.Tensor, appearance_code: torch.Tensor, ray_image: torch.Tensor) -> torch.Tensor:
+        """(N, S, W) hidden, (B, Da) appearance -> (N, S, W//2) colour hidden state (after its ReLU)."""
+        colour = self.colour_layer(h)
+        colour += per_ray_code_term(self.appearance_in(appearance_code), ray_image)
+        return F.relu_(colour)
+
+    def density(self, h: torch.Tensor, density_injection: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, S, W) hidden [+ (N, S, W) injection] -> (N, S) density >= 0."""
+        if density_injection is not None:
+            h = h + density_injection
+        return F.softplus(self.density_head(h).squeeze(-1))
+
+    def features(self, colour_hidden: torch.Tensor, colour_injection: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, S, W//2) colour hidden [+ injection] -> (N, S, featmap_channels) features."""
+        if colour_injection is not None:
+            colour_hidden = colour_hidden + colour_injection
+        return self.feature_head(colour_hidden)
+
+    def forward(self, points_pe, shape_code, appearance_code, ray_image, density_injection=None,
+                colour_injection=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass: returns features (N, S, C) and density (N, S)."""
+        h = self.hidden(points_pe, shape_code, ray_image)
+        colour = self.colour_hidden(h, appearance_code, ray_image)
+        return self.features(colour, colour_injection), self.density(h, density_injection)

@@ -1,0 +1,326 @@
+"""The three models, composed from the shared pieces, and ``redirect``.
+
+Pipeline of every model (one ray per feature pixel, ``h = w = featmap_size``):
+
+    camera -> rays through pixel centres (K rescaled to the feature grid)
+           -> ray / bound-sphere intersection; only rays that hit are kept (flat (N,) index)
+           -> S stratified samples on each kept ray's chord -> PE(points) (N, S, P)
+           -> field(s) -> densities (N, S), features (N, S, C)
+           -> volume rendering -> scattered back to (B, C, h, w) maps (zeros for missed rays)
+           -> feature-space background compositing -> 2-D neural renderer -> (B, 3, S, S)
+
+Models:
+
+* ``HeadNeRF``: the conditional trunk alone; no gaze input (the baseline).
+* ``HeadNeRF_Gaze`` (the seed's model): trunk + gaze MLP whose outputs are added to the
+  trunk's density and colour states. A template pass (gaze = 0, + N(0, template_gaze_noise)
+  on (pitch, yaw) while training) produces ``template_image``; ``feat_addition_alpha`` blends
+  the gaze and template injections of the main image. The trunk does not depend on gaze, so
+  both passes share one trunk evaluation; the gaze MLP runs its passes as one stacked batch.
+  The template pass is only run when asked for, or when ``feat_addition_alpha < 1`` needs it.
+* ``GazeNeRF`` (CVPR'23 two-stream design): a face stream and an eye stream, each a
+  conditional trunk whose shape code is extended with the head-frame gaze (as in the
+  released code). The eye stream's rendered feature map is rotated by
+  ``gaze_rotation(gaze_head)`` in channel triplets, then merged with the face map by
+  element-wise maximum. **Eye-region restriction**: with ``m`` the eye mask average-pooled
+  to the feature grid, ``merged = face + m * (max(face, eye_rotated) - face)`` (the maximum
+  inside the eyes, the face outside, a linear blend on mask borders; opacity is merged the
+  same way). The eye stream is evaluated **only on rays with m > 0**, so its cost is
+  proportional to the eye area; with no eye mask it is not run at all.
+
+Speed decisions (measured in ``benchmarks/bench_render.py``):
+
+* Empty space is skipped: samples lie only on each ray's chord through the bound sphere
+  (``ModelConfig.bound_radius``), and rays that miss it are never evaluated: the hitting rays
+  of the whole batch are gathered into one flat ``(N, S, ·)`` set, evaluated with
+  channels-last ``nn.Linear`` layers, and scattered back (missed pixels get zero features,
+  opacity and depth, i.e. pure background).
+* Per-image codes and per-ray gaze inputs enter through split first/skip layers computed
+  once per image / ray (see ``fields/trunk.py`` and ``fields/gaze.py``).
+* HeadNeRF_Gaze's template pass shares the trunk; only the gaze MLP and the two heads run
+  again. Nothing is computed for the template unless it is rendered or blended.
+* The background image is decoded only when ``render_background`` asks for it.
+
+Common forward signature: see ``GazeModelBase.forward``.
+"""
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .fields.encoding import encoding_dim, positional_encoding
+from .fields.gaze import GazeMLP, gaze_input_dim, per_ray_gaze_inputs, pool_eye_mask, rotate_feature_groups
+from .fields.trunk import ConditionalTrunk
+from .geometry.cameras import scale_intrinsics
+from .geometry.gaze import gaze_rotation, rotate_pitch_yaw
+from .neural_renderer import NeuralRenderer
+from .rendering.rays import generate_rays, ray_sphere_bounds
+from .rendering.sampling import stratified_samples
+from .rendering.volume import alpha_from_density, composite, depth_and_opacity, transmittance_weights
+
+__all__ = ["HeadNeRF", "HeadNeRF_Gaze", "GazeNeRF", "MODEL_CLASSES", "build_model", "redirect",
+           "camera_for_head_pose", "RayBatch"]
+
+
+@dataclasses.dataclass
+class RayBatch:
+    """The rays of a batch that hit the bound sphere, flattened.
+
+    ``ray_index (N,)`` indexes the flat ``(B * h * w)`` ray grid; ``ray_image (N,)`` is the
+    image of each ray; ``depths, deltas (N, S)``; ``points_pe (N, S, P)``.
+    """
+
+    batch: int
+    size: int  # h = w of the ray grid
+    ray_index: torch.Tensor
+    ray_image: torch.Tensor
+    depths: torch.Tensor
+    deltas: torch.Tensor
+    points_pe: torch.Tensor
+
+    def subset(self, keep: torch.Tensor) -> "RayBatch":
+        """The rays where ``keep (N,)`` is True."""
+        sel = keep.nonzero().squeeze(1)
+        return RayBatch(self.batch, self.size, self.ray_index[sel], self.ray_image[sel], self.depths[sel],
+                        self.deltas[sel], self.points_pe[sel])
+
+    def scatter(self, values: torch.Tensor) -> torch.Tensor:
+        """(N, C) per-ray values -> (B, C, h, w) map, zero where rays missed."""
+        full = values.new_zeros(self.batch * self.size * self.size, values.shape[-1])
+        full = full.index_copy(0, self.ray_index, values)
+        # contiguous NCHW: the renderer's convs then see one memory format whatever the hit set
+        return full.view(self.batch, self.size, self.size, -1).permute(0, 3, 1, 2).contiguous()
+
+
+def render_rays(rays: RayBatch, features: torch.Tensor, density: torch.Tensor) -> dict:
+    """Volume-render one field over ``rays``.
+
+    Args:
+        features: (N, S, C); density: (N, S) >= 0.
+    Returns:
+        dict of (B, ·, h, w) maps: "features" (pre-multiplied), "opacity", "depth".
+    """
+    weights = transmittance_weights(alpha_from_density(density, rays.deltas))  # (N, S)
+    feat = composite(weights, features)  # (N, C)
+    depth, opacity = depth_and_opacity(weights, rays.depths)  # (N,), (N,)
+    return {"features": rays.scatter(feat), "opacity": rays.scatter(opacity.unsqueeze(-1)),
+            "depth": rays.scatter(depth.unsqueeze(-1))}
+
+
+class GazeModelBase(nn.Module):
+    """Shared ray set-up, renderer and output assembly. Subclasses implement ``render_fields``."""
+
+    def __init__(self, cfg: ModelConfig, shape_code_dim: int, appearance_code_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        self.shape_code_dim, self.appearance_code_dim = shape_code_dim, appearance_code_dim
+        self.point_dim = encoding_dim(cfg.pe_freqs)
+        self.renderer = NeuralRenderer(cfg.featmap_size, cfg.featmap_channels, cfg.image_size, cfg.renderer_min_channels)
+
+    def make_rays(self, R_w2c, t_w2c, K, training: bool, generator=None) -> RayBatch:
+        """Rays of the feature grid that hit the bound sphere, with their samples."""
+        cfg = self.cfg
+        K_feat = scale_intrinsics(K, cfg.featmap_size / cfg.image_size)
+        origins, directions = generate_rays(R_w2c, t_w2c, K_feat, cfg.featmap_size, cfg.featmap_size)  # (B, R, 3)
+        near, far, hit = ray_sphere_bounds(origins, directions, cfg.bound_radius)
+        ray_index = hit.reshape(-1).nonzero().squeeze(1)  # (N,)
+        R = cfg.featmap_size**2
+        o = origins.reshape(-1, 3)[ray_index]
+        d = directions.reshape(-1, 3)[ray_index]
+        depths, deltas = stratified_samples(near.reshape(-1)[ray_index], far.reshape(-1)[ray_index], cfg.num_samples,
+                                            training, generator)  # (N, S)
+        points = o.unsqueeze(1) + d.unsqueeze(1) * depths.unsqueeze(-1)  # (N, S, 3)
+        return RayBatch(R_w2c.shape[0], cfg.featmap_size, ray_index, torch.div(ray_index, R, rounding_mode="floor"),
+                        depths, deltas, positional_encoding(points, cfg.pe_freqs))
+
+    def render_fields(self, rays, shape_code, appearance_code, gaze_head, pooled_eye_mask, training, render_template,
+                      generator) -> tuple[dict, dict | None]:
+        """-> (main maps, template maps or None), each from ``render_rays``."""
+        raise NotImplementedError
+
+    def forward(self, shape_code, appearance_code, R_w2c, t_w2c, K, gaze_head=None, eye_mask=None,
+                training: bool = False, render_template: bool = False, render_background: bool = False,
+                generator=None) -> dict:
+        """Render images.
+
+        Args:
+            shape_code: (B, Ds); appearance_code: (B, Da).
+            R_w2c (B, 3, 3), t_w2c (B, 3): world(head)→camera extrinsics.
+            K: (B, 3, 3) in pixels of the output image (``cfg.image_size``).
+            gaze_head: (B, 2) head-frame (pitch, yaw) in radians, or None (= 0). HeadNeRF ignores it.
+            eye_mask: (B, 1, H, W) in [0, 1] at any H = W, or None (= no eye region).
+            training: stratified jitter and template-gaze noise.
+            render_template: also return "template_image" (HeadNeRF_Gaze only).
+            render_background: also return "background_image" (1, 3, S, S).
+            generator: optional torch.Generator for the jitter and the noise.
+        Returns:
+            dict: "image" (B, 3, S, S) in [0, 1], "opacity" (B, 1, h, w), "depth" (B, 1, h, w),
+            optionally "template_image" (B, 3, S, S) and "background_image" (1, 3, S, S).
+        """
+        B = shape_code.shape[0]
+        rays = self.make_rays(R_w2c, t_w2c, K, training, generator)
+        if gaze_head is None:
+            gaze_head = shape_code.new_zeros(B, 2)
+        pooled = pool_eye_mask(eye_mask, B, self.cfg.featmap_size, shape_code)  # (B, 1, h, w)
+        main, template = self.render_fields(rays, shape_code, appearance_code, gaze_head, pooled, training,
+                                            render_template, generator)
+        out = {"image": self.renderer(main["features"], main["opacity"]), "opacity": main["opacity"],
+               "depth": main["depth"]}
+        if template is not None:
+            out["template_image"] = self.renderer(template["features"], template["opacity"])
+        if render_background:
+            out["background_image"] = self.renderer.render_background()
+        return out
+
+
+class HeadNeRF(GazeModelBase):
+    """The baseline conditional head NeRF; gaze is accepted and ignored."""
+
+    def __init__(self, cfg: ModelConfig, shape_code_dim: int, appearance_code_dim: int):
+        super().__init__(cfg, shape_code_dim, appearance_code_dim)
+        self.trunk = ConditionalTrunk(self.point_dim, shape_code_dim, appearance_code_dim, cfg.mlp_width,
+                                      cfg.mlp_depth, cfg.skip_layer, cfg.featmap_channels)
+
+    def render_fields(self, rays, shape_code, appearance_code, gaze_head, pooled_eye_mask, training, render_template,
+                      generator):
+        features, density = self.trunk(rays.points_pe, shape_code, appearance_code, rays.ray_image)
+        return render_rays(rays, features, density), None
+
+
+class HeadNeRF_Gaze(GazeModelBase):
+    """Trunk + additive gaze MLP + template pass (the seed's model)."""
+
+    def __init__(self, cfg: ModelConfig, shape_code_dim: int, appearance_code_dim: int):
+        super().__init__(cfg, shape_code_dim, appearance_code_dim)
+        self.trunk = ConditionalTrunk(self.point_dim, shape_code_dim, appearance_code_dim, cfg.mlp_width,
+                                      cfg.mlp_depth, cfg.skip_layer, cfg.featmap_channels)
+        self.gaze_mlp = GazeMLP(self.point_dim, gaze_input_dim(cfg.gaze_tile), cfg.gaze_mlp_width,
+                                cfg.gaze_mlp_depth, cfg.mlp_width, self.trunk.colour_width)
+
+    def render_fields(self, rays, shape_code, appearance_code, gaze_head, pooled_eye_mask, training, render_template,
+                      generator):
+        cfg = self.cfg
+        alpha = cfg.feat_addition_alpha
+        gazes = [gaze_head]
+        with_template = render_template or alpha < 1.0
+        if with_template:
+            template_gaze = torch.zeros_like(gaze_head)
+            if training and cfg.template_gaze_noise > 0:
+                template_gaze = cfg.template_gaze_noise * torch.randn(
+                    gaze_head.shape, generator=generator, device=gaze_head.device, dtype=gaze_head.dtype)
+            gazes.append(template_gaze)
+        ray_inputs = torch.stack([per_ray_gaze_inputs(pooled_eye_mask, g, cfg.gaze_tile) for g in gazes])  # (P, B, R, F)
+        ray_inputs = ray_inputs.flatten(1, 2).index_select(1, rays.ray_index)  # (P, N, F)
+        density_inj, colour_inj = self.gaze_mlp(rays.points_pe, ray_inputs)  # (P, N, S, W), (P, N, S, W/2)
+
+        # The trunk is gaze-independent: one evaluation shared by the gaze and template passes.
+        h = self.trunk.hidden(rays.points_pe, shape_code, rays.ray_image)
+        colour = self.trunk.colour_hidden(h, appearance_code, rays.ray_image)
+        main_d, main_c = density_inj[0], colour_inj[0]
+        if alpha < 1.0:
+            main_d = alpha * main_d + (1 - alpha) * density_inj[1]
+            main_c = alpha * main_c + (1 - alpha) * colour_inj[1]
+        main = render_rays(rays, self.trunk.features(colour, main_c), self.trunk.density(h, main_d))
+        template = None
+        if render_template:
+            template = render_rays(rays, self.trunk.features(colour, colour_inj[1]),
+                                   self.trunk.density(h, density_inj[1]))
+        return main, template
+
+
+class GazeNeRF(GazeModelBase):
+    """Two conditional streams (face, eyes); the eye map is gaze-rotated and max-merged in the eyes."""
+
+    def __init__(self, cfg: ModelConfig, shape_code_dim: int, appearance_code_dim: int):
+        super().__init__(cfg, shape_code_dim, appearance_code_dim)
+        self.face_stream = ConditionalTrunk(self.point_dim, shape_code_dim + 2, appearance_code_dim, cfg.mlp_width,
+                                            cfg.mlp_depth, cfg.skip_layer, cfg.featmap_channels)
+        self.eye_stream = ConditionalTrunk(self.point_dim, shape_code_dim + 2, appearance_code_dim,
+                                           cfg.gaze_mlp_width, cfg.gaze_mlp_depth,
+                                           min(cfg.gaze_mlp_depth // 2, cfg.gaze_mlp_depth - 1), cfg.featmap_channels)
+
+    def render_fields(self, rays, shape_code, appearance_code, gaze_head, pooled_eye_mask, training, render_template,
+                      generator):
+        code = torch.cat((shape_code, gaze_head), dim=-1)  # (B, Ds + 2)
+        face = render_rays(rays, *self.face_stream(rays.points_pe, code, appearance_code, rays.ray_image))
+        eye_rays = rays.subset(pooled_eye_mask.reshape(-1)[rays.ray_index] > 0)
+        if eye_rays.ray_index.numel() == 0:
+            return face, None  # no eye pixel hit: m = 0 everywhere, the merge is the face map
+        eye = render_rays(eye_rays, *self.eye_stream(eye_rays.points_pe, code, appearance_code, eye_rays.ray_image))
+        eye_features = rotate_feature_groups(eye["features"], gaze_rotation(gaze_head))
+        m = pooled_eye_mask
+        merged = {
+            "features": face["features"] + m * (torch.maximum(face["features"], eye_features) - face["features"]),
+            "opacity": face["opacity"] + m * (torch.maximum(face["opacity"], eye["opacity"]) - face["opacity"]),
+            "depth": face["depth"],
+        }
+        return merged, None
+
+
+MODEL_CLASSES = {"HeadNeRF": HeadNeRF, "HeadNeRF_Gaze": HeadNeRF_Gaze, "GazeNeRF": GazeNeRF}
+
+
+def build_model(cfg: ModelConfig, shape_code_dim: int, appearance_code_dim: int) -> nn.Module:
+    """The model named by ``cfg.model_name``, for codes of the given sizes."""
+    return MODEL_CLASSES[cfg.model_name](cfg, shape_code_dim, appearance_code_dim)
+
+
+def camera_for_head_pose(R_w2c: torch.Tensor, t_w2c: torch.Tensor, head_pose: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate a camera about the head origin so that it sees the head at ``head_pose``.
+
+    The new rotation is ETH-XGaze-normalised (built like ``look_at_w2c`` towards the head
+    origin with the head's +x as right hint: the camera's y axis is orthogonal to the head's
+    x axis, i.e. no roll relative to the head) and satisfies ``head_pose_from_rotation(R_new) == head_pose`` for
+    ``|pitch|, |yaw| < π/2``. ``t_w2c`` is kept, so the head origin keeps its position in the
+    camera frame (same distance, same place in the image).
+
+    With the camera's optical axis ``z_c = (a, b, c)`` in head coordinates and its x axis
+    from ``look_at`` with the head's +x as right hint, the head pose is
+    ``sin(pitch) = -b / sqrt(b² + c²)``, ``tan(yaw) = -a / sqrt(b² + c²)``, solved by
+    ``z_c = (-sin yaw, -sin pitch cos yaw, cos pitch cos yaw)``.
+
+    Args:
+        R_w2c (B, 3, 3), t_w2c (B, 3): the current camera.
+        head_pose: (B, 2) requested head (pitch, yaw) in radians.
+    Returns:
+        R_w2c_new (B, 3, 3), t_w2c_new (B, 3).
+    """
+    pitch, yaw = head_pose.unbind(-1)
+    z = torch.stack((-torch.sin(yaw), -torch.sin(pitch) * torch.cos(yaw), torch.cos(pitch) * torch.cos(yaw)), -1)
+    right_hint = torch.zeros_like(z)
+    right_hint[..., 0] = 1.0
+    y = torch.nn.functional.normalize(torch.cross(z, right_hint, dim=-1), dim=-1)
+    x = torch.cross(y, z, dim=-1)
+    R_new = torch.stack((x, y, z), dim=-2)  # rows: camera axes in head coordinates
+    return R_new, t_w2c.clone()
+
+
+def redirect(model: nn.Module, codes: dict, camera: dict, gaze: torch.Tensor, head_pose: torch.Tensor | None = None,
+             eye_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Render a subject with a new gaze (and optionally a new head pose), in eval mode.
+
+    Args:
+        codes: {"shape_code" (B, Ds), "appearance_code" (B, Da)}.
+        camera: {"R_w2c" (B, 3, 3), "t_w2c" (B, 3), "K" (B, 3, 3) in output-image pixels}.
+        gaze: (B, 2) (pitch, yaw) in the **camera** frame, like the dataset labels.
+        head_pose: (B, 2) ETH-XGaze head (pitch, yaw) seen by the camera, or None (keep the camera).
+        eye_mask: (B, 1, H, W) in [0, 1], or None.
+    Returns:
+        image (B, 3, S, S) in [0, 1].
+    """
+    R, t = camera["R_w2c"], camera["t_w2c"]
+    if head_pose is not None:
+        R, t = camera_for_head_pose(R, t, head_pose)
+    gaze_head = rotate_pitch_yaw(gaze, R.transpose(-1, -2))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(codes["shape_code"], codes["appearance_code"], R, t, camera["K"], gaze_head=gaze_head,
+                        eye_mask=eye_mask)
+    finally:
+        model.train(was_training)
+    return out["image"]

@@ -1,0 +1,84 @@
+"""Rays through pixel centres, and where they cross the head's bound sphere.
+
+One ray per pixel of an ``h × w`` grid (the feature map), row-major: ray ``r`` belongs to
+pixel ``(col, row) = (r % w, r // w)`` and passes through its centre ``(col + 0.5, row + 0.5)``
+(the seed used pixel corners; see ``HeadNeRF/geometry/cameras.py`` for the convention).
+
+``K`` must be given **in pixels of that grid**: callers holding K for the output image
+rescale it first with ``scale_intrinsics(K, h / image_size)``.
+
+Shapes: ``R_w2c (B, 3, 3)``, ``t_w2c (B, 3)``, ``K (B, 3, 3)``; rays ``(B, R, 3)`` with
+``R = h * w``; per-ray scalars ``(B, R)``.
+"""
+
+import torch
+
+from ..geometry.cameras import camera_center
+
+__all__ = ["pixel_centers", "generate_rays", "ray_sphere_bounds"]
+
+
+def pixel_centers(h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """(h*w, 2) pixel centres ``(u, v) = (col + 0.5, row + 0.5)``, row-major.
+
+    Example:
+        >>> pixel_centers(2, 2)
+        tensor([[0.5000, 0.5000],
+                [1.5000, 0.5000],
+                [0.5000, 1.5000],
+                [1.5000, 1.5000]])
+    """
+    rows, cols = torch.meshgrid(
+        torch.arange(h, device=device, dtype=dtype), torch.arange(w, device=device, dtype=dtype), indexing="ij"
+    )
+    return torch.stack((cols.reshape(-1), rows.reshape(-1)), dim=-1) + 0.5
+
+
+def generate_rays(
+    R_w2c: torch.Tensor, t_w2c: torch.Tensor, K: torch.Tensor, h: int, w: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """World-space rays through the pixel centres of an ``h × w`` grid.
+
+    Args:
+        R_w2c: (B, 3, 3) world→camera rotation.
+        t_w2c: (B, 3) world→camera translation.
+        K: (B, 3, 3) intrinsics in pixels of the ``h × w`` grid.
+    Returns:
+        origins (B, R, 3): the camera centre, repeated per ray.
+        directions (B, R, 3): unit directions, so ``origin + t * dir`` is at distance ``t``.
+    """
+    B = R_w2c.shape[0]
+    uv1 = torch.cat(
+        (pixel_centers(h, w, R_w2c.device, R_w2c.dtype), torch.ones(h * w, 1, device=R_w2c.device, dtype=R_w2c.dtype)),
+        dim=-1,
+    )  # (R, 3)
+    # Camera-frame direction K^-1 (u, v, 1); solve instead of inverting K explicitly.
+    dirs_cam = torch.linalg.solve(K, uv1.T.unsqueeze(0).expand(B, 3, h * w))  # (B, 3, R)
+    dirs_world = (R_w2c.transpose(-1, -2) @ dirs_cam).transpose(-1, -2)  # (B, R, 3)
+    directions = torch.nn.functional.normalize(dirs_world, dim=-1)
+    origins = camera_center(R_w2c, t_w2c).unsqueeze(1).expand(B, h * w, 3)
+    return origins, directions
+
+
+def ray_sphere_bounds(
+    origins: torch.Tensor, directions: torch.Tensor, radius: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Entry/exit distances of unit-direction rays through the sphere ``|x| <= radius``.
+
+    Solves ``|o + t d|^2 = r^2`` for ``t``. A camera inside the sphere gets ``near = 0``.
+
+    Args:
+        origins, directions: (B, R, 3); directions must be unit length.
+    Returns:
+        near, far: (B, R) distances along the ray (0 where the ray misses).
+        hit: (B, R) bool, the ray's chord inside the sphere has positive length in front of the camera.
+    """
+    b = (origins * directions).sum(-1)  # (B, R) o·d
+    c = (origins * origins).sum(-1) - radius * radius
+    disc = b * b - c
+    root = disc.clamp_min(0.0).sqrt()
+    far = -b + root
+    near = (-b - root).clamp_min(0.0)
+    hit = (disc > 0) & (far > near)
+    zero = torch.zeros_like(near)
+    return torch.where(hit, near, zero), torch.where(hit, far, zero), hit
