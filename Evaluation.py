@@ -6,16 +6,12 @@ synthetic ground truth and ETH-XGaze arrives with the evaluation issue.
 Until then this script only explains that and exits with status 2.
 """
 
-import argparse
+import os
 import sys
 
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.parse_known_args(argv)
-    print("Evaluation.py: not implemented yet in this version; see README 'Status'", file=sys.stderr)
-    return 2
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from HeadNeRF.placeholder import not_implemented_main
+
+    sys.exit(not_implemented_main("Evaluation.py", __doc__))

@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from HeadNeRF.config import ModelConfig  # noqa: E402
+from HeadNeRF.config import ModelConfig, load_yaml  # noqa: E402
 from HeadNeRF.fields.encoding import encoding_dim, positional_encoding  # noqa: E402
 from HeadNeRF.fields.gaze import gaze_input_dim, per_ray_gaze_inputs, pool_eye_mask  # noqa: E402
 from HeadNeRF.geometry.cameras import intrinsics_matrix, scale_intrinsics  # noqa: E402
@@ -35,9 +35,7 @@ SHAPE_DIM, APPEARANCE_DIM = 179, 127  # the seed's codes
 
 CONFIGS = {
     "seed": ModelConfig(),  # 32² rays × 64 samples, 8×384 MLPs, 256 ch, 512² output
-    "quick": ModelConfig(featmap_size=32, featmap_channels=64, image_size=128, num_samples=24, mlp_width=128,
-                         mlp_depth=4, skip_layer=2, gaze_mlp_width=64, gaze_mlp_depth=4, gaze_tile=8,
-                         renderer_min_channels=16),
+    "quick": load_yaml(str(Path(__file__).resolve().parents[1] / "config" / "quickstart.yml")).model,
 }
 
 

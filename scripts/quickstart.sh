@@ -7,8 +7,8 @@ bash scripts/setup_env.sh
 PY=.venv/bin/python
 DATA=data/synthetic
 if [ ! -f "$DATA/split.json" ]; then
-  $PY DataProcess/make_synthetic_dataset.py --save_dir "$DATA" --num_subjects 4 --num_cameras 9 \
-      --num_frames 12 --image_size 128 --seed 0
+  $PY DataProcess/make_synthetic_dataset.py --save_dir "$DATA" --num_subjects 4 --num_cameras 8 \
+      --num_frames 24 --image_size 64 --seed 0
 else
   echo "[quickstart] reusing the synthetic dataset in $DATA"
 fi
