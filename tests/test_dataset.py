@@ -21,7 +21,7 @@ def test_reads_what_was_written(tiny_dataset):
     assert item["lm2d"].shape == (68, 2) and item["iris2d"].shape == (2, 2)
     assert item["shape_code"].shape == (ds.shape_code_dim,)
     assert item["appearance_code"].shape == (ds.appearance_code_dim,)
-    sid, row = ds._rows[5][:2]
+    sid, row = ds.rows[5][:2]
     with h5py.File(os.path.join(tiny_dataset, subject_file_name(sid))) as f:
         assert torch.equal(item["image"], torch.from_numpy(f["face_patch"][row]).permute(2, 0, 1).float() / 255)
         assert np.allclose(item["gaze"].numpy(), f["face_gaze"][row])
@@ -31,11 +31,11 @@ def test_reads_what_was_written(tiny_dataset):
 def test_split_partitions_rows(tiny_dataset):
     split = Split.load(tiny_dataset)
     train, val, test = (GazeDataset(tiny_dataset, w) for w in ("train", "val", "test"))
-    key = lambda ds: {(r[0], r[1]) for r in ds._rows}  # noqa: E731
+    key = lambda ds: {(r[0], r[1]) for r in ds.rows}  # noqa: E731
     assert not key(train) & key(val) and not (key(train) | key(val)) & key(test)
     assert len(train) + len(val) + len(test) == len(GazeDataset(tiny_dataset, "all"))
-    assert {r[0] for r in test._rows} == set(split.test_subjects)
-    for r in train._rows:
+    assert {r[0] for r in test.rows} == set(split.test_subjects)
+    for r in train.rows:
         assert r[2] not in split.heldout_cameras and r[3] not in split.heldout_frames
 
 

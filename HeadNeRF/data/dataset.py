@@ -30,6 +30,7 @@ template_image     (3,S,S) f32    only with ``with_template``: the same subject 
 """
 
 import os
+from typing import NamedTuple
 
 import h5py
 import numpy as np
@@ -38,9 +39,19 @@ import torch.nn.functional as F
 
 from .layout import DataFormatError, Split, subject_file_name, validate_file
 
-__all__ = ["GazeDataset", "open_validated"]
+__all__ = ["GazeDataset", "RowRef", "open_validated"]
 
 WHICH = ("train", "val", "test", "all")
+
+
+class RowRef(NamedTuple):
+    """Where dataset item ``i`` lives: ``GazeDataset.rows[i]``."""
+
+    subject: int
+    row: int  # row in the subject's file
+    cam: int
+    frame: int
+    template_row: int  # the same subject and camera at its most frontal gaze
 
 
 def open_validated(path: str) -> tuple[h5py.File, dict]:
@@ -93,7 +104,7 @@ class GazeDataset(torch.utils.data.Dataset):
         if not subject_ids:
             raise DataFormatError(f"{dataset_dir}: no subjects selected for '{which}' (check split.json)")
 
-        self.paths, self.code_slices, self._rows, stored_sizes = {}, None, [], set()
+        self.paths, self.code_slices, self.rows, stored_sizes = {}, None, [], set()
         heldout_cams, heldout_frames = set(self.split.heldout_cameras), set(self.split.heldout_frames)
         for sid in subject_ids:
             path = os.path.join(dataset_dir, subject_file_name(sid))
@@ -124,8 +135,9 @@ class GazeDataset(torch.utils.data.Dataset):
             for cam in np.unique(cams[valid]):
                 cand = np.flatnonzero(valid & (cams == cam))
                 template[int(cam)] = int(cand[np.argmin(np.abs(gaze[cand]).sum(1))])
-            self._rows += [(sid, int(r), int(cams[r]), int(frames[r]), template.get(int(cams[r]), int(r))) for r in rows]
-        if not self._rows:
+            self.rows += [RowRef(sid, int(r), int(cams[r]), int(frames[r]), template.get(int(cams[r]), int(r)))
+                          for r in rows]
+        if not self.rows:
             raise DataFormatError(f"{dataset_dir}: no valid rows for '{which}' with subjects {subject_ids}")
         if len(stored_sizes) != 1 and image_size is None:
             raise DataFormatError(f"{dataset_dir}: subjects have different image sizes {sorted(stored_sizes)}; pass image_size")
@@ -140,7 +152,7 @@ class GazeDataset(torch.utils.data.Dataset):
         self.appearance_code_dim = (s["albedo"][1] - s["albedo"][0]) + (s["illumination"][1] - s["illumination"][0])
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self.rows)
 
     def _file(self, sid) -> h5py.File:
         if self._pid != os.getpid():  # new worker process: never reuse a handle from the parent
@@ -171,7 +183,7 @@ class GazeDataset(torch.utils.data.Dataset):
         return m
 
     def __getitem__(self, index: int) -> dict:
-        sid, row, cam, frame, template_row = self._rows[index]
+        sid, row, cam, frame, template_row = self.rows[index]
         f = self._file(sid)
         scale = self.image_size / f["face_patch"].shape[1]
         K = torch.from_numpy(np.asarray(f["cam_K"][row], dtype=np.float32))
