@@ -44,6 +44,7 @@ Speed decisions (measured in ``benchmarks/bench_render.py``):
 Common forward signature: see ``GazeModelBase.forward``.
 """
 
+import contextlib
 import dataclasses
 
 import torch
@@ -61,7 +62,7 @@ from .rendering.sampling import stratified_samples
 from .rendering.volume import alpha_from_density, composite, depth_and_opacity, transmittance_weights
 
 __all__ = ["HeadNeRF", "HeadNeRF_Gaze", "GazeNeRF", "MODEL_CLASSES", "build_model", "redirect",
-           "camera_for_head_pose", "RayBatch"]
+           "camera_for_head_pose", "RayBatch", "eval_mode"]
 
 
 @dataclasses.dataclass
@@ -315,12 +316,19 @@ def redirect(model: nn.Module, codes: dict, camera: dict, gaze: torch.Tensor, he
     if head_pose is not None:
         R, t = camera_for_head_pose(R, t, head_pose)
     gaze_head = rotate_pitch_yaw(gaze, R.transpose(-1, -2))
+    with eval_mode(model):
+        out = model(codes["shape_code"], codes["appearance_code"], R, t, camera["K"], gaze_head=gaze_head,
+                    eye_mask=eye_mask)
+    return out["image"]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Eval mode and no autograd inside the block; the model's previous mode is restored after."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(codes["shape_code"], codes["appearance_code"], R, t, camera["K"], gaze_head=gaze_head,
-                        eye_mask=eye_mask)
+            yield model
     finally:
         model.train(was_training)
-    return out["image"]

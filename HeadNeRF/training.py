@@ -41,6 +41,7 @@ from .data.dataset import GazeDataset
 from .geometry import rotate_pitch_yaw
 from .losses import VGGPerceptual, total_loss
 from .metrics import masked_psnr
+from .models import build_model, eval_mode
 
 __all__ = ["train", "TrainingAborted", "gaze_in_head_frame", "PerImageOffsets", "StepBatchSampler", "prepare"]
 
@@ -159,7 +160,6 @@ def prepare(cfg: TrainConfig, resume: str | None = None):
 
     Returns a dict with datasets, model, offsets, optimizer, scheduler, checkpoint state (or None).
     """
-    from .models import build_model  # imported here so config/data errors surface before the model code loads
 
     loss_cfg = cfg.loss_config
     train_ds = GazeDataset(cfg.data.dataset_dir, "train", subjects=cfg.data.subjects or None,
@@ -190,21 +190,20 @@ def prepare(cfg: TrainConfig, resume: str | None = None):
 # Validation and the final report
 
 
-@torch.no_grad()
 def validate(model, val_ds: GazeDataset, cfg: TrainConfig, device, rows=None) -> dict:
     """Head-region MSE/PSNR of the model on held-out rows (deterministic, no jitter)."""
-    model.eval()
     rows = list(range(min(len(val_ds), cfg.val_images))) if rows is None else rows
     psnr, mse = [], []
     zero = PerImageOffsets(0, 0, False, False)
-    for i in range(0, len(rows), cfg.batch_size):
-        batch = _to(torch.utils.data.default_collate([val_ds[j] for j in rows[i:i + cfg.batch_size]]), device)
-        out, _, _ = forward_batch(model, zero, batch, training=False)
-        head = batch["head_mask"]
-        gt = batch["image"] * head + (1 - head)
-        psnr.append(masked_psnr(out["image"], gt, head))
-        mse.append(((out["image"] - gt).square() * head).flatten(1).sum(1) / (head.flatten(1).sum(1) * 3).clamp_min(1))
-    model.train()
+    with eval_mode(model):
+        for i in range(0, len(rows), cfg.batch_size):
+            batch = _to(torch.utils.data.default_collate([val_ds[j] for j in rows[i:i + cfg.batch_size]]), device)
+            out, _, _ = forward_batch(model, zero, batch, training=False)
+            head = batch["head_mask"]
+            gt = batch["image"] * head + (1 - head)
+            psnr.append(masked_psnr(out["image"], gt, head))
+            mse.append(((out["image"] - gt).square() * head).flatten(1).sum(1)
+                       / (head.flatten(1).sum(1) * 3).clamp_min(1))
     psnr, mse = torch.cat(psnr), torch.cat(mse)
     return {"val_loss": mse.mean().item(), "psnr_head": psnr.nanmean().item()}
 
@@ -212,12 +211,11 @@ def validate(model, val_ds: GazeDataset, cfg: TrainConfig, device, rows=None) ->
 def _split_val_rows(val_ds: GazeDataset) -> tuple[list, list]:
     """Indices of held-out-frame rows (seen cameras) and held-out-camera rows."""
     cams = set(val_ds.split.heldout_cameras)
-    frames_rows = [i for i, r in enumerate(val_ds._rows) if r[2] not in cams]
-    cam_rows = [i for i, r in enumerate(val_ds._rows) if r[2] in cams]
+    frames_rows = [i for i, r in enumerate(val_ds.rows) if r.cam not in cams]
+    cam_rows = [i for i, r in enumerate(val_ds.rows) if r.cam in cams]
     return frames_rows, cam_rows
 
 
-@torch.no_grad()
 def redirection_report(model, val_ds: GazeDataset, device, max_pairs: int = 8) -> dict | None:
     """Gaze redirection against the generator's exact render (synthetic data only).
 
@@ -232,17 +230,16 @@ def redirection_report(model, val_ds: GazeDataset, device, max_pairs: int = 8) -
     frame_rows, _ = _split_val_rows(val_ds)
     if not frame_rows:
         return None
-    with h5py.File(val_ds.paths[val_ds._rows[frame_rows[0]][0]], "r") as f:
+    with h5py.File(val_ds.paths[val_ds.rows[frame_rows[0]].subject], "r") as f:
         if f.attrs.get("source") != "synthetic":
             return None
         supersample = int(f.attrs.get("supersample", 1))  # render the target exactly as the stored images were
     from .data.synthetic import render_view
 
     heldout_frames = set(val_ds.split.heldout_frames)
-    model.eval()
     model_psnr, copy_psnr = [], []
     for i in frame_rows[:max_pairs]:
-        sid, row, cam, frame, _ = val_ds._rows[i]
+        sid, row, cam, frame, _ = val_ds.rows[i]
         with h5py.File(val_ds.paths[sid], "r") as f:
             cams, frames = np.asarray(f["cam_index"][:]), np.asarray(f["frame_index"][:])
             valid = np.asarray(f["valid_mask"][:], dtype=bool)
@@ -261,12 +258,12 @@ def redirection_report(model, val_ds: GazeDataset, device, max_pairs: int = 8) -
         tgt_img = torch.as_tensor(np.asarray(target["image"])).permute(0, 3, 1, 2).float().div(255).to(device)
         tgt_eye = (torch.as_tensor(np.asarray(target["eye_mask"])) >= 128).float()[:, None].to(device)
         A = _to(torch.utils.data.default_collate([a]), device)
-        out = model(A["shape_code"], A["appearance_code"], A["R_w2c"], A["t_w2c"], A["K"],
-                    gaze_head=gaze_head_b.to(device), eye_mask=A["eye_mask"])
+        with eval_mode(model):
+            out = model(A["shape_code"], A["appearance_code"], A["R_w2c"], A["t_w2c"], A["K"],
+                        gaze_head=gaze_head_b.to(device), eye_mask=A["eye_mask"])
         eye = ((tgt_eye + A["eye_mask"]) > 0).float()
         model_psnr.append(masked_psnr(out["image"], tgt_img, eye).item())
         copy_psnr.append(masked_psnr(A["image"], tgt_img, eye).item())
-    model.train()
     if not model_psnr:
         return None
     m, c = sum(model_psnr) / len(model_psnr), sum(copy_psnr) / len(copy_psnr)
@@ -277,8 +274,7 @@ def _image_grid(model, val_ds: GazeDataset, device, n_sweep: int = 5) -> torch.T
     """(3, H, W) grid: GT | render | renders of the same view at a sweep of gaze yaws."""
     import torchvision
 
-    model.eval()
-    with torch.no_grad():
+    with eval_mode(model):
         item = _to(torch.utils.data.default_collate([val_ds[0]]), device)
         tiles = [item["image"][0]]
         out, _, _ = forward_batch(model, PerImageOffsets(0, 0, False, False), item, training=False)
@@ -288,7 +284,6 @@ def _image_grid(model, val_ds: GazeDataset, device, n_sweep: int = 5) -> torch.T
             sweep = model(item["shape_code"], item["appearance_code"], item["R_w2c"], item["t_w2c"], item["K"],
                           gaze_head=gaze, eye_mask=item["eye_mask"])
             tiles.append(sweep["image"][0])
-    model.train()
     return torchvision.utils.make_grid(torch.stack(tiles).clamp(0, 1).cpu(), nrow=len(tiles), padding=2, pad_value=1)
 
 
@@ -297,17 +292,15 @@ def write_gaze_sweep_gif(model, val_ds: GazeDataset, device, path: str, frames: 
     import imageio.v2 as imageio
     import numpy as np
 
-    model.eval()
     item = _to(torch.utils.data.default_collate([val_ds[0]]), device)
     images = []
-    with torch.no_grad():
+    with eval_mode(model):
         for k in range(frames):
             angle = 2 * math.pi * k / frames
             gaze = torch.tensor([[0.3 * math.sin(angle), 0.5 * math.cos(angle)]], device=device)
             out = model(item["shape_code"], item["appearance_code"], item["R_w2c"], item["t_w2c"], item["K"],
                         gaze_head=gaze, eye_mask=item["eye_mask"])
             images.append((out["image"][0].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8))
-    model.train()
     imageio.mimsave(path, images, duration=0.08, loop=0)
 
 
