@@ -90,7 +90,7 @@ class GazeDataset(torch.utils.data.Dataset):
             raise ValueError(f"which must be one of {WHICH}, got {which!r}")
         if not os.path.isdir(dataset_dir):
             raise DataFormatError(f"{dataset_dir}: dataset directory not found (make one with "
-                                  "`python DataProcess/make_synthetic_dataset.py --save_dir {dataset_dir}`)")
+                                  f"`python DataProcess/make_synthetic_dataset.py --save_dir {dataset_dir}`)")
         self.dataset_dir = dataset_dir
         self.split = Split.load(dataset_dir)
         if subjects:
