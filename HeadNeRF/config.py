@@ -58,6 +58,8 @@ class ModelConfig:
     template_gaze_noise: float = 0.08  # std of the noise on the zero template gaze while training
     feat_addition_alpha: float = 1.0  # blend of the gaze vs the template stream at render time
     renderer_min_channels: int = 32  # narrowest channel count of the 2-D upsampler
+    triplane_resolution: int = 0  # learned tri-plane point features added to the PE (fields/triplane.py); 0 = off
+    triplane_channels: int = 8  # features per plane
 
     def __post_init__(self):
         _check(self.model_name in MODEL_NAMES, "model_name", f"must be one of {list(MODEL_NAMES)}, got {self.model_name!r}")
@@ -65,6 +67,8 @@ class ModelConfig:
                   "gaze_mlp_width", "gaze_mlp_depth", "gaze_tile", "renderer_min_channels"):
             _check(getattr(self, k) >= 1, k, f"must be >= 1, got {getattr(self, k)}")
         _check(self.pe_freqs >= 0, "pe_freqs", "must be >= 0")
+        _check(self.triplane_resolution >= 0, "triplane_resolution", "must be >= 0 (0 = off)")
+        _check(self.triplane_channels >= 1, "triplane_channels", "must be >= 1")
         ratio = self.image_size // self.featmap_size
         _check(self.image_size % self.featmap_size == 0 and ratio & (ratio - 1) == 0, "image_size",
                f"image_size/featmap_size must be a power of two, got {self.image_size}/{self.featmap_size}")
@@ -124,8 +128,12 @@ class TrainConfig:
     seed: int = 0
     steps: int = 1000  # optimisation steps
     batch_size: int = 2
-    rays_per_image: int = 0  # 0 = the full feature map (needed by the 2-D renderer)
+    # Pixels rendered per training image; 0 = whole images. > 0 needs a per-pixel renderer
+    # (model.featmap_size == model.image_size) and no VGG loss (it needs whole images).
+    rays_per_image: int = 0
+    eye_ray_weight: float = 1.0  # with rays_per_image: an eye pixel is this many times likelier to be drawn
     init_lr: float = 1e-4
+    triplane_lr_scale: float = 1.0  # the tri-plane features train at init_lr x this (explicit grids like larger steps)
     lr_patience: int = 2  # validations without improvement before the LR is multiplied by lr_decay_factor
     lr_decay_factor: float = 0.5
     min_lr: float = 1e-6
@@ -145,7 +153,17 @@ class TrainConfig:
         for k in ("steps", "batch_size", "val_every", "ckpt_every", "log_every", "image_every", "val_images", "max_bad_steps"):
             _check(getattr(self, k) >= 1, k, f"must be >= 1, got {getattr(self, k)}")
         _check(self.rays_per_image >= 0, "rays_per_image", "must be >= 0")
+        _check(self.eye_ray_weight > 0, "eye_ray_weight", f"must be > 0, got {self.eye_ray_weight}")
+        if self.rays_per_image > 0:
+            _check(self.model.featmap_size == self.model.image_size, "rays_per_image",
+                   f"training on pixel subsets needs a per-pixel renderer: set model.featmap_size = "
+                   f"model.image_size (now {self.model.featmap_size} and {self.model.image_size}), or rays_per_image: 0")
+            _check(self.rays_per_image <= self.model.image_size ** 2, "rays_per_image",
+                   f"must be <= image_size² = {self.model.image_size ** 2}")
+            _check(self.loss_config.vgg == 0, "rays_per_image",
+                   "the VGG loss needs whole images; set rays_per_image: 0 or loss_config.vgg: 0")
         _check(self.init_lr > 0, "init_lr", f"must be > 0, got {self.init_lr}")
+        _check(self.triplane_lr_scale > 0, "triplane_lr_scale", f"must be > 0, got {self.triplane_lr_scale}")
         _check(0 < self.lr_decay_factor <= 1, "lr_decay_factor", f"must be in (0, 1], got {self.lr_decay_factor}")
         _check(self.lr_patience >= 0, "lr_patience", "must be >= 0")
         _check(self.grad_clip >= 0, "grad_clip", "must be >= 0")

@@ -41,6 +41,15 @@ Speed decisions (measured in ``benchmarks/bench_render.py``):
   again. Nothing is computed for the template unless it is rendered or blended.
 * The background image is decoded only when ``render_background`` asks for it.
 
+Point encoding: PE(points), optionally concatenated with learned tri-plane features
+(``ModelConfig.triplane_resolution``, ``fields/triplane.py``) that every field reads.
+
+Pixel subsets: when ``featmap_size == image_size`` the renderer is a per-pixel 1×1 conv, so
+``forward(..., pixels=(B, K))`` renders only those pixels, as (B, ·, 1, K) strips, and gives
+exactly the values of the whole-image render there. Training then spends its rays on many
+images at full resolution instead of on whole low-resolution feature maps
+(``TrainConfig.rays_per_image``).
+
 Common forward signature: see ``GazeModelBase.forward``.
 """
 
@@ -52,12 +61,13 @@ from torch import nn
 
 from .config import ModelConfig
 from .fields.encoding import encoding_dim, positional_encoding
-from .fields.gaze import GazeMLP, gaze_input_dim, per_ray_gaze_inputs, pool_eye_mask, rotate_feature_groups
+from .fields.gaze import GazeMLP, gaze_input_dim, grid_coords, per_ray_gaze_inputs, pool_eye_mask, rotate_feature_groups
+from .fields.triplane import TriplaneEncoding
 from .fields.trunk import ConditionalTrunk
 from .geometry.cameras import scale_intrinsics
 from .geometry.gaze import gaze_rotation, rotate_pitch_yaw
 from .neural_renderer import NeuralRenderer
-from .rendering.rays import generate_rays, ray_sphere_bounds
+from .rendering.rays import generate_rays, pixel_index_centers, ray_sphere_bounds, rays_through
 from .rendering.sampling import stratified_samples
 from .rendering.volume import alpha_from_density, composite, depth_and_opacity, transmittance_weights
 
@@ -69,30 +79,32 @@ __all__ = ["HeadNeRF", "HeadNeRF_Gaze", "GazeNeRF", "MODEL_CLASSES", "build_mode
 class RayBatch:
     """The rays of a batch that hit the bound sphere, flattened.
 
-    ``ray_index (N,)`` indexes the flat ``(B * h * w)`` ray grid; ``ray_image (N,)`` is the
+    ``ray_index (N,)`` indexes the flat ``(B * h * w)`` ray grid (``h, w = grid``); ``ray_image (N,)`` is the
     image of each ray; ``depths, deltas (N, S)``; ``points_pe (N, S, P)``.
     """
 
     batch: int
-    size: int  # h = w of the ray grid
+    grid: tuple[int, int]  # (h, w) of the ray grid: the feature map, or (1, K) for a pixel subset
     ray_index: torch.Tensor
     ray_image: torch.Tensor
     depths: torch.Tensor
     deltas: torch.Tensor
     points_pe: torch.Tensor
+    pixels: torch.Tensor | None = None  # (B, K) output-image pixel indices when rendering a subset
 
     def subset(self, keep: torch.Tensor) -> "RayBatch":
         """The rays where ``keep (N,)`` is True."""
         sel = keep.nonzero().squeeze(1)
-        return RayBatch(self.batch, self.size, self.ray_index[sel], self.ray_image[sel], self.depths[sel],
-                        self.deltas[sel], self.points_pe[sel])
+        return RayBatch(self.batch, self.grid, self.ray_index[sel], self.ray_image[sel], self.depths[sel],
+                        self.deltas[sel], self.points_pe[sel], self.pixels)
 
     def scatter(self, values: torch.Tensor) -> torch.Tensor:
         """(N, C) per-ray values -> (B, C, h, w) map, zero where rays missed."""
-        full = values.new_zeros(self.batch * self.size * self.size, values.shape[-1])
+        h, w = self.grid
+        full = values.new_zeros(self.batch * h * w, values.shape[-1])
         full = full.index_copy(0, self.ray_index, values)
         # contiguous NCHW: the renderer's convs then see one memory format whatever the hit set
-        return full.view(self.batch, self.size, self.size, -1).permute(0, 3, 1, 2).contiguous()
+        return full.view(self.batch, h, w, -1).permute(0, 3, 1, 2).contiguous()
 
 
 def render_rays(rays: RayBatch, features: torch.Tensor, density: torch.Tensor) -> dict:
@@ -118,32 +130,49 @@ class GazeModelBase(nn.Module):
         self.cfg = cfg
         self.shape_code_dim, self.appearance_code_dim = shape_code_dim, appearance_code_dim
         self.point_dim = encoding_dim(cfg.pe_freqs)
+        self.triplane = None
+        if cfg.triplane_resolution:
+            self.triplane = TriplaneEncoding(cfg.triplane_resolution, cfg.triplane_channels, cfg.bound_radius)
+            self.point_dim += self.triplane.out_dim
         self.renderer = NeuralRenderer(cfg.featmap_size, cfg.featmap_channels, cfg.image_size, cfg.renderer_min_channels)
 
-    def make_rays(self, R_w2c, t_w2c, K, training: bool, generator=None) -> RayBatch:
-        """Rays of the feature grid that hit the bound sphere, with their samples."""
+    def make_rays(self, R_w2c, t_w2c, K, training: bool, generator=None, pixels=None) -> RayBatch:
+        """Rays of the feature grid (or of ``pixels (B, K)``) that hit the bound sphere, with their samples."""
         cfg = self.cfg
-        K_feat = scale_intrinsics(K, cfg.featmap_size / cfg.image_size)
-        origins, directions = generate_rays(R_w2c, t_w2c, K_feat, cfg.featmap_size, cfg.featmap_size)  # (B, R, 3)
+        if pixels is None:
+            K_feat = scale_intrinsics(K, cfg.featmap_size / cfg.image_size)
+            origins, directions = generate_rays(R_w2c, t_w2c, K_feat, cfg.featmap_size, cfg.featmap_size)  # (B, R, 3)
+            grid = (cfg.featmap_size, cfg.featmap_size)
+        else:
+            origins, directions = rays_through(R_w2c, t_w2c, K, pixel_index_centers(pixels, cfg.image_size, K.dtype))
+            grid = (1, pixels.shape[1])
         near, far, hit = ray_sphere_bounds(origins, directions, cfg.bound_radius)
         ray_index = hit.reshape(-1).nonzero().squeeze(1)  # (N,)
-        R = cfg.featmap_size**2
+        R = grid[0] * grid[1]
         o = origins.reshape(-1, 3)[ray_index]
         d = directions.reshape(-1, 3)[ray_index]
         depths, deltas = stratified_samples(near.reshape(-1)[ray_index], far.reshape(-1)[ray_index], cfg.num_samples,
                                             training, generator)  # (N, S)
         points = o.unsqueeze(1) + d.unsqueeze(1) * depths.unsqueeze(-1)  # (N, S, 3)
-        return RayBatch(R_w2c.shape[0], cfg.featmap_size, ray_index, torch.div(ray_index, R, rounding_mode="floor"),
-                        depths, deltas, positional_encoding(points, cfg.pe_freqs))
+        encoded = positional_encoding(points, cfg.pe_freqs)
+        if self.triplane is not None:
+            encoded = torch.cat((encoded, self.triplane(points)), dim=-1)
+        return RayBatch(R_w2c.shape[0], grid, ray_index, torch.div(ray_index, R, rounding_mode="floor"),
+                        depths, deltas, encoded, pixels)
 
     def render_fields(self, rays, shape_code, appearance_code, gaze_head, pooled_eye_mask, training, render_template,
                       generator) -> tuple[dict, dict | None]:
         """-> (main maps, template maps or None), each from ``render_rays``."""
         raise NotImplementedError
 
+    @property
+    def renders_pixel_subsets(self) -> bool:
+        """True when ``forward`` accepts ``pixels``: the renderer is per-pixel (featmap_size == image_size)."""
+        return self.renderer.pointwise
+
     def forward(self, shape_code, appearance_code, R_w2c, t_w2c, K, gaze_head=None, eye_mask=None,
                 training: bool = False, render_template: bool = False, render_background: bool = False,
-                generator=None) -> dict:
+                generator=None, pixels: torch.Tensor | None = None) -> dict:
         """Render images.
 
         Args:
@@ -156,21 +185,28 @@ class GazeModelBase(nn.Module):
             render_template: also return "template_image" (HeadNeRF_Gaze only).
             render_background: also return "background_image" (1, 3, S, S).
             generator: optional torch.Generator for the jitter and the noise.
+            pixels: (B, K) long row-major indices into the S × S output image: render only those
+                pixels (training on pixel subsets). Needs a per-pixel renderer
+                (``renders_pixel_subsets``); the image maps are then (B, ·, 1, K) strips.
         Returns:
             dict: "image" (B, 3, S, S) in [0, 1], "opacity" (B, 1, h, w), "depth" (B, 1, h, w),
             optionally "template_image" (B, 3, S, S) and "background_image" (1, 3, S, S).
         """
         B = shape_code.shape[0]
-        rays = self.make_rays(R_w2c, t_w2c, K, training, generator)
+        if pixels is not None and not self.renders_pixel_subsets:
+            raise ValueError("pixels: rendering a pixel subset needs featmap_size == image_size (a per-pixel "
+                             f"renderer); this model renders {self.cfg.featmap_size}² features to "
+                             f"{self.cfg.image_size}² images")
+        rays = self.make_rays(R_w2c, t_w2c, K, training, generator, pixels)
         if gaze_head is None:
             gaze_head = shape_code.new_zeros(B, 2)
-        pooled = pool_eye_mask(eye_mask, B, self.cfg.featmap_size, shape_code)  # (B, 1, h, w)
+        pooled = pool_eye_mask(eye_mask, B, self.cfg.featmap_size, shape_code, pixels)  # (B, 1, h, w)
         main, template = self.render_fields(rays, shape_code, appearance_code, gaze_head, pooled, training,
                                             render_template, generator)
-        out = {"image": self.renderer(main["features"], main["opacity"]), "opacity": main["opacity"],
+        out = {"image": self.renderer(main["features"], main["opacity"], pixels), "opacity": main["opacity"],
                "depth": main["depth"]}
         if template is not None:
-            out["template_image"] = self.renderer(template["features"], template["opacity"])
+            out["template_image"] = self.renderer(template["features"], template["opacity"], pixels)
         if render_background:
             out["background_image"] = self.renderer.render_background()
         return out
@@ -212,7 +248,9 @@ class HeadNeRF_Gaze(GazeModelBase):
                 template_gaze = cfg.template_gaze_noise * torch.randn(
                     gaze_head.shape, generator=generator, device=gaze_head.device, dtype=gaze_head.dtype)
             gazes.append(template_gaze)
-        ray_inputs = torch.stack([per_ray_gaze_inputs(pooled_eye_mask, g, cfg.gaze_tile) for g in gazes])  # (P, B, R, F)
+        coords = None if rays.pixels is None else grid_coords(cfg.image_size, rays.pixels, gaze_head)
+        ray_inputs = torch.stack([per_ray_gaze_inputs(pooled_eye_mask, g, cfg.gaze_tile, coords)
+                                  for g in gazes])  # (P, B, R, F)
         ray_inputs = ray_inputs.flatten(1, 2).index_select(1, rays.ray_index)  # (P, N, F)
         density_inj, colour_inj = self.gaze_mlp(rays.points_pe, ray_inputs)  # (P, N, S, W), (P, N, S, W/2)
 

@@ -78,9 +78,24 @@ class NeuralRenderer(nn.Module):
             if isinstance(conv, nn.Conv2d):
                 conv.to(memory_format=torch.channels_last)
 
-    def composite_background(self, foreground: torch.Tensor, opacity: torch.Tensor) -> torch.Tensor:
-        """(B, C, h, w) pre-multiplied features, (B, 1, h, w) opacity -> (B, C, h, w)."""
-        return foreground + (1.0 - opacity) * self.background
+    @property
+    def pointwise(self) -> bool:
+        """No upsampling blocks: the renderer is a 1×1 conv, so any subset of pixels can be decoded alone."""
+        return len(self.upsamples) == 0
+
+    def composite_background(self, foreground: torch.Tensor, opacity: torch.Tensor,
+                             pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, h, w) pre-multiplied features, (B, 1, h, w) opacity -> (B, C, h, w).
+
+        With ``pixels (B, K)`` (pointwise renderer only) the inputs are (B, ·, 1, K) strips of
+        those pixels and the background is gathered at them.
+        """
+        background = self.background
+        if pixels is not None:
+            C = background.shape[1]
+            background = background.flatten(2).expand(pixels.shape[0], C, -1).gather(
+                2, pixels.unsqueeze(1).expand(-1, C, -1)).unsqueeze(2)  # (B, C, 1, K)
+        return foreground + (1.0 - opacity) * background
 
     def decode(self, featmap: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) feature map -> (B, 3, S, S) RGB in [0, 1]."""
@@ -95,9 +110,15 @@ class NeuralRenderer(nn.Module):
                 rgb = blur(F.interpolate(rgb, scale_factor=2, mode="bilinear", align_corners=False))
         return torch.sigmoid(rgb).contiguous()
 
-    def forward(self, foreground: torch.Tensor, opacity: torch.Tensor) -> torch.Tensor:
-        """(B, C, h, w) pre-multiplied features, (B, 1, h, w) opacity -> (B, 3, S, S) image."""
-        return self.decode(self.composite_background(foreground, opacity))
+    def forward(self, foreground: torch.Tensor, opacity: torch.Tensor, pixels: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """(B, C, h, w) pre-multiplied features, (B, 1, h, w) opacity -> (B, 3, S, S) image.
+
+        ``pixels``: see ``composite_background``; the result is then a (B, 3, 1, K) strip.
+        """
+        if pixels is not None and not self.pointwise:
+            raise ValueError("pixel subsets need a pointwise renderer (featmap_size == image_size)")
+        return self.decode(self.composite_background(foreground, opacity, pixels))
 
     def render_background(self) -> torch.Tensor:
         """(1, 3, S, S): the background feature map alone."""

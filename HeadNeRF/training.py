@@ -7,8 +7,11 @@ small and each does one thing.
   ``DistributedSampler`` permutation with ``set_epoch(e)``; step ``s`` takes batch
   ``s mod batches_per_epoch`` of it. A resumed run therefore sees exactly the batches the
   uninterrupted run would have seen.
-* **Randomness inside the model** (stratified jitter, template-gaze noise) comes from one
-  ``torch.Generator`` whose state is checkpointed, so resume is exact.
+* **Pixel subsets** (``rays_per_image > 0``, per-pixel renderer only): each step draws that
+  many distinct pixels per image (eye pixels ``eye_ray_weight`` times likelier), renders only
+  them, and computes every loss on the (B, ·, 1, K) strips (``gather_pixels``).
+* **Randomness inside the model** (stratified jitter, template-gaze noise) and the pixel draws
+  come from one ``torch.Generator`` whose state is checkpointed, so resume is exact.
 * **LR schedule**: ``ReduceLROnPlateau`` on the validation loss, checked every
   ``val_every`` steps (the seed's "epochs"): after ``lr_patience`` validations without
   improvement the LR is multiplied by ``lr_decay_factor``.
@@ -43,7 +46,8 @@ from .losses import VGGPerceptual, total_loss
 from .metrics import masked_psnr
 from .models import build_model, eval_mode
 
-__all__ = ["train", "TrainingAborted", "gaze_in_head_frame", "PerImageOffsets", "StepBatchSampler", "prepare"]
+__all__ = ["train", "TrainingAborted", "gaze_in_head_frame", "PerImageOffsets", "StepBatchSampler", "prepare",
+           "sample_pixels", "gather_pixels"]
 
 
 class TrainingAborted(RuntimeError):
@@ -113,6 +117,34 @@ class StepBatchSampler(torch.utils.data.Sampler):
             yield order[k * self.batch_size:(k + 1) * self.batch_size]
 
 
+PIXEL_KEYS = ("image", "head_mask", "eye_mask", "template_image")  # per-pixel maps of a batch
+
+
+def sample_pixels(eye_mask: torch.Tensor, count: int, eye_weight: float, generator=None) -> torch.Tensor:
+    """Draw ``count`` distinct pixels per image, eye pixels ``eye_weight`` times likelier.
+
+    Args:
+        eye_mask: (B, 1, S, S) in [0, 1].
+    Returns:
+        (B, count) long row-major pixel indices.
+    """
+    weights = 1.0 + (eye_weight - 1.0) * eye_mask.flatten(1)  # (B, S*S)
+    return torch.multinomial(weights, count, replacement=False, generator=generator)
+
+
+def gather_pixels(batch: dict, pixels: torch.Tensor) -> dict:
+    """The batch with its per-pixel maps (B, C, S, S) replaced by (B, C, 1, K) strips at ``pixels (B, K)``.
+
+    Every per-pixel loss then reads the strips exactly as it reads whole images.
+    """
+    out = dict(batch)
+    for key in PIXEL_KEYS:
+        if key in batch:
+            m = batch[key]
+            out[key] = m.flatten(2).gather(2, pixels.unsqueeze(1).expand(-1, m.shape[1], -1)).unsqueeze(2)
+    return out
+
+
 def _git_hash() -> str:
     try:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,13 +159,14 @@ def _to(batch: dict, device) -> dict:
 
 
 def forward_batch(model, offsets: PerImageOffsets, batch: dict, training: bool, generator=None,
-                  render_template: bool = False, render_background: bool = False):
-    """Run the model on a dataset batch. Returns (outputs, latent_offsets, camera_offsets)."""
+                  render_template: bool = False, render_background: bool = False, pixels=None):
+    """Run the model on a dataset batch (only at ``pixels (B, K)`` if given; the eye mask is
+    then the whole image's). Returns (outputs, latent_offsets, camera_offsets)."""
     shape_code, app_code, R, t, lat, cam = offsets(batch)
     gaze_head = gaze_in_head_frame(batch["gaze"], batch["R_w2c"])
     out = model(shape_code, app_code, R, t, batch["K"], gaze_head=gaze_head, eye_mask=batch["eye_mask"],
                 training=training, render_template=render_template, render_background=render_background,
-                generator=generator)
+                generator=generator, pixels=pixels)
     return out, lat, cam
 
 
@@ -332,9 +365,16 @@ def train(cfg: TrainConfig, resume: str | None = None, dry_run: bool = False, pr
     model.to(device)
     offsets.to(device)
     params = list(model.parameters()) + list(offsets.parameters())
-    optimizer = torch.optim.Adam(params, lr=cfg.init_lr)
+    planes = [p for name, p in model.named_parameters() if name.startswith("triplane.")]
+    others = [p for p in params if all(p is not q for q in planes)]
+    groups = [{"params": others, "lr": cfg.init_lr}]
+    if planes:
+        groups.append({"params": planes, "lr": cfg.init_lr * cfg.triplane_lr_scale})
+    optimizer = torch.optim.Adam(groups, lr=cfg.init_lr)
+    # the plateau schedule scales every group by the same factor; min_lr scales with the group
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_decay_factor,
-                                                           patience=cfg.lr_patience, min_lr=cfg.min_lr)
+                                                           patience=cfg.lr_patience,
+                                                           min_lr=[cfg.min_lr * g["lr"] / cfg.init_lr for g in groups])
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed * 1000 + rank)
     step, best = 0, math.inf
@@ -392,8 +432,14 @@ def train(cfg: TrainConfig, resume: str | None = None, dry_run: bool = False, pr
     try:
         for batch in loader:
             batch = _to(batch, device)
+            pixels = None
+            if cfg.rays_per_image:  # a random pixel subset of each image; the losses then read strips
+                pixels = sample_pixels(batch["eye_mask"], cfg.rays_per_image, cfg.eye_ray_weight, generator)
             out, lat, cam = forward_batch(net, offsets, batch, training=True, generator=generator,
-                                          render_template=want_template, render_background=want_background)
+                                          render_template=want_template, render_background=want_background,
+                                          pixels=pixels)
+            if pixels is not None:
+                batch = gather_pixels(batch, pixels)
             loss, terms = total_loss(out, batch, cfg.loss_config, parts["vgg"], lat, cam)
             optimizer.zero_grad(set_to_none=True)
             finite = torch.isfinite(loss).float()

@@ -41,6 +41,18 @@ def test_every_model_trains_a_few_steps(tiny_dataset, tmp_path, model_name):
     assert len(gif) == 1 if model_name == "HeadNeRF" else len(gif) > 1
 
 
+@pytest.mark.parametrize("name", ["quickstart", "quickstart_HeadNeRF", "quickstart_GazeNeRF"])
+def test_quickstart_configs_train_on_the_tiny_dataset(tiny_dataset, tmp_path, name):
+    """The shipped quickstart configs themselves (pixel subsets, tri-planes), 2 steps, full-size model."""
+    from HeadNeRF.config import load_yaml, to_dict
+
+    d = to_dict(load_yaml(os.path.join(ROOT, "config", f"{name}.yml")))
+    d.update(steps=2, val_every=2, val_images=2, run_dir=str(tmp_path / "run"))
+    d["data"]["dataset_dir"] = tiny_dataset
+    report = train(from_dict(TrainConfig, d), progress=False)
+    assert report["steps"] == 2 and report["psnr_head_heldout_frames"] > 0
+
+
 @pytest.mark.parametrize("model_name", ["HeadNeRF", "HeadNeRF_Gaze", "GazeNeRF"])
 def test_one_image_overfit_loss_decreases(tiny_dataset, model_name):
     from HeadNeRF.data.dataset import GazeDataset

@@ -25,7 +25,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["GazeMLP", "per_ray_gaze_inputs", "gaze_input_dim", "pool_eye_mask", "rotate_feature_groups"]
+from .trunk import add_relu
+
+__all__ = ["GazeMLP", "per_ray_gaze_inputs", "gaze_input_dim", "pool_eye_mask", "grid_coords", "rotate_feature_groups"]
 
 
 def gaze_input_dim(gaze_tile: int) -> int:
@@ -33,33 +35,58 @@ def gaze_input_dim(gaze_tile: int) -> int:
     return 1 + 2 * gaze_tile + 2
 
 
-def pool_eye_mask(eye_mask: torch.Tensor | None, batch: int, size: int, like: torch.Tensor) -> torch.Tensor:
+def pool_eye_mask(eye_mask: torch.Tensor | None, batch: int, size: int, like: torch.Tensor,
+                  pixels: torch.Tensor | None = None) -> torch.Tensor:
     """(B, 1, H, W) mask in [0, 1] (any H = W) or None -> (B, 1, size, size) area-averaged mask.
 
     Uses adaptive average pooling, which is the exact block average when H is a multiple of
     ``size`` (the seed hard-coded a 16×16 kernel). None gives zeros (no eye region).
+    With ``pixels (B, K)`` (row-major indices into the ``size × size`` grid) only those
+    pixels are returned, as a ``(B, 1, 1, K)`` strip.
     """
     if eye_mask is None:
-        return like.new_zeros(batch, 1, size, size)
-    return F.adaptive_avg_pool2d(eye_mask.to(like.dtype), size)
+        pooled = like.new_zeros(batch, 1, size, size)
+    else:
+        pooled = F.adaptive_avg_pool2d(eye_mask.to(like.dtype), size)
+    if pixels is None:
+        return pooled
+    return pooled.flatten(2).gather(2, pixels.unsqueeze(1)).unsqueeze(2)
 
 
-def per_ray_gaze_inputs(pooled_eye_mask: torch.Tensor, gaze: torch.Tensor, gaze_tile: int) -> torch.Tensor:
+def grid_coords(size: int, pixels: torch.Tensor | None = None, like: torch.Tensor | None = None) -> torch.Tensor:
+    """Normalised (col, row) coordinates, each ``linspace(-1, 1, size)`` over the grid.
+
+    Returns (size*size, 2) row-major for the whole grid, or (B, K, 2) for ``pixels (B, K)``.
+    """
+    dtype = like.dtype if like is not None else torch.float32
+    device = like.device if like is not None else None
+    step = 2.0 / max(size - 1, 1)
+    if pixels is not None:
+        cols, rows = pixels % size, torch.div(pixels, size, rounding_mode="floor")
+        return torch.stack((cols, rows), dim=-1).to(dtype) * step - 1.0
+    axis = torch.linspace(-1, 1, size, device=device, dtype=dtype)
+    rows, cols = torch.meshgrid(axis, axis, indexing="ij")
+    return torch.stack((cols.reshape(-1), rows.reshape(-1)), dim=-1)
+
+
+def per_ray_gaze_inputs(pooled_eye_mask: torch.Tensor, gaze: torch.Tensor, gaze_tile: int,
+                        coords: torch.Tensor | None = None) -> torch.Tensor:
     """Per-ray gaze-MLP inputs of every feature pixel.
 
     Args:
         pooled_eye_mask: (B, 1, h, w) in [0, 1].
         gaze: (B, 2) head-frame (pitch, yaw) in radians.
+        coords: (B, h*w, 2) normalised (col, row) of each ray's pixel, or None for the full
+            ``h × w`` grid (``grid_coords(h)``).
     Returns:
         (B, h*w, 1 + 2*gaze_tile + 2): [mask, p, y, p, y, ..., col, row], rays row-major.
     """
     B, _, h, w = pooled_eye_mask.shape
     mask = pooled_eye_mask.reshape(B, h * w, 1)
     tiled = gaze.repeat(1, gaze_tile).unsqueeze(1).expand(B, h * w, 2 * gaze_tile)
-    rows, cols = torch.meshgrid(torch.linspace(-1, 1, h, device=gaze.device, dtype=gaze.dtype),
-                                torch.linspace(-1, 1, w, device=gaze.device, dtype=gaze.dtype), indexing="ij")
-    coords = torch.stack((cols.reshape(-1), rows.reshape(-1)), dim=-1).expand(B, h * w, 2)
-    return torch.cat((mask, tiled, coords), dim=-1)
+    if coords is None:
+        coords = grid_coords(h, like=gaze).expand(B, h * w, 2)
+    return torch.cat((mask, tiled, coords.to(gaze.dtype)), dim=-1)
 
 
 class GazeMLP(nn.Module):
@@ -102,11 +129,7 @@ class GazeMLP(nn.Module):
             skip_point = self.skip_point(points_pe)  # (N, S, W)
             skip_ray = self.skip_ray(ray_inputs).unsqueeze(2)  # (P, N, 1, W)
         for i in range(1, self.depth):
-            pre = self.layers[i](h)
-            if i == self.skip_into:
-                pre += skip_point
-                pre += skip_ray
-            h = F.relu_(pre)
+            h = add_relu(self.layers[i](h), skip_point, skip_ray) if i == self.skip_into else add_relu(self.layers[i](h))
         return self.density_out(h), F.relu(self.colour_out(h))
 
 

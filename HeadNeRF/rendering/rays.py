@@ -7,6 +7,9 @@ pixel ``(col, row) = (r % w, r // w)`` and passes through its centre ``(col + 0.
 ``K`` must be given **in pixels of that grid**: callers holding K for the output image
 rescale it first with ``scale_intrinsics(K, h / image_size)``.
 
+``rays_through`` takes arbitrary image points instead of the whole grid: training on random
+pixel subsets (``TrainConfig.rays_per_image``) builds its rays with it.
+
 Shapes: ``R_w2c (B, 3, 3)``, ``t_w2c (B, 3)``, ``K (B, 3, 3)``; rays ``(B, R, 3)`` with
 ``R = h * w``; per-ray scalars ``(B, R)``.
 """
@@ -15,7 +18,7 @@ import torch
 
 from ..geometry.cameras import camera_center
 
-__all__ = ["pixel_centers", "generate_rays", "ray_sphere_bounds"]
+__all__ = ["pixel_centers", "pixel_index_centers", "generate_rays", "rays_through", "ray_sphere_bounds"]
 
 
 def pixel_centers(h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -47,16 +50,35 @@ def generate_rays(
         origins (B, R, 3): the camera centre, repeated per ray.
         directions (B, R, 3): unit directions, so ``origin + t * dir`` is at distance ``t``.
     """
-    B = R_w2c.shape[0]
-    uv1 = torch.cat(
-        (pixel_centers(h, w, R_w2c.device, R_w2c.dtype), torch.ones(h * w, 1, device=R_w2c.device, dtype=R_w2c.dtype)),
-        dim=-1,
-    )  # (R, 3)
+    uv = pixel_centers(h, w, R_w2c.device, R_w2c.dtype).unsqueeze(0).expand(R_w2c.shape[0], h * w, 2)
+    return rays_through(R_w2c, t_w2c, K, uv)
+
+
+def pixel_index_centers(pixels: torch.Tensor, w: int, dtype=torch.float32) -> torch.Tensor:
+    """(B, R) long row-major pixel indices of a grid ``w`` wide -> (B, R, 2) centres ``(col + 0.5, row + 0.5)``.
+
+    Example:
+        >>> pixel_index_centers(torch.tensor([[0, 5]]), 4)
+        tensor([[[0.5000, 0.5000],
+                 [1.5000, 1.5000]]])
+    """
+    return torch.stack((pixels % w, torch.div(pixels, w, rounding_mode="floor")), dim=-1).to(dtype) + 0.5
+
+
+def rays_through(
+    R_w2c: torch.Tensor, t_w2c: torch.Tensor, K: torch.Tensor, uv: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """World-space rays through the image points ``uv (B, R, 2)`` (pixels of the grid ``K`` is given in).
+
+    Returns origins (B, R, 3) and unit directions (B, R, 3), like ``generate_rays``.
+    """
+    B, R = uv.shape[:2]
+    uv1 = torch.cat((uv, torch.ones_like(uv[..., :1])), dim=-1)  # (B, R, 3)
     # Camera-frame direction K^-1 (u, v, 1); solve instead of inverting K explicitly.
-    dirs_cam = torch.linalg.solve(K, uv1.T.unsqueeze(0).expand(B, 3, h * w))  # (B, 3, R)
+    dirs_cam = torch.linalg.solve(K, uv1.transpose(-1, -2))  # (B, 3, R)
     dirs_world = (R_w2c.transpose(-1, -2) @ dirs_cam).transpose(-1, -2)  # (B, R, 3)
     directions = torch.nn.functional.normalize(dirs_world, dim=-1)
-    origins = camera_center(R_w2c, t_w2c).unsqueeze(1).expand(B, h * w, 3)
+    origins = camera_center(R_w2c, t_w2c).unsqueeze(1).expand(B, R, 3)
     return origins, directions
 
 
