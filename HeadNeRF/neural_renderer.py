@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .rendering.rays import pixel_strip
+
 __all__ = ["NeuralRenderer", "blur"]
 
 
@@ -90,11 +92,7 @@ class NeuralRenderer(nn.Module):
         With ``pixels (B, K)`` (pointwise renderer only) the inputs are (B, ·, 1, K) strips of
         those pixels and the background is gathered at them.
         """
-        background = self.background
-        if pixels is not None:
-            C = background.shape[1]
-            background = background.flatten(2).expand(pixels.shape[0], C, -1).gather(
-                2, pixels.unsqueeze(1).expand(-1, C, -1)).unsqueeze(2)  # (B, C, 1, K)
+        background = self.background if pixels is None else pixel_strip(self.background, pixels)  # (B, C, 1, K)
         return foreground + (1.0 - opacity) * background
 
     def decode(self, featmap: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,7 @@ from .geometry import rotate_pitch_yaw
 from .losses import VGGPerceptual, total_loss
 from .metrics import masked_psnr
 from .models import build_model, eval_mode
+from .rendering.rays import pixel_strip
 
 __all__ = ["train", "TrainingAborted", "gaze_in_head_frame", "PerImageOffsets", "StepBatchSampler", "prepare",
            "sample_pixels", "gather_pixels"]
@@ -140,8 +141,7 @@ def gather_pixels(batch: dict, pixels: torch.Tensor) -> dict:
     out = dict(batch)
     for key in PIXEL_KEYS:
         if key in batch:
-            m = batch[key]
-            out[key] = m.flatten(2).gather(2, pixels.unsqueeze(1).expand(-1, m.shape[1], -1)).unsqueeze(2)
+            out[key] = pixel_strip(batch[key], pixels)
     return out
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..rendering.rays import pixel_index_centers, pixel_strip
 from .trunk import add_relu
 
 __all__ = ["GazeMLP", "per_ray_gaze_inputs", "gaze_input_dim", "pool_eye_mask", "grid_coords", "rotate_feature_groups"]
@@ -50,7 +51,7 @@ def pool_eye_mask(eye_mask: torch.Tensor | None, batch: int, size: int, like: to
         pooled = F.adaptive_avg_pool2d(eye_mask.to(like.dtype), size)
     if pixels is None:
         return pooled
-    return pooled.flatten(2).gather(2, pixels.unsqueeze(1)).unsqueeze(2)
+    return pixel_strip(pooled, pixels)
 
 
 def grid_coords(size: int, pixels: torch.Tensor | None = None, like: torch.Tensor | None = None) -> torch.Tensor:
@@ -62,8 +63,7 @@ def grid_coords(size: int, pixels: torch.Tensor | None = None, like: torch.Tenso
     device = like.device if like is not None else None
     step = 2.0 / max(size - 1, 1)
     if pixels is not None:
-        cols, rows = pixels % size, torch.div(pixels, size, rounding_mode="floor")
-        return torch.stack((cols, rows), dim=-1).to(dtype) * step - 1.0
+        return (pixel_index_centers(pixels, size, dtype) - 0.5) * step - 1.0
     axis = torch.linspace(-1, 1, size, device=device, dtype=dtype)
     rows, cols = torch.meshgrid(axis, axis, indexing="ij")
     return torch.stack((cols.reshape(-1), rows.reshape(-1)), dim=-1)

@@ -18,7 +18,7 @@ import torch
 
 from ..geometry.cameras import camera_center
 
-__all__ = ["pixel_centers", "pixel_index_centers", "generate_rays", "rays_through", "ray_sphere_bounds"]
+__all__ = ["pixel_centers", "pixel_index_centers", "pixel_strip", "generate_rays", "rays_through", "ray_sphere_bounds"]
 
 
 def pixel_centers(h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -63,6 +63,16 @@ def pixel_index_centers(pixels: torch.Tensor, w: int, dtype=torch.float32) -> to
                  [1.5000, 1.5000]]])
     """
     return torch.stack((pixels % w, torch.div(pixels, w, rounding_mode="floor")), dim=-1).to(dtype) + 0.5
+
+
+def pixel_strip(maps: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """(B or 1, C, H, W) maps at ``pixels (B, K)`` (row-major indices) -> (B, C, 1, K) strips.
+
+    A batch-1 map (e.g. a learned background) is shared by every image.
+    """
+    B, C = pixels.shape[0], maps.shape[1]
+    flat = maps.flatten(2).expand(B, C, -1)
+    return flat.gather(2, pixels.unsqueeze(1).expand(-1, C, -1)).unsqueeze(2)
 
 
 def rays_through(
