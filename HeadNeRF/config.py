@@ -60,6 +60,7 @@ class ModelConfig:
     renderer_min_channels: int = 32  # narrowest channel count of the 2-D upsampler
     triplane_resolution: int = 0  # learned tri-plane point features added to the PE (fields/triplane.py); 0 = off
     triplane_channels: int = 8  # features per plane
+    density_grid_resolution: int = 0  # cached density grid guiding the samples (rendering/density_grid.py); 0 = off
 
     def __post_init__(self):
         _check(self.model_name in MODEL_NAMES, "model_name", f"must be one of {list(MODEL_NAMES)}, got {self.model_name!r}")
@@ -69,6 +70,8 @@ class ModelConfig:
         _check(self.pe_freqs >= 0, "pe_freqs", "must be >= 0")
         _check(self.triplane_resolution >= 0, "triplane_resolution", "must be >= 0 (0 = off)")
         _check(self.triplane_channels >= 1, "triplane_channels", "must be >= 1")
+        _check(self.density_grid_resolution == 0 or self.density_grid_resolution >= 2, "density_grid_resolution",
+               f"must be 0 (off) or >= 2, got {self.density_grid_resolution}")
         ratio = self.image_size // self.featmap_size
         _check(self.image_size % self.featmap_size == 0 and ratio & (ratio - 1) == 0, "image_size",
                f"image_size/featmap_size must be a power of two, got {self.image_size}/{self.featmap_size}")
@@ -139,6 +142,7 @@ class TrainConfig:
     min_lr: float = 1e-6
     val_every: int = 200  # steps between validations ("epochs" of the plateau schedule)
     val_images: int = 8  # held-out images per validation
+    report_images: int = 128  # held-out images (evenly spread) per row of the final report; all when fewer
     ckpt_every: int = 200
     log_every: int = 20
     image_every: int = 200  # steps between tensorboard image grids
@@ -150,7 +154,8 @@ class TrainConfig:
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
 
     def __post_init__(self):
-        for k in ("steps", "batch_size", "val_every", "ckpt_every", "log_every", "image_every", "val_images", "max_bad_steps"):
+        for k in ("steps", "batch_size", "val_every", "ckpt_every", "log_every", "image_every", "val_images", "max_bad_steps",
+                  "report_images"):
             _check(getattr(self, k) >= 1, k, f"must be >= 1, got {getattr(self, k)}")
         _check(self.rays_per_image >= 0, "rays_per_image", "must be >= 0")
         _check(self.eye_ray_weight > 0, "eye_ray_weight", f"must be > 0, got {self.eye_ray_weight}")

@@ -4,7 +4,7 @@ Pipeline of every model (one ray per feature pixel, ``h = w = featmap_size``):
 
     camera -> rays through pixel centres (K rescaled to the feature grid)
            -> ray / bound-sphere intersection; only rays that hit are kept (flat (N,) index)
-           -> S stratified samples on each kept ray's chord -> PE(points) (N, S, P)
+           -> S stratified samples on each kept ray's chord (or grid-guided ones) -> PE(points) (N, S, P)
            -> field(s) -> densities (N, S), features (N, S, C)
            -> volume rendering -> scattered back to (B, C, h, w) maps (zeros for missed rays)
            -> feature-space background compositing -> 2-D neural renderer -> (B, 3, S, S)
@@ -35,6 +35,12 @@ Speed decisions (measured in ``benchmarks/bench_render.py``):
   of the whole batch are gathered into one flat ``(N, S, ·)`` set, evaluated with
   channels-last ``nn.Linear`` layers, and scattered back (missed pixels get zero features,
   opacity and depth, i.e. pure background).
+* With ``ModelConfig.density_grid_resolution`` > 0 a cached density grid
+  (``rendering/density_grid.py``, filled from the training forwards' own samples) places
+  the S samples where the rays stop, and rays that are empty in it are skipped like rays
+  that miss the sphere.
+* Without autograd the MLPs run in ray chunks that keep activations in cache
+  (``fields/trunk.ray_chunks``).
 * Per-image codes and per-ray gaze inputs enter through split first/skip layers computed
   once per image / ray (see ``fields/trunk.py`` and ``fields/gaze.py``).
 * HeadNeRF_Gaze's template pass shares the trunk; only the gaze MLP and the two heads run
@@ -67,6 +73,7 @@ from .fields.trunk import ConditionalTrunk
 from .geometry.cameras import scale_intrinsics
 from .geometry.gaze import gaze_rotation, rotate_pitch_yaw
 from .neural_renderer import NeuralRenderer
+from .rendering.density_grid import EMPTY_RAY_OPACITY, DensityGrid, grid_guided_samples
 from .rendering.rays import generate_rays, pixel_index_centers, ray_sphere_bounds, rays_through
 from .rendering.sampling import stratified_samples
 from .rendering.volume import alpha_from_density, composite, depth_and_opacity, transmittance_weights
@@ -91,12 +98,14 @@ class RayBatch:
     deltas: torch.Tensor
     points_pe: torch.Tensor
     pixels: torch.Tensor | None = None  # (B, K) output-image pixel indices when rendering a subset
+    points: torch.Tensor | None = None  # (N, S, 3) sample positions (head frame)
 
     def subset(self, keep: torch.Tensor) -> "RayBatch":
         """The rays where ``keep (N,)`` is True."""
         sel = keep.nonzero().squeeze(1)
         return RayBatch(self.batch, self.grid, self.ray_index[sel], self.ray_image[sel], self.depths[sel],
-                        self.deltas[sel], self.points_pe[sel], self.pixels)
+                        self.deltas[sel], self.points_pe[sel], self.pixels,
+                        None if self.points is None else self.points[sel])
 
     def scatter(self, values: torch.Tensor) -> torch.Tensor:
         """(N, C) per-ray values -> (B, C, h, w) map, zero where rays missed."""
@@ -113,13 +122,14 @@ def render_rays(rays: RayBatch, features: torch.Tensor, density: torch.Tensor) -
     Args:
         features: (N, S, C); density: (N, S) >= 0.
     Returns:
-        dict of (B, ·, h, w) maps: "features" (pre-multiplied), "opacity", "depth".
+        dict of (B, ·, h, w) maps: "features" (pre-multiplied), "opacity", "depth"; and
+        "sample_density" (N, S), the densities themselves (for the density grid).
     """
     weights = transmittance_weights(alpha_from_density(density, rays.deltas))  # (N, S)
     feat = composite(weights, features)  # (N, C)
     depth, opacity = depth_and_opacity(weights, rays.depths)  # (N,), (N,)
     return {"features": rays.scatter(feat), "opacity": rays.scatter(opacity.unsqueeze(-1)),
-            "depth": rays.scatter(depth.unsqueeze(-1))}
+            "depth": rays.scatter(depth.unsqueeze(-1)), "sample_density": density}
 
 
 class GazeModelBase(nn.Module):
@@ -134,6 +144,9 @@ class GazeModelBase(nn.Module):
         if cfg.triplane_resolution:
             self.triplane = TriplaneEncoding(cfg.triplane_resolution, cfg.triplane_channels, cfg.bound_radius)
             self.point_dim += self.triplane.out_dim
+        self.density_grid = None
+        if cfg.density_grid_resolution:
+            self.density_grid = DensityGrid(cfg.density_grid_resolution, cfg.bound_radius)
         self.renderer = NeuralRenderer(cfg.featmap_size, cfg.featmap_channels, cfg.image_size, cfg.renderer_min_channels)
 
     def make_rays(self, R_w2c, t_w2c, K, training: bool, generator=None, pixels=None) -> RayBatch:
@@ -151,14 +164,21 @@ class GazeModelBase(nn.Module):
         R = grid[0] * grid[1]
         o = origins.reshape(-1, 3)[ray_index]
         d = directions.reshape(-1, 3)[ray_index]
-        depths, deltas = stratified_samples(near.reshape(-1)[ray_index], far.reshape(-1)[ray_index], cfg.num_samples,
-                                            training, generator)  # (N, S)
+        near, far = near.reshape(-1)[ray_index], far.reshape(-1)[ray_index]
+        if self.density_grid is None:
+            depths, deltas = stratified_samples(near, far, cfg.num_samples, training, generator)  # (N, S)
+        else:  # concentrated where the rays stop in the union of the heads seen so far
+            depths, deltas, grid_opacity = grid_guided_samples(self.density_grid, o, d, near, far, cfg.num_samples,
+                                                               training=training, generator=generator)
+            if self.density_grid.ready:  # rays through empty cells are not evaluated: they render as background
+                keep = (grid_opacity >= EMPTY_RAY_OPACITY).nonzero().squeeze(1)
+                ray_index, o, d, depths, deltas = ray_index[keep], o[keep], d[keep], depths[keep], deltas[keep]
         points = o.unsqueeze(1) + d.unsqueeze(1) * depths.unsqueeze(-1)  # (N, S, 3)
         encoded = positional_encoding(points, cfg.pe_freqs)
         if self.triplane is not None:
             encoded = torch.cat((encoded, self.triplane(points)), dim=-1)
         return RayBatch(R_w2c.shape[0], grid, ray_index, torch.div(ray_index, R, rounding_mode="floor"),
-                        depths, deltas, encoded, pixels)
+                        depths, deltas, encoded, pixels, points)
 
     def render_fields(self, rays, shape_code, appearance_code, gaze_head, pooled_eye_mask, training, render_template,
                       generator) -> tuple[dict, dict | None]:
@@ -203,6 +223,8 @@ class GazeModelBase(nn.Module):
         pooled = pool_eye_mask(eye_mask, B, self.cfg.featmap_size, shape_code, pixels)  # (B, 1, h, w)
         main, template = self.render_fields(rays, shape_code, appearance_code, gaze_head, pooled, training,
                                             render_template, generator)
+        if training and self.density_grid is not None:
+            self.density_grid.record(rays.points, main["sample_density"])
         out = {"image": self.renderer(main["features"], main["opacity"], pixels), "opacity": main["opacity"],
                "depth": main["depth"]}
         if template is not None:
@@ -252,20 +274,21 @@ class HeadNeRF_Gaze(GazeModelBase):
         ray_inputs = torch.stack([per_ray_gaze_inputs(pooled_eye_mask, g, cfg.gaze_tile, coords)
                                   for g in gazes])  # (P, B, R, F)
         ray_inputs = ray_inputs.flatten(1, 2).index_select(1, rays.ray_index)  # (P, N, F)
-        density_inj, colour_inj = self.gaze_mlp(rays.points_pe, ray_inputs)  # (P, N, S, W), (P, N, S, W/2)
+        gaze_hidden, colour_inj = self.gaze_mlp(rays.points_pe, ray_inputs)  # (P, N, S, Wg), (P, N, S, W/2)
+        density_off = self.gaze_mlp.density_offset(gaze_hidden, self.trunk.density_head.weight)  # (P, N, S)
 
         # The trunk is gaze-independent: one evaluation shared by the gaze and template passes.
         h = self.trunk.hidden(rays.points_pe, shape_code, rays.ray_image)
         colour = self.trunk.colour_hidden(h, appearance_code, rays.ray_image)
-        main_d, main_c = density_inj[0], colour_inj[0]
+        main_d, main_c = density_off[0], colour_inj[0]
         if alpha < 1.0:
-            main_d = alpha * main_d + (1 - alpha) * density_inj[1]
+            main_d = alpha * main_d + (1 - alpha) * density_off[1]
             main_c = alpha * main_c + (1 - alpha) * colour_inj[1]
         main = render_rays(rays, self.trunk.features(colour, main_c), self.trunk.density(h, main_d))
         template = None
         if render_template:
             template = render_rays(rays, self.trunk.features(colour, colour_inj[1]),
-                                   self.trunk.density(h, density_inj[1]))
+                                   self.trunk.density(h, density_off[1]))
         return main, template
 
 
@@ -294,6 +317,7 @@ class GazeNeRF(GazeModelBase):
             "features": face["features"] + m * (torch.maximum(face["features"], eye_features) - face["features"]),
             "opacity": face["opacity"] + m * (torch.maximum(face["opacity"], eye["opacity"]) - face["opacity"]),
             "depth": face["depth"],
+            "sample_density": face["sample_density"],
         }
         return merged, None
 

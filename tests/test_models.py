@@ -230,3 +230,30 @@ def test_redirect(name):
     with torch.no_grad():
         ref2 = model(**{**x, "gaze_head": rotate_pitch_yaw(gaze_cam, torch.eye(3)[None])})["image"]
     torch.testing.assert_close(img2, ref2, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("gaze_width", [32, 16])  # equal to the trunk width (identity) and projected
+def test_gaze_density_offset_is_the_injection_through_the_density_head(gaze_width):
+    model = make("HeadNeRF_Gaze", gaze_mlp_width=gaze_width)
+    gaze, trunk = model.gaze_mlp, model.trunk
+    h_gaze = torch.randn(2, 3, 5, gaze_width)
+    h = torch.randn(2, 3, 5, trunk.width)
+    injection = gaze.density_out(h_gaze)  # (P, N, S, trunk_width): what the seed adds to the trunk state
+    offset = gaze.density_offset(h_gaze, trunk.density_head.weight)
+    assert offset.shape == (2, 3, 5)
+    torch.testing.assert_close(trunk.density(h, offset), F.softplus(trunk.density_head(h + injection)).squeeze(-1))
+
+
+@pytest.mark.parametrize("name", list(MODEL_CLASSES))
+def test_chunked_evaluation_equals_one_pass(name, monkeypatch):
+    import HeadNeRF.fields.trunk as trunk_module
+
+    model = make(name)
+    x = inputs()
+    with torch.no_grad():
+        whole = model(**x, render_template=True)
+        monkeypatch.setattr(trunk_module, "EVAL_CHUNK_SAMPLES", 20)  # a few rays per chunk, ragged last chunk
+        assert len(trunk_module.ray_chunks(50, 3)) == 9  # 6 rays (18 samples) per chunk
+        chunked = model(**x, render_template=True)
+    for key in whole:
+        torch.testing.assert_close(chunked[key], whole[key], atol=1e-5, rtol=1e-5)

@@ -5,6 +5,7 @@ Gaze MLP (seed §3.5, ``MLPforGaze``), per sample:
     input = [PE(x) (per sample), eye_mask (1), (pitch, yaw) × gaze_tile, col, row (per ray)]
     h_0 = ReLU(W_0 input); h_i = ReLU(W_i h_{i-1}); skip [input, h] into layer depth//2 + 1
     density_injection = h            (projected to the trunk width if the widths differ)
+                                     enters the trunk only as w_sigma · injection
     colour_injection  = ReLU(W_c h)  (trunk colour width = mlp_width // 2)
 
 The seed's dead ``Gaze_RGB_layer_0`` is dropped. The eye mask is average-pooled to the
@@ -16,6 +17,8 @@ Speed decisions:
 * The per-ray inputs are constant along a ray, so their share of layer 0 and of the skip
   layer (``W_ray ray_inputs``) is computed once per ray (``(N, 1, W)``) and broadcast over
   the samples; only the point encoding is multiplied per sample.
+* Without autograd the samples run in ray chunks (``trunk.ray_chunks``), so activations stay
+  in cache between layers.
 * Several gaze inputs for the same samples (HeadNeRF_Gaze's gaze and template passes) run
   as one stacked batch ``(P, N, S, ·)``: the per-sample share of layer 0 / the skip layer is
   computed once and shared, and the later layers are single larger GEMMs.
@@ -26,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..rendering.rays import pixel_index_centers, pixel_strip
-from .trunk import add_relu
+from .trunk import add_relu, ray_chunks
 
 __all__ = ["GazeMLP", "per_ray_gaze_inputs", "gaze_input_dim", "pool_eye_mask", "grid_coords", "rotate_feature_groups"]
 
@@ -114,23 +117,47 @@ class GazeMLP(nn.Module):
         self.density_out = nn.Identity() if width == trunk_width else nn.Linear(width, trunk_width)
         self.colour_out = nn.Linear(width, trunk_colour_width)
 
+    def density_offset(self, h: torch.Tensor, density_head_weight: torch.Tensor) -> torch.Tensor:
+        """(…, S, W) gaze hidden state, (1, trunk_width) trunk density-head weight -> (…, S) logit offset.
+
+        ``w · density_out(h)`` with the projection folded into the weight (``w P``, ``w · b``):
+        a ``W -> 1`` product per sample instead of building the (…, S, trunk_width) injection.
+        """
+        if isinstance(self.density_out, nn.Identity):
+            return F.linear(h, density_head_weight).squeeze(-1)
+        weight = density_head_weight @ self.density_out.weight  # (1, W)
+        return F.linear(h, weight, density_head_weight @ self.density_out.bias).squeeze(-1)
+
     def forward(self, points_pe: torch.Tensor, ray_inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Injections for P sets of per-ray inputs over the same samples.
+        """Hidden states and colour injections for P sets of per-ray inputs over the same samples.
 
         Args:
             points_pe: (N, S, Pd) encoded sample points.
             ray_inputs: (P, N, F) per-ray inputs (P passes, e.g. gaze and template).
         Returns:
-            density_injection (P, N, S, trunk_width), colour_injection (P, N, S, trunk_colour_width).
+            h (P, N, S, width): gives the density injection through ``density_offset``;
+            colour_injection (P, N, S, trunk_colour_width).
         """
+        chunks = ray_chunks(points_pe.shape[0], points_pe.shape[1] * ray_inputs.shape[0])
+        if len(chunks) == 1:
+            return self._forward(points_pe, ray_inputs)
+        P, N, S = ray_inputs.shape[0], points_pe.shape[0], points_pe.shape[1]
+        h = points_pe.new_empty(P, N, S, self.layers[-1].out_features)
+        colour = points_pe.new_empty(P, N, S, self.colour_out.out_features)
+        for c in chunks:
+            h[:, c], colour[:, c] = self._forward(points_pe[c], ray_inputs[:, c])
+        return h, colour
+
+    def _forward(self, points_pe, ray_inputs):
         point_term = self.layers[0](points_pe)  # (N, S, W), shared by the P passes
         h = F.relu_(point_term + self.ray_in(ray_inputs).unsqueeze(2))  # (P, N, S, W)
+        skip_point = skip_ray = None
         if self.skip_into is not None:
             skip_point = self.skip_point(points_pe)  # (N, S, W)
             skip_ray = self.skip_ray(ray_inputs).unsqueeze(2)  # (P, N, 1, W)
         for i in range(1, self.depth):
             h = add_relu(self.layers[i](h), skip_point, skip_ray) if i == self.skip_into else add_relu(self.layers[i](h))
-        return self.density_out(h), F.relu(self.colour_out(h))
+        return h, F.relu(self.colour_out(h))
 
 
 def rotate_feature_groups(features: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
