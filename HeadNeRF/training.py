@@ -249,13 +249,22 @@ def _split_val_rows(val_ds: GazeDataset) -> tuple[list, list]:
     return frames_rows, cam_rows
 
 
-def redirection_report(model, val_ds: GazeDataset, device, max_pairs: int = 8) -> dict | None:
+def _spread(rows: list, count: int) -> list:
+    """At most ``count`` of ``rows``, evenly spaced (every subject and frame range, not the first few)."""
+    if len(rows) <= count:
+        return list(rows)
+    return [rows[(i * len(rows)) // count] for i in range(count)]
+
+
+def redirection_report(model, val_ds: GazeDataset, device, max_sources: int = 16) -> dict | None:
     """Gaze redirection against the generator's exact render (synthetic data only).
 
-    For a held-out frame A (seen camera) and another frame B of the same subject and camera
-    (another held-out frame when there is one), render A's identity and camera at B's eyeball
-    gaze and compare, on the union of both eye masks, with the generator's exact render of A at
-    that gaze. The baseline copies A unchanged.
+    Sources A: up to ``max_sources`` held-out-frame rows (seen cameras), spread over the
+    subjects. Targets B: **every** other held-out frame of the same subject and camera (no
+    choice of "good" pairs; when a camera has no other held-out frame, every other frame).
+    For each pair, render A's identity and camera at B's eyeball gaze and compare, on the
+    union of both eye masks, with the generator's exact render of A at that gaze. The
+    baseline copies A unchanged. Returns the means over all pairs.
     """
     import h5py
     import numpy as np
@@ -271,32 +280,33 @@ def redirection_report(model, val_ds: GazeDataset, device, max_pairs: int = 8) -
 
     heldout_frames = set(val_ds.split.heldout_frames)
     model_psnr, copy_psnr = [], []
-    for i in frame_rows[:max_pairs]:
+    for i in _spread(frame_rows, max_sources):  # spread over the subjects, not the first subject's frames
         sid, row, cam, frame, _ = val_ds.rows[i]
         with h5py.File(val_ds.paths[sid], "r") as f:
             cams, frames = np.asarray(f["cam_index"][:]), np.asarray(f["frame_index"][:])
             valid = np.asarray(f["valid_mask"][:], dtype=bool)
             others = np.flatnonzero(valid & (cams == cam) & (frames != frame))
-            if not len(others):
+            targets = [int(r) for r in others if int(frames[r]) in heldout_frames] or [int(r) for r in others]
+            if not targets:
                 continue
-            preferred = [r for r in others if int(frames[r]) in heldout_frames]
-            b_row = int(preferred[0] if preferred else others[0])
             code = f["latent_code"][row]
-            gaze_b = torch.as_tensor(np.asarray(f["face_gaze"][b_row], dtype=np.float32))[None]
-            R_b = torch.as_tensor(np.asarray(f["cam_R_w2c"][b_row], dtype=np.float32))[None]
+            gaze_b = torch.as_tensor(np.asarray(f["face_gaze"][sorted(targets)], dtype=np.float32))
+            R_b = torch.as_tensor(np.asarray(f["cam_R_w2c"][sorted(targets)], dtype=np.float32))
+        n = len(targets)
         a = val_ds[i]
-        gaze_head_b = gaze_in_head_frame(gaze_b, R_b)
-        target = render_view(code, a["R_w2c"][None], a["t_w2c"][None], a["K"][None], val_ds.image_size, gaze_head_b,
-                             supersample=supersample)
+        gaze_head_b = gaze_in_head_frame(gaze_b, R_b)  # (n, 2)
+        target = render_view(code, a["R_w2c"][None].expand(n, 3, 3), a["t_w2c"][None].expand(n, 3),
+                             a["K"][None].expand(n, 3, 3), val_ds.image_size, gaze_head_b, supersample=supersample)
         tgt_img = torch.as_tensor(np.asarray(target["image"])).permute(0, 3, 1, 2).float().div(255).to(device)
         tgt_eye = (torch.as_tensor(np.asarray(target["eye_mask"])) >= 128).float()[:, None].to(device)
-        A = _to(torch.utils.data.default_collate([a]), device)
+        A = {k: v.expand(n, *v.shape[1:]) for k, v in _to(torch.utils.data.default_collate([a]), device).items()
+             if torch.is_tensor(v)}
         with eval_mode(model):
             out = model(A["shape_code"], A["appearance_code"], A["R_w2c"], A["t_w2c"], A["K"],
                         gaze_head=gaze_head_b.to(device), eye_mask=A["eye_mask"])
         eye = ((tgt_eye + A["eye_mask"]) > 0).float()
-        model_psnr.append(masked_psnr(out["image"], tgt_img, eye).item())
-        copy_psnr.append(masked_psnr(A["image"], tgt_img, eye).item())
+        model_psnr += masked_psnr(out["image"], tgt_img, eye).tolist()
+        copy_psnr += masked_psnr(A["image"], tgt_img, eye).tolist()
     if not model_psnr:
         return None
     m, c = sum(model_psnr) / len(model_psnr), sum(copy_psnr) / len(copy_psnr)
@@ -502,10 +512,12 @@ def train(cfg: TrainConfig, resume: str | None = None, dry_run: bool = False, pr
     report = {"steps": step, "train_seconds": round(time.time() - t_start, 1), "model_name": cfg.model.model_name}
     if rank == 0:
         frame_rows, cam_rows = _split_val_rows(val_ds)
+        frame_rows, cam_rows = _spread(frame_rows, cfg.report_images), _spread(cam_rows, cfg.report_images)
+        report["report_images"] = {"heldout_frames": len(frame_rows), "heldout_cameras": len(cam_rows)}
         if frame_rows:
-            report["psnr_head_heldout_frames"] = validate(model, val_ds, cfg, device, frame_rows[:32])["psnr_head"]
+            report["psnr_head_heldout_frames"] = validate(model, val_ds, cfg, device, frame_rows)["psnr_head"]
         if cam_rows:
-            report["psnr_head_heldout_cameras"] = validate(model, val_ds, cfg, device, cam_rows[:32])["psnr_head"]
+            report["psnr_head_heldout_cameras"] = validate(model, val_ds, cfg, device, cam_rows)["psnr_head"]
         redirect = redirection_report(model, val_ds, device)
         if redirect is not None:
             report["gaze_redirection"] = redirect
