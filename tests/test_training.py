@@ -192,3 +192,14 @@ def test_ddp_two_cpu_processes(tiny_dataset, tmp_path, write_config):
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert load_checkpoint(run)["step"] == 2
+
+
+def test_report_rows_are_spread_over_the_held_out_set():
+    from HeadNeRF.training import _spread
+
+    rows = list(range(100, 184))  # e.g. 84 held-out rows, subjects in blocks
+    assert _spread(rows, 200) == rows
+    picked = _spread(rows, 8)
+    assert len(picked) == 8 and len(set(picked)) == 8 and picked[0] == 100
+    assert picked[-1] >= 170  # reaches the last block, not only the first rows
+    assert all(b - a in (10, 11) for a, b in zip(picked, picked[1:]))

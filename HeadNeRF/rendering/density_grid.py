@@ -22,8 +22,8 @@ stratified jitter of ``rendering/sampling.py``; at evaluation the centres of its
 
 Skipping: once the grid has seen ``SKIP_AFTER_RECORDS`` training forwards, a ray whose
 opacity through the grid is below ``EMPTY_RAY_OPACITY`` is not evaluated at all, in training
-and rendering alike (background pixels inside the bound sphere: about a third of the
-quickstart's rays).
+and rendering alike (background pixels inside the bound sphere: about a fifth of the
+quickstart's rays that hit the sphere, where half of the rays are background).
 
 Why: with the bound sphere alone, 16 samples are spread over a chord of up to 2.7 head units
 and most land in empty air in front of the face or inside the head behind it. A model
