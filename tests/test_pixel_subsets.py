@@ -128,17 +128,26 @@ def test_config_checks_pixel_subsets(tiny_dataset):
         from_dict(TrainConfig, _subset_cfg(tiny_dataset, "unused", rays_per_image=16 * 16 + 1))
 
 
-def test_training_on_pixel_subsets_resumes_exactly(tiny_dataset, tmp_path):
+def test_training_on_pixel_subsets_resumes_exactly(tiny_dataset, tmp_path, monkeypatch):
+    import HeadNeRF.rendering.density_grid as density_grid
     from HeadNeRF.checkpoint import load_checkpoint
 
-    report = train(from_dict(TrainConfig, _subset_cfg(tiny_dataset, str(tmp_path / "a"))), progress=False)
+    # with a density grid that starts skipping empty rays after 2 records, i.e. across the resume
+    monkeypatch.setattr(density_grid, "SKIP_AFTER_RECORDS", 2)
+
+    def cfg(run_dir, **kw):
+        d = _subset_cfg(tiny_dataset, str(tmp_path / run_dir), **kw)
+        d["model"]["density_grid_resolution"] = 8
+        return from_dict(TrainConfig, d)
+
+    report = train(cfg("a"), progress=False)
     assert report["steps"] == 4 and report["psnr_head_heldout_frames"] > 0
-    train(from_dict(TrainConfig, _subset_cfg(tiny_dataset, str(tmp_path / "b"), steps=2)), progress=False)
-    train(from_dict(TrainConfig, _subset_cfg(tiny_dataset, str(tmp_path / "b"))), resume=str(tmp_path / "b"),
-          progress=False)
+    train(cfg("b", steps=2), progress=False)
+    train(cfg("b"), resume=str(tmp_path / "b"), progress=False)
     a, b = load_checkpoint(str(tmp_path / "a")), load_checkpoint(str(tmp_path / "b"))
     groups = a["optimizer"]["param_groups"]
     assert len(groups) == 2 and groups[1]["lr"] == pytest.approx(3.0 * groups[0]["lr"])  # the tri-plane group
     assert len(groups[1]["params"]) == 1
     for k, v in a["model"].items():
         assert torch.allclose(v, b["model"][k], atol=1e-6), k
+    assert int(a["model"]["density_grid.num_records"]) == 4 and a["model"]["density_grid.density"].sum() > 0
