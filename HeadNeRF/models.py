@@ -73,7 +73,7 @@ from .fields.trunk import ConditionalTrunk
 from .geometry.cameras import scale_intrinsics
 from .geometry.gaze import gaze_rotation, rotate_pitch_yaw
 from .neural_renderer import NeuralRenderer
-from .rendering.density_grid import EMPTY_RAY_OPACITY, DensityGrid, grid_guided_samples
+from .rendering.density_grid import EMPTY_RAY_OPACITY, DensityGrid, grid_bin_weights, grid_guided_samples
 from .rendering.rays import generate_rays, pixel_index_centers, ray_sphere_bounds, rays_through
 from .rendering.sampling import stratified_samples
 from .rendering.volume import alpha_from_density, composite, depth_and_opacity, transmittance_weights
@@ -168,11 +168,14 @@ class GazeModelBase(nn.Module):
         if self.density_grid is None:
             depths, deltas = stratified_samples(near, far, cfg.num_samples, training, generator)  # (N, S)
         else:  # concentrated where the rays stop in the union of the heads seen so far
-            depths, deltas, grid_opacity = grid_guided_samples(self.density_grid, o, d, near, far, cfg.num_samples,
-                                                               training=training, generator=generator)
+            weights, grid_opacity = grid_bin_weights(self.density_grid, o, d, near, far)
+            # Drawn for every ray before skipping, so the jitter stream does not depend on the grid's verdicts
+            # (the sampling itself is a few ms; the MLPs are what skipping saves).
+            depths, deltas = grid_guided_samples(weights, near, far, cfg.num_samples, training=training,
+                                                 generator=generator)
             if self.density_grid.ready:  # rays through empty cells are not evaluated: they render as background
                 keep = (grid_opacity >= EMPTY_RAY_OPACITY).nonzero().squeeze(1)
-                ray_index, o, d, depths, deltas = ray_index[keep], o[keep], d[keep], depths[keep], deltas[keep]
+                ray_index, o, d, depths, deltas = (x[keep] for x in (ray_index, o, d, depths, deltas))
         points = o.unsqueeze(1) + d.unsqueeze(1) * depths.unsqueeze(-1)  # (N, S, 3)
         encoded = positional_encoding(points, cfg.pe_freqs)
         if self.triplane is not None:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from HeadNeRF.models import MODEL_CLASSES
-from HeadNeRF.rendering.density_grid import DensityGrid, grid_guided_samples, pdf_samples
+from HeadNeRF.rendering.density_grid import DensityGrid, grid_bin_weights, grid_guided_samples, pdf_samples
 from test_models import inputs, make
 
 
@@ -60,11 +60,13 @@ def test_grid_records_decaying_maxima_at_lattice_nodes():
 def test_empty_grid_gives_uniform_samples_and_a_blob_attracts_them():
     grid = DensityGrid(resolution=9, radius=1.0)
     o, d, near, far = _rays()
-    depths, _, opacity = grid_guided_samples(grid, o, d, near, far, 8)
+    weights, opacity = grid_bin_weights(grid, o, d, near, far)
+    depths, _ = grid_guided_samples(weights, near, far, 8)
     assert (opacity == 0).all()
     torch.testing.assert_close(depths, pdf_samples(near, far, torch.ones(4, 8), 8)[0])
     grid.record(torch.zeros(1, 3), torch.tensor([100.0]))  # an opaque blob at the origin (depth 3)
-    depths, _, opacity = grid_guided_samples(grid, o, d, near, far, 16, uniform_fraction=0.25)
+    weights, opacity = grid_bin_weights(grid, o, d, near, far)
+    depths, _ = grid_guided_samples(weights, near, far, 16, uniform_fraction=0.25)
     assert (opacity > 0.99).all()
     near_blob = ((depths - 3.0).abs() < 0.3).float().mean().item()
     assert near_blob >= 0.7  # uniform alone would put 30% there

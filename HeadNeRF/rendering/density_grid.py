@@ -9,7 +9,7 @@ training forward scatters its own (detached) sample densities into the grid
 (``DensityGrid.record``); every record first multiplies the grid by ``decay``, so densities
 the field has since removed fade out.
 
-Sampling (``grid_guided_samples``): each ray's chord ``[near, far]`` is cut into ``M`` equal
+Sampling (``grid_bin_weights``, ``grid_guided_samples``): each ray's chord ``[near, far]`` is cut into ``M`` equal
 bins; the grid is read at the bin centres and volume-rendered along the ray into bin weights
 (where the ray would stop in the union of the heads). The weights are dilated by one bin on
 each side, so surfaces slightly deeper than the union's (a thinner face, another
@@ -43,7 +43,7 @@ from torch.nn import functional as F
 
 from .volume import alpha_from_density, transmittance_weights
 
-__all__ = ["DensityGrid", "grid_guided_samples", "pdf_samples", "EMPTY_RAY_OPACITY"]
+__all__ = ["DensityGrid", "grid_bin_weights", "grid_guided_samples", "pdf_samples", "EMPTY_RAY_OPACITY"]
 
 # Rays whose opacity through the grid is below this are not evaluated at all (in training and
 # rendering alike, so what is trained is what is rendered): they render as background, like
@@ -142,18 +142,16 @@ def pdf_samples(near: torch.Tensor, far: torch.Tensor, bin_weights: torch.Tensor
     return depths, deltas
 
 
-def grid_guided_samples(grid: DensityGrid, origins: torch.Tensor, directions: torch.Tensor, near: torch.Tensor,
-                        far: torch.Tensor, num_samples: int, num_bins: int = 64, uniform_fraction: float = 0.25,
-                        training: bool = False, generator: torch.Generator | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Samples concentrated where the grid says the ray stops (see the module docstring).
+def grid_bin_weights(grid: DensityGrid, origins: torch.Tensor, directions: torch.Tensor, near: torch.Tensor,
+                     far: torch.Tensor, num_bins: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each ray stops in the grid: weights of ``num_bins`` equal bins of its chord.
 
     Args:
         grid: the density grid.
         origins, directions: (N, 3) rays (unit directions); near, far: (N,) chord ends.
-        num_samples: S; num_bins: M coarse bins per chord; uniform_fraction: pdf share spread evenly.
     Returns:
-        depths, deltas: (N, S), as ``pdf_samples``; grid_opacity: (N,) the ray's opacity through the grid.
+        weights: (N, M) volume-rendering weights of the grid densities at the bin centres;
+        opacity: (N,) their sum, the ray's opacity through the grid.
     """
     M = num_bins
     centres = (torch.arange(M, device=near.device, dtype=near.dtype) + 0.5) / M
@@ -161,11 +159,24 @@ def grid_guided_samples(grid: DensityGrid, origins: torch.Tensor, directions: to
     t = near.unsqueeze(-1) + centres * length  # (N, M)
     sigma = grid.query(origins.unsqueeze(1) + directions.unsqueeze(1) * t.unsqueeze(-1))  # (N, M)
     weights = transmittance_weights(alpha_from_density(sigma, (length / M).expand_as(sigma)))
+    return weights, weights.sum(-1)
+
+
+def grid_guided_samples(bin_weights: torch.Tensor, near: torch.Tensor, far: torch.Tensor, num_samples: int,
+                        uniform_fraction: float = 0.25, training: bool = False,
+                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Samples concentrated where the grid says the ray stops (see the module docstring).
+
+    Args:
+        bin_weights: (N, M) from ``grid_bin_weights``; near, far: (N,) chord ends.
+        num_samples: S; uniform_fraction: pdf share spread evenly over the chord.
+    Returns:
+        depths, deltas: (N, S), as ``pdf_samples``.
+    """
+    M = bin_weights.shape[-1]
     # one-bin dilation: max over each bin and its two neighbours
-    grid_opacity = weights.sum(-1)
-    weights = F.max_pool1d(weights.unsqueeze(1), kernel_size=3, stride=1, padding=1).squeeze(1)
+    weights = F.max_pool1d(bin_weights.unsqueeze(1), kernel_size=3, stride=1, padding=1).squeeze(1)
     total = weights.sum(-1, keepdim=True)
     guided = torch.where(total > 1e-6, weights / total.clamp_min(1e-12), torch.full_like(weights, 1.0 / M))
     pdf = (1.0 - uniform_fraction) * guided + uniform_fraction / M
-    depths, deltas = pdf_samples(near, far, pdf, num_samples, training, generator)
-    return depths, deltas, grid_opacity
+    return pdf_samples(near, far, pdf, num_samples, training, generator)
