@@ -286,12 +286,13 @@ def redirection_report(model, val_ds: GazeDataset, device, max_sources: int = 16
             cams, frames = np.asarray(f["cam_index"][:]), np.asarray(f["frame_index"][:])
             valid = np.asarray(f["valid_mask"][:], dtype=bool)
             others = np.flatnonzero(valid & (cams == cam) & (frames != frame))
+            # increasing row indices (flatnonzero order), as h5py's list indexing requires
             targets = [int(r) for r in others if int(frames[r]) in heldout_frames] or [int(r) for r in others]
             if not targets:
                 continue
             code = f["latent_code"][row]
-            gaze_b = torch.as_tensor(np.asarray(f["face_gaze"][sorted(targets)], dtype=np.float32))
-            R_b = torch.as_tensor(np.asarray(f["cam_R_w2c"][sorted(targets)], dtype=np.float32))
+            gaze_b = torch.as_tensor(np.asarray(f["face_gaze"][targets], dtype=np.float32))
+            R_b = torch.as_tensor(np.asarray(f["cam_R_w2c"][targets], dtype=np.float32))
         n = len(targets)
         a = val_ds[i]
         gaze_head_b = gaze_in_head_frame(gaze_b, R_b)  # (n, 2)
