@@ -1,4 +1,4 @@
-"""Every top-level script answers --help; the ones a later issue implements say so and exit 2."""
+"""Every top-level script answers --help (each script's own end-to-end tests live beside its module's tests)."""
 
 import os
 import subprocess
@@ -17,10 +17,3 @@ def test_help(script):
     res = subprocess.run([sys.executable, os.path.join(ROOT, script), "--help"], capture_output=True, text=True,
                          timeout=120, cwd=ROOT)
     assert res.returncode == 0 and "usage:" in res.stdout, res.stderr
-
-
-@pytest.mark.parametrize("script", ["Evaluation.py", "FittingSingleImage.py", "DataProcess/Gen_mask_lm_3DMM.py"])
-def test_unimplemented_scripts_say_so(script):
-    res = subprocess.run([sys.executable, os.path.join(ROOT, script)], capture_output=True, text=True, timeout=120,
-                         cwd=ROOT)
-    assert res.returncode == 2 and "not implemented yet" in res.stderr
