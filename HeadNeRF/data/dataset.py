@@ -6,7 +6,9 @@ Design:
 * Only the small per-row index arrays are read up front; images are read per item.
 * h5py handles are opened lazily **per process** (keyed on ``os.getpid()``), so the dataset
   is safe with ``DataLoader(num_workers>0)``: a handle opened before ``fork`` is never reused.
-* Rows whose ``valid_mask`` is False are skipped.
+* Rows whose ``valid_mask`` is False are skipped. Rows without a gaze label (optional key
+  ``gaze_valid`` False, e.g. ETH-XGaze test files) are kept unless ``require_gaze=True``; their
+  item has ``gaze_valid`` False and ``gaze`` 0.
 
 Item layout (one row; S = output image size):
 
@@ -18,7 +20,8 @@ head_mask          (1,S,S) f32    {0, 1}
 eye_mask           (1,S,S) f32    {0, 1}, union of both periocular masks
 lm2d               (68,2) f32     landmarks, pixels of the S-image
 iris2d             (2,2) f32      iris centres, pixels of the S-image
-gaze               (2,) f32       (pitch, yaw) rad, normalised camera frame
+gaze               (2,) f32       (pitch, yaw) rad, normalised camera frame (0 when gaze_valid is False)
+gaze_valid         () bool        False for rows without a gaze label (optional key ``gaze_valid``)
 head_pose          (2,) f32       (pitch, yaw) rad, normalised camera frame
 R_w2c, t_w2c, K    (3,3) (3,) (3,3)  head frame -> camera; K in pixels of the S-image
 shape_code         (Ds,) f32      identity ⊕ expression
@@ -37,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .layout import DataFormatError, Split, subject_file_name, validate_file
+from .layout import DataFormatError, Split, read_gaze_valid, subject_file_name, validate_file
 
 __all__ = ["GazeDataset", "RowRef", "open_validated"]
 
@@ -82,10 +85,12 @@ class GazeDataset(torch.utils.data.Dataset):
         image_size: resize images/masks/K/landmarks to this size (default: stored size).
         max_rows_per_subject: keep at most this many rows per subject (0 = all).
         with_template: also return ``template_image`` (see module docstring).
+        require_gaze: skip rows without a gaze label (``gaze_valid`` False); the gaze estimator
+            trains with True. Default False: such rows are kept (item ``gaze_valid`` False).
     """
 
     def __init__(self, dataset_dir: str, which: str = "train", subjects=None, image_size: int | None = None,
-                 max_rows_per_subject: int = 0, with_template: bool = False):
+                 max_rows_per_subject: int = 0, with_template: bool = False, require_gaze: bool = False):
         if which not in WHICH:
             raise ValueError(f"which must be one of {WHICH}, got {which!r}")
         if not os.path.isdir(dataset_dir):
@@ -105,6 +110,7 @@ class GazeDataset(torch.utils.data.Dataset):
             raise DataFormatError(f"{dataset_dir}: no subjects selected for '{which}' (check split.json)")
 
         self.paths, self.code_slices, self.rows, stored_sizes = {}, None, [], set()
+        self.gaze_valid: dict[int, np.ndarray] = {}  # subject -> (N,) bool
         heldout_cams, heldout_frames = set(self.split.heldout_cameras), set(self.split.heldout_frames)
         for sid in subject_ids:
             path = os.path.join(dataset_dir, subject_file_name(sid))
@@ -120,8 +126,12 @@ class GazeDataset(torch.utils.data.Dataset):
                 cams = np.asarray(f["cam_index"][:])
                 frames = np.asarray(f["frame_index"][:])
                 gaze = np.asarray(f["face_gaze"][:], dtype=np.float64)
+                gaze_valid = read_gaze_valid(f)
+            self.gaze_valid[sid] = gaze_valid
             heldout = np.isin(cams, list(heldout_cams)) | np.isin(frames, list(heldout_frames))
             keep = valid.copy()
+            if require_gaze:
+                keep &= gaze_valid
             if which == "train":
                 keep &= ~heldout
             elif which == "val":
@@ -133,12 +143,15 @@ class GazeDataset(torch.utils.data.Dataset):
             # The template row per camera: the most frontal gaze among this subject's valid rows.
             template = {}
             for cam in np.unique(cams[valid]):
-                cand = np.flatnonzero(valid & (cams == cam))
+                cand = np.flatnonzero(valid & (cams == cam) & gaze_valid)  # unlabelled rows hold gaze 0: not "frontal"
+                if len(cand) == 0:
+                    cand = np.flatnonzero(valid & (cams == cam))
                 template[int(cam)] = int(cand[np.argmin(np.abs(gaze[cand]).sum(1))])
             self.rows += [RowRef(sid, int(r), int(cams[r]), int(frames[r]), template.get(int(cams[r]), int(r)))
                           for r in rows]
         if not self.rows:
-            raise DataFormatError(f"{dataset_dir}: no valid rows for '{which}' with subjects {subject_ids}")
+            raise DataFormatError(f"{dataset_dir}: no valid rows for '{which}' with subjects {subject_ids}"
+                                  + (" (require_gaze=True: rows without a gaze label are skipped)" if require_gaze else ""))
         if len(stored_sizes) != 1 and image_size is None:
             raise DataFormatError(f"{dataset_dir}: subjects have different image sizes {sorted(stored_sizes)}; pass image_size")
         self.stored_size = stored_sizes.pop() if len(stored_sizes) == 1 else None
@@ -197,6 +210,7 @@ class GazeDataset(torch.utils.data.Dataset):
             "lm2d": torch.from_numpy(np.asarray(f["lm2d"][row], dtype=np.float32)) * scale,
             "iris2d": torch.from_numpy(np.asarray(f["iris2d"][row], dtype=np.float32)) * scale,
             "gaze": torch.from_numpy(np.asarray(f["face_gaze"][row], dtype=np.float32)),
+            "gaze_valid": torch.tensor(bool(self.gaze_valid[sid][row])),
             "head_pose": torch.from_numpy(np.asarray(f["face_head_pose"][row], dtype=np.float32)),
             "R_w2c": torch.from_numpy(np.asarray(f["cam_R_w2c"][row], dtype=np.float32)),
             "t_w2c": torch.from_numpy(np.asarray(f["cam_t_w2c"][row], dtype=np.float32)),

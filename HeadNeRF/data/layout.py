@@ -1,8 +1,9 @@
 """The processed-HDF5 contract shared by preprocessing, synthetic generation, training and evaluation.
 
 One file per subject, ``<dataset_dir>/subject<ID:04d>.h5``, plus ``<dataset_dir>/split.json``.
-Every key below must be present, whatever produced the file (our synthetic generator,
-``DataProcess/Gen_mask_lm_3DMM.py`` on ETH-XGaze, or a photo). ``docs/data_format.md``
+Every key of :data:`KEYS` must be present, whatever produced the file (our synthetic generator,
+``DataProcess/Gen_mask_lm_3DMM.py`` on ETH-XGaze, GazeNeRF-format files or photos); the keys of
+:data:`OPTIONAL_KEYS` (``gaze_valid``, ``invalid_reason``) may be present and are checked when they are. ``docs/data_format.md``
 is the human-readable version of :data:`KEYS`; keep the two in sync.
 
 N is the number of rows (images) in the file, S the square image size, D the latent-code
@@ -53,10 +54,21 @@ KEYS: dict[str, KeySpec] = {
     "valid_mask": KeySpec(("N",), ("bool",), "False rows are skipped by every reader"),
 }
 
+# Optional per-row keys: readers use them when present and assume the default when absent.
+#   gaze_valid (N,) bool: False for rows without a gaze label (ETH-XGaze test files, photos without
+#       labels.csv); their face_gaze holds 0. Absent = every row has a gaze label.
+#   invalid_reason (N,) variable-length utf-8 str: why a row has valid_mask False ('' for valid rows).
+OPTIONAL_KEYS: dict[str, KeySpec] = {
+    "gaze_valid": KeySpec(("N",), ("bool",), "True where face_gaze is a real label (absent = all True)"),
+    "invalid_reason": KeySpec(("N",), ("object",), "why valid_mask is False ('' for valid rows), utf-8 strings"),
+}
+
+SOURCES = ("synthetic", "xgaze", "gazenerf", "photo")
+
 # File-level attributes.
 ATTRS = {
     "layout_version": "int, equals LAYOUT_VERSION",
-    "source": "'synthetic' | 'xgaze' | 'photo'",
+    "source": "'synthetic' | 'xgaze' | 'gazenerf' | 'photo'",
     "subject_id": "int",
     "image_size": "int S",
 }
@@ -88,6 +100,30 @@ def code_slices(h5file, path="<file>") -> dict[str, tuple[int, int]]:
     if missing:
         raise _fail(path, "latent_code.attrs['code_slices']", f"blocks {list(CODE_BLOCKS)}", f"missing {missing}")
     return slices
+
+
+def h5py_string_kind(ds):
+    """'vlen' when an h5py dataset holds variable-length strings, 'fixed' for fixed-length bytes, else None."""
+    import h5py
+
+    if h5py.check_string_dtype(ds.dtype) is not None:
+        return "vlen"
+    return "fixed" if ds.dtype.kind == "S" else None
+
+
+def read_gaze_valid(h5file) -> np.ndarray:
+    """(N,) bool: ``gaze_valid`` when the file has it, else all True."""
+    n = h5file["valid_mask"].shape[0]
+    if "gaze_valid" in h5file:
+        return np.asarray(h5file["gaze_valid"][:], dtype=bool)
+    return np.ones(n, dtype=bool)
+
+
+def read_invalid_reason(h5file) -> list[str]:
+    """N strings: ``invalid_reason`` when the file has it, else '' for valid rows and 'invalid' for the others."""
+    if "invalid_reason" in h5file:
+        return [r.decode("utf-8") if isinstance(r, bytes) else str(r) for r in h5file["invalid_reason"][:]]
+    return ["" if v else "invalid" for v in np.asarray(h5file["valid_mask"][:], dtype=bool)]
 
 
 def validate_file(h5file, path: str | None = None) -> dict:
@@ -126,6 +162,17 @@ def validate_file(h5file, path: str | None = None) -> dict:
             if not np.all(np.isfinite(sample)) or sample.min() < lo or sample.max() > hi:
                 raise _fail(path, key, f"finite values in [{lo:.4g}, {hi:.4g}]",
                             f"range [{np.nanmin(sample):.4g}, {np.nanmax(sample):.4g}]")
+    for key, spec in OPTIONAL_KEYS.items():
+        if key not in h5file:
+            continue
+        ds = h5file[key]
+        if not hasattr(ds, "shape") or tuple(ds.shape) != (dims["N"],):
+            raise _fail(path, key, f"a dataset of shape (N,) = ({dims['N']},) ({spec.description})",
+                        f"shape {getattr(ds, 'shape', 'a group')}")
+        if key == "gaze_valid" and ds.dtype.name != "bool":
+            raise _fail(path, key, "dtype bool", f"dtype {ds.dtype.name}")
+        if key == "invalid_reason" and h5py_string_kind(ds) is None:
+            raise _fail(path, key, "variable-length utf-8 strings", f"dtype {ds.dtype}")
     if dims.get("S", 0) <= 0:
         raise _fail(path, "face_patch", "a non-empty S×S image", f"S={dims.get('S')}")
     slices = code_slices(h5file, path)

@@ -1,0 +1,253 @@
+"""The preprocessing run: select subjects, process each into ``subjectXXXX.h5`` (resumably), write split.json.
+
+* ``--sb``/``--se`` index the input subjects in sorted name order, **``--se`` exclusive** (Python's
+  ``range(sb, se)``, the seed's semantics); ``--se`` beyond the last subject is clamped with a note.
+* Resumable: a subject is written to ``subjectXXXX.h5.partial`` and renamed when complete
+  (``HeadNeRF.data.subject_file``). A finished ``subjectXXXX.h5`` is skipped on a re-run; a
+  leftover ``.partial`` (a killed run) is ignored and overwritten. ``kill -9`` therefore loses at
+  most the subjects in progress.
+* ``num_workers > 1`` processes subjects in parallel processes (spawned, one torch thread each).
+* Progress: a tqdm bar over subjects and one over images; every problem is one line on stderr;
+  a summary at the end (rows written, rows invalid and why, seconds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import os
+import sys
+import threading
+import time
+from collections import Counter
+
+from tqdm import tqdm
+
+from HeadNeRF.data import layout
+from HeadNeRF.data.subject_file import partial_path, write_subject_file_atomic
+
+from . import readers
+from .readers import InputError, SubjectSource
+from .split import build_split, read_official_split
+from .subject import PROCESSORS, ProcessOptions
+
+__all__ = ["PreprocessConfig", "RunSummary", "run", "select_subjects"]
+
+
+@dataclasses.dataclass
+class PreprocessConfig:
+    img_dir: str
+    save_dir: str
+    sb: int = 0
+    se: int | None = None  # exclusive; None = to the end
+    input_format: str | None = None  # None = detect
+    image_size: int | None = None
+    num_workers: int = 1
+    split_file: str | None = None
+    chunk_rows: int = 256
+    photo_focal_factor: float | None = None
+    fit_codes: bool = True
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.sb < 0:
+            raise ValueError(f"--sb must be >= 0, got {self.sb}")
+        if self.se is not None and self.se <= self.sb:
+            raise ValueError(f"--se must be greater than --sb (--se is exclusive), got --sb {self.sb} --se {self.se}")
+        if self.image_size is not None and self.image_size < 16:
+            raise ValueError(f"--image_size must be at least 16 px, got {self.image_size}")
+        if self.num_workers < 1:
+            raise ValueError(f"--num_workers must be >= 1, got {self.num_workers}")
+        if self.chunk_rows < 1:
+            raise ValueError(f"--chunk_rows must be >= 1, got {self.chunk_rows}")
+        if self.input_format is not None and self.input_format not in readers.FORMATS:
+            raise ValueError(f"--input_format must be one of {readers.FORMATS}, got {self.input_format!r}")
+
+
+@dataclasses.dataclass
+class RunSummary:
+    written: list = dataclasses.field(default_factory=list)  # subject ids written now
+    skipped: list = dataclasses.field(default_factory=list)  # already finished
+    failed: dict = dataclasses.field(default_factory=dict)  # name -> one-line reason
+    rows: int = 0
+    valid_rows: int = 0
+    invalid: Counter = dataclasses.field(default_factory=Counter)
+    seconds: float = 0.0
+    split: object = None
+    stats: dict = dataclasses.field(default_factory=dict)  # subject id -> stats
+
+    def lines(self) -> list[str]:
+        out = [f"subjects: {len(self.written)} written, {len(self.skipped)} skipped (already done), "
+               f"{len(self.failed)} failed"]
+        inv = sum(self.invalid.values())
+        out.append(f"rows written: {self.rows} ({self.valid_rows} valid, {inv} invalid"
+                   + (": " + ", ".join(f"{n} {why}" for why, n in self.invalid.most_common()) if inv else "") + ")")
+        for name, why in self.failed.items():
+            out.append(f"failed: {why}")
+        rate = self.rows / self.seconds if self.seconds > 0 else 0.0
+        out.append(f"time: {self.seconds:.1f} s ({rate:.2f} images/s)")
+        if self.split is not None:
+            out.append(f"split: train subjects {self.split.train_subjects}, test subjects {self.split.test_subjects}, "
+                       f"held-out cameras {self.split.heldout_cameras}, held-out frames {self.split.heldout_frames}")
+        return out
+
+
+def select_subjects(cfg: PreprocessConfig, log) -> tuple[str, list[SubjectSource]]:
+    fmt = cfg.input_format or readers.detect_format(cfg.img_dir)
+    if not os.path.isdir(cfg.img_dir):
+        raise InputError(f"{cfg.img_dir}: input folder not found")
+    subjects = readers.list_subjects(cfg.img_dir, fmt)
+    if not subjects:
+        raise InputError(f"{cfg.img_dir}: no {fmt} subjects found")
+    n = len(subjects)
+    if cfg.sb >= n:
+        raise InputError(f"--sb {cfg.sb} is beyond the last subject (there are {n}: indices 0..{n - 1})")
+    se = n if cfg.se is None else cfg.se
+    if se > n:
+        log(f"note: --se {se} is beyond the last subject (there are {n}); processing indices {cfg.sb}..{n - 1}")
+        se = n
+    return fmt, subjects[cfg.sb:se]
+
+
+def _process_one(task) -> dict:
+    """Process and write one subject (runs in the main process or a worker). Never raises."""
+    src, save_dir, opts, overwrite, queue = task
+    out_path = os.path.join(save_dir, layout.subject_file_name(src.subject_id))
+    res = {"name": src.name, "subject_id": src.subject_id, "notes": [], "status": "written"}
+    if os.path.exists(out_path) and not overwrite:
+        res["status"] = "skipped"
+        return res
+    if os.path.exists(partial_path(out_path)):
+        res["notes"].append(f"note: {partial_path(out_path)} is left over from an interrupted run; replacing it")
+    on_image = (lambda: queue.put(1)) if queue is not None else _MAIN_PROGRESS.update_one
+    t0 = time.time()
+    try:
+        rows = PROCESSORS[src.fmt](src.path, src.subject_id, opts, on_image)
+        write_subject_file_atomic(out_path, rows.data, rows.code_slices, rows.source, src.subject_id, rows.attrs)
+    except InputError as exc:
+        res.update(status="failed", message=str(exc))
+        return res
+    except (OSError, ValueError, RuntimeError) as exc:  # anything else: one line, the run goes on
+        res.update(status="failed", message=f"{src.path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        return res
+    res["notes"] += rows.notes
+    res.update(rows=len(rows.data["valid_mask"]), valid=int(rows.data["valid_mask"].sum()), invalid=rows.invalid,
+               stats=dict(rows.stats, seconds=time.time() - t0))
+    return res
+
+
+class _Progress:
+    bar = None
+
+    def update_one(self):
+        if self.bar is not None:
+            self.bar.update(1)
+
+
+_MAIN_PROGRESS = _Progress()
+
+
+def _worker_init():
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _count_images(src: SubjectSource) -> int:
+    try:
+        if src.fmt == "images":
+            return len(readers.list_photos(src.path))
+        import h5py
+
+        with h5py.File(src.path, "r") as f:
+            return int(f["face_patch"].shape[0]) if "face_patch" in f else 0
+    except (OSError, KeyError, ValueError):
+        return 0
+
+
+def run(cfg: PreprocessConfig, log=None) -> RunSummary:
+    """Run the preprocessing; see the module docstring. Raises InputError only when nothing can be done."""
+    log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    t0 = time.time()
+    fmt, subjects = select_subjects(cfg, log)
+    official = read_official_split(cfg.split_file) if cfg.split_file else None
+    os.makedirs(cfg.save_dir, exist_ok=True)
+    opts = ProcessOptions(image_size=cfg.image_size, chunk_rows=cfg.chunk_rows,
+                          photo_focal_factor=cfg.photo_focal_factor, fit_codes=cfg.fit_codes)
+    if fmt != "images" and cfg.image_size is None:  # mixed patch sizes: one size for the whole folder
+        sizes = {}
+        for s in subjects:
+            try:
+                import h5py
+
+                with h5py.File(s.path, "r") as f:
+                    if "face_patch" in f and f["face_patch"].ndim == 4:
+                        sizes[s.name] = int(f["face_patch"].shape[1])
+            except OSError:
+                pass
+        if len(set(sizes.values())) > 1:
+            first = next(iter(sizes.values()))
+            log(f"note: mixed patch sizes {sorted(set(sizes.values()))}; all subjects are written at {first} px "
+                f"(the first subject's; set --image_size to choose)")
+            opts.image_size = first
+    summary = RunSummary()
+    total_images = sum(_count_images(s) for s in subjects)
+    sub_bar = tqdm(total=len(subjects), desc="subjects", unit="subject", disable=not cfg.progress, position=0)
+    img_bar = tqdm(total=total_images, desc="images", unit="img", disable=not cfg.progress, position=1)
+
+    def collect(res):
+        for note in res["notes"]:
+            log(note)
+        if res["status"] == "skipped":
+            summary.skipped.append(res["subject_id"])
+            log(f"skip: {res['name']} -> {layout.subject_file_name(res['subject_id'])} already done")
+            img_bar.update(_count_images(next(s for s in subjects if s.subject_id == res["subject_id"])))
+        elif res["status"] == "failed":
+            summary.failed[res["name"]] = res["message"]
+            log(f"error: {res['message']} (subject skipped)")
+        else:
+            summary.written.append(res["subject_id"])
+            summary.rows += res["rows"]
+            summary.valid_rows += res["valid"]
+            summary.invalid.update(res["invalid"])
+            summary.stats[res["subject_id"]] = res["stats"]
+        sub_bar.update(1)
+
+    if cfg.num_workers <= 1 or len(subjects) <= 1:
+        _MAIN_PROGRESS.bar = img_bar
+        try:
+            for s in subjects:
+                sub_bar.set_postfix_str(s.name)
+                collect(_process_one((s, cfg.save_dir, opts, cfg.overwrite, None)))
+        finally:
+            _MAIN_PROGRESS.bar = None
+    else:
+        ctx = mp.get_context("spawn")
+        manager = ctx.Manager()
+        queue = manager.Queue()
+        stop = threading.Event()
+
+        def drain():
+            while not stop.is_set() or not queue.empty():
+                try:
+                    img_bar.update(queue.get(timeout=0.2))
+                except Exception:  # noqa: BLE001 - queue.Empty
+                    pass
+
+        th = threading.Thread(target=drain, daemon=True)
+        th.start()
+        try:
+            with ctx.Pool(cfg.num_workers, initializer=_worker_init) as pool:
+                tasks = [(s, cfg.save_dir, opts, cfg.overwrite, queue) for s in subjects]
+                for res in pool.imap_unordered(_process_one, tasks):
+                    collect(res)
+        finally:
+            stop.set()
+            th.join(timeout=5)
+            manager.shutdown()
+    sub_bar.close()
+    img_bar.close()
+    summary.split = build_split(cfg.save_dir, official, log=log)
+    summary.seconds = time.time() - t0
+    return summary
