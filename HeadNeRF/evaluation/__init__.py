@@ -1,0 +1,36 @@
+"""Gaze-redirection evaluation: the GazeNeRF protocol, reproducible and resumable.
+
+Modules (one idea each):
+
+* ``config``: the typed YAML config (``EvalConfig``; ``fit`` holds ``fitting.FitConfig`` fields);
+* ``pairs``: deterministic input -> target pairs per test subject (or a pairs file);
+* ``metrics``: SSIM/PSNR/L1 (torchmetrics), LPIPS (lpips), FID (torchmetrics), dlib identity, angles;
+* ``protocol``: fit each input once per regime (``fitting.fit_image``), render at the target's
+  gaze and camera (``fitting.render_fit``), score against the target and the baselines;
+* ``controllability``: requested-gaze grid vs the estimator's reading (no target image needed);
+* ``report``: the resumable ``per_pair.jsonl``, aggregation, ``report.md`` and figures;
+* ``run``: ``evaluate(cfg)``, what ``Evaluation.py`` calls.
+
+Usage::
+
+    from HeadNeRF.evaluation import load_eval_config, evaluate
+    result = evaluate(load_eval_config("config/quickstart_evaluation.yml"))
+"""
+
+from .config import ControllabilityConfig, EvalConfig, MetricsConfig, load_eval_config
+from .pairs import Pair, PairsError, generate_pairs, load_pairs_file
+from .protocol import EvaluationError
+from .run import evaluate
+
+__all__ = [
+           "ControllabilityConfig",
+           "EvalConfig",
+           "EvaluationError",
+           "MetricsConfig",
+           "Pair",
+           "PairsError",
+           "evaluate",
+           "generate_pairs",
+           "load_eval_config",
+           "load_pairs_file",
+]

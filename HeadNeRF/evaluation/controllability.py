@@ -1,0 +1,96 @@
+"""Gaze controllability map: does the rendered gaze follow the requested one?
+
+Needs no target image, so it also runs on subjects without gaze labels (ETH-XGaze test
+subjects). For each selected input row, the ``codes`` fit (the same seeded fit the pairs
+use) is rendered from the input's own camera at every cell of a pitch × yaw grid of
+requested camera-frame gazes (``ControllabilityConfig``); the estimator reads each render,
+and the cell's error is the angle between the reading and the request. The map is the mean
+over the inputs (the per-subject maps are kept too), drawn as a heat map PNG with the mean
+error in the title.
+"""
+
+import numpy as np
+import torch
+
+from . import metrics as M
+
+__all__ = ["controllability", "gaze_grid", "plot_controllability"]
+
+
+def gaze_grid(pitch_range, yaw_range, resolution) -> torch.Tensor:
+    """(rows, cols, 2) requested (pitch, yaw): pitch from high (top row) to low, yaw from low to high."""
+    rows, cols = resolution
+    pitch = torch.linspace(float(pitch_range[1]), float(pitch_range[0]), rows) if rows > 1 else \
+        torch.tensor([(pitch_range[0] + pitch_range[1]) / 2.0])
+    yaw = torch.linspace(float(yaw_range[0]), float(yaw_range[1]), cols) if cols > 1 else \
+        torch.tensor([(yaw_range[0] + yaw_range[1]) / 2.0])
+    return torch.stack(torch.meshgrid(pitch, yaw, indexing="ij"), -1)
+
+
+def controllability(ctx, inputs: list[tuple[int, int]], fit_cache: dict, progress: bool = True) -> dict:
+    """Errors per grid cell for the given (subject, input_row) list.
+
+    ``fit_cache``: {(subject, row): {"codes": FitResult}} reused when present (fits are made
+    with ``protocol.fit_input`` otherwise). Returns a JSON-able dict: grid, per-input and mean maps,
+    per-subject means, overall mean.
+    """
+    from tqdm import tqdm
+
+    from .protocol import _item, _read, fit_input, render_at
+
+    cc = ctx.cfg.controllability
+    grid = gaze_grid(cc.pitch_range, cc.yaw_range, cc.resolution)
+    rows, cols = grid.shape[:2]
+    per_input = []
+    for subject, row in tqdm(inputs, desc="controllability", disable=not progress, dynamic_ncols=True):
+        fit = fit_cache.get((subject, row), {}).get("codes")
+        if fit is None:
+            fit = fit_input(ctx, subject, row, ["codes"])["codes"]
+        item = _item(ctx, subject, row)
+        err = np.zeros((rows, cols))
+        for i in range(rows):
+            for j in range(cols):
+                req = grid[i, j]
+                read = _read(ctx, render_at(fit, item, req))
+                err[i, j] = M.angle_error_deg(read["gaze"], req.double().tolist())
+        per_input.append({"subject": subject, "input_row": row, "errors_deg": err.tolist(), "mean_deg": float(err.mean())})
+    out = {"pitch": grid[:, 0, 0].tolist(), "yaw": grid[0, :, 1].tolist(), "inputs": per_input}
+    if per_input:
+        maps = np.array([p["errors_deg"] for p in per_input])
+        out["mean_map_deg"] = maps.mean(0).tolist()
+        out["mean_deg"] = float(maps.mean())
+        out["per_subject_mean_deg"] = {
+            str(s): float(np.mean([p["mean_deg"] for p in per_input if p["subject"] == s]))
+            for s in sorted({p["subject"] for p in per_input})}
+    return out
+
+
+def plot_controllability(result: dict, path: str) -> None:
+    """Heat map of the mean error per requested gaze (degrees), written to ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    err = np.array(result["mean_map_deg"])
+    pitch, yaw = np.degrees(result["pitch"]), np.degrees(result["yaw"])
+    fig, ax = plt.subplots(figsize=(1.1 * len(yaw) + 2.2, 0.9 * len(pitch) + 1.6))
+    im = ax.imshow(err, cmap="magma_r", vmin=0)
+    ax.set_xticks(range(len(yaw)), [f"{y:.0f}" for y in yaw])
+    ax.set_yticks(range(len(pitch)), [f"{p:.0f}" for p in pitch])
+    ax.set_xlabel("requested yaw (deg, camera frame)")
+    ax.set_ylabel("requested pitch (deg)")
+    for i in range(err.shape[0]):
+        for j in range(err.shape[1]):
+            ax.text(j, i, f"{err[i, j]:.1f}", ha="center", va="center", fontsize=8,
+                    color="white" if err[i, j] > 0.6 * max(err.max(), 1e-9) else "black")
+    ax.set_title(f"gaze controllability: estimator vs request\nmean {result['mean_deg']:.2f}° over "
+                 f"{len(result['inputs'])} inputs")
+    fig.colorbar(im, ax=ax, label="angular error (deg)")
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    import os
+
+    os.replace(tmp, path)

@@ -1,0 +1,357 @@
+"""The GazeNeRF protocol: fit each input once, render it at each target's gaze and head pose, score.
+
+For every pair (``pairs.py``) of a test subject:
+
+1. **Fit the input** with the fitting module that ``FittingSingleImage.py`` uses
+   (``HeadNeRF.fitting.fit_image``), once per input row and regime, and reuse the fit for all
+   of that input's targets:
+
+   * ``codes``: latent codes and a camera refinement only (the network frozen);
+   * ``finetune``: the ``codes`` fit, then ``finetune_steps`` of network fine-tuning starting
+     from it (``fit_image`` with ``steps: 0`` on a target whose codes and camera are the codes
+     fit's; the codes stage is not run twice).
+
+2. **Render** the fit at the target's gaze (its label; for a row without a label, the
+   estimator's reading of the target: "estimator-only" pairs) seen from the **target row's
+   camera** (its head pose) with the target's eye mask, like GazeNeRF, which feeds the
+   target's camera and gaze.
+
+3. **Score** the render against the target image (whitened outside the target's head mask):
+   SSIM, PSNR (whole and head), L1, LPIPS, identity, and gaze / head-pose angular errors of
+   the estimator on the render against the estimator on the target ("as the papers measure
+   it") and against the target's labels where the row has them. Two baselines are scored the
+   same way: **copy_input** (the input image itself as the answer) and the **floor** (the
+   estimator on the target against the target's label).
+
+Determinism (a re-run continues where the last stopped and ends with the same numbers):
+the model's state is restored from a pristine copy before each fit; each input's fit seed is
+derived from (seed, subject, input_row); the estimator, LPIPS and dlib run on one image at a
+time, so no result depends on batch composition or on which pairs were already done.
+"""
+
+import copy
+import dataclasses
+import hashlib
+import math
+import os
+
+import numpy as np
+import torch
+
+from ..checkpoint import CheckpointError
+from ..config import ConfigError, to_dict
+from ..data.layout import DataFormatError
+from . import metrics as M
+from .config import EvalConfig, fit_config_for
+from .pairs import (
+    Pair,
+    PairsError,
+    SubjectRows,
+    eval_subjects,
+    generate_pairs,
+    load_pairs_file,
+    pairs_digest,
+    read_subject_rows,
+)
+
+__all__ = ["CANDIDATES", "Context", "EvaluationError", "fit_input", "input_seed", "prepare", "score_pair"]
+
+CANDIDATES = ("codes", "finetune", "copy_input")  # what is scored against the target (regimes + the copy baseline)
+
+
+class EvaluationError(ValueError):
+    """Bad input for an evaluation (one line; nothing is written)."""
+
+
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def _checkpoint_file(path: str, what: str, hint: str) -> str:
+    file = os.path.join(path, "checkpoints", "last.pt") if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise EvaluationError(f"{what} {path}: checkpoint not found ({hint})")
+    return file
+
+
+def input_seed(seed: int, subject: int, input_row: int) -> int:
+    """The fit seed of one input: independent of which other pairs run (resumable)."""
+    return int(np.random.SeedSequence([int(seed), int(subject), int(input_row)]).generate_state(1)[0])
+
+
+@dataclasses.dataclass
+class Context:
+    """Everything an evaluation loads once."""
+
+    cfg: EvalConfig
+    model: torch.nn.Module
+    info: object  # fitting.ModelInfo
+    pristine: dict  # the model's state_dict, restored before every fit
+    estimator: torch.nn.Module
+    est_info: object  # estimator.EstimatorInfo
+    dataset: object  # GazeDataset over the evaluated subjects at the model's image size
+    index_of: dict  # (subject, row) -> dataset index
+    subjects: dict  # subject -> SubjectRows
+    pairs: list
+    lpips: object  # callable or None
+    fid: object  # FIDFeatures or None
+    identity: object  # IdentityEmbedder or None
+    skipped: dict  # metric -> reason (or description when used)
+    checkpoint_file: str
+    estimator_file: str
+    sha256: dict
+    device: str
+    cache: dict = dataclasses.field(default_factory=dict)  # per-row estimator readings / embeddings / features
+
+    @property
+    def image_size(self) -> int:
+        return int(self.info.image_size)
+
+
+def prepare(cfg: EvalConfig, progress: bool = True) -> Context:
+    """Load and check everything before any pair runs. Raises EvaluationError (one line)."""
+    from ..data.dataset import GazeDataset
+    from ..estimator import load_estimator
+    from ..fitting import load_trained_model
+
+    device = cfg.device
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    ckpt = _checkpoint_file(cfg.checkpoint, "checkpoint", "train one with train_headnerf.py, or fix `checkpoint`")
+    est_ckpt = _checkpoint_file(cfg.estimator_checkpoint, "estimator_checkpoint",
+                                "train one with train_gaze_estimator.py, or fix `estimator_checkpoint`")
+    try:
+        model, info = load_trained_model(ckpt, device=device)
+        estimator, est_info = load_estimator(est_ckpt, device=device)
+    except CheckpointError as exc:
+        raise EvaluationError(str(exc)) from None
+    S = int(info.image_size)
+    if int(est_info.input_size) != S:
+        raise EvaluationError(
+            f"estimator {est_ckpt} was trained on {est_info.input_size} px images, the NeRF renders {S} px; "
+            f"train an estimator with input_size {S} (the evaluation never resizes renders for the estimator)")
+    try:
+        subject_ids = eval_subjects(cfg.dataset_dir, cfg.subjects)
+        subjects = {s: read_subject_rows(cfg.dataset_dir, s) for s in subject_ids}
+        if cfg.pairs_file:
+            pairs = load_pairs_file(cfg.pairs_file, subjects)
+        else:
+            pairs = generate_pairs(list(subjects.values()), cfg.pairs_per_subject, cfg.inputs_per_subject, cfg.seed,
+                                   cfg.same_camera)
+        dataset = GazeDataset(cfg.dataset_dir, which="all", subjects=subject_ids, image_size=S)
+    except (PairsError, DataFormatError) as exc:
+        raise EvaluationError(str(exc)) from None
+    index_of = {(r.subject, r.row): i for i, r in enumerate(dataset.rows)}
+    if dataset.shape_code_dim != info.code_dims[0] or dataset.appearance_code_dim != info.code_dims[1]:
+        raise EvaluationError(f"{cfg.dataset_dir}: latent codes are {dataset.shape_code_dim}+{dataset.appearance_code_dim}-d, "
+                              f"the model {ckpt} takes {info.code_dims[0]}+{info.code_dims[1]}")
+    skipped = {}
+    lpips_fn, skipped["lpips"] = M.build_lpips(cfg.metrics.lpips_net, cfg.metrics.lpips_weights, device)
+    fid, skipped["fid"] = M.build_fid_features(cfg.metrics.fid_backbone, cfg.metrics.fid_weights, device)
+    identity = None
+    if cfg.metrics.identity:
+        identity = M.IdentityEmbedder(cfg.metrics.identity_size)
+        skipped["identity"] = (f"dlib ResNet 128-d embeddings on images upscaled to {cfg.metrics.identity_size} px; "
+                               "the whole image is the face box when dlib's HOG detector finds no face")
+    else:
+        skipped["identity"] = "skipped: metrics.identity is false"
+    shas = {"checkpoint": sha256_file(ckpt), "estimator_checkpoint": sha256_file(est_ckpt)}
+    for k, p in (("lpips_weights", cfg.metrics.lpips_weights), ("fid_weights", cfg.metrics.fid_weights)):
+        if p and os.path.isfile(p):
+            shas[k] = sha256_file(p)
+    pristine = copy.deepcopy(model.state_dict())
+    return Context(cfg=cfg, model=model, info=info, pristine=pristine, estimator=estimator, est_info=est_info,
+                   dataset=dataset, index_of=index_of, subjects=subjects, pairs=pairs, lpips=lpips_fn, fid=fid,
+                   identity=identity, skipped=skipped, checkpoint_file=ckpt, estimator_file=est_ckpt, sha256=shas,
+                   device=device)
+
+
+def run_key(ctx: Context) -> dict:
+    """What the per-pair records depend on; a results dir holding records of another key is refused."""
+    cfg = to_dict(ctx.cfg)
+    return {
+        "checkpoint_sha256": ctx.sha256["checkpoint"],
+        "estimator_sha256": ctx.sha256["estimator_checkpoint"],
+        "dataset_dir": os.path.abspath(ctx.cfg.dataset_dir),
+        "pairs": pairs_digest(ctx.pairs),
+        "regimes": cfg["regimes"],
+        "finetune_steps": cfg["finetune_steps"] if "finetune" in cfg["regimes"] else None,
+        "fit": cfg["fit"],
+        "seed": cfg["seed"],
+        "metrics": cfg["metrics"],
+        "device": cfg["device"],
+        "num_threads": cfg["num_threads"],
+    }
+
+
+# ----------------------------------------------------------------------------------------- rows
+
+def _item(ctx: Context, subject: int, row: int) -> dict:
+    key = ("item", subject, row)
+    if key not in ctx.cache:
+        if (subject, row) not in ctx.index_of:
+            raise EvaluationError(f"{ctx.subjects[subject].path}: row {row} is not a readable valid row")
+        ctx.cache[key] = ctx.dataset[ctx.index_of[(subject, row)]]
+    return ctx.cache[key]
+
+
+def _whitened(ctx: Context, item: dict) -> torch.Tensor:
+    img = item["image"][None]
+    if ctx.cfg.metrics.whiten_background:
+        img = M.whiten_background(img, item["head_mask"][None])
+    return img
+
+
+def _read(ctx: Context, image: torch.Tensor) -> dict:
+    """Estimator reading of one (1, 3, S, S) image: {"gaze": [p, y], "head_pose": [p, y]} (float64 lists)."""
+    from ..estimator import estimate
+
+    out = estimate(ctx.estimator, image.to(ctx.device).float())
+    return {"gaze": out["gaze"][0].double().cpu().tolist(), "head_pose": out["head_pose"][0].double().cpu().tolist()}
+
+
+def _row_reading(ctx: Context, subject: int, row: int) -> dict:
+    key = ("read", subject, row)
+    if key not in ctx.cache:
+        ctx.cache[key] = _read(ctx, _whitened(ctx, _item(ctx, subject, row)))
+    return ctx.cache[key]
+
+
+def _row_embedding(ctx: Context, subject: int, row: int):
+    key = ("emb", subject, row)
+    if key not in ctx.cache:
+        ctx.cache[key] = ctx.identity(_whitened(ctx, _item(ctx, subject, row))[0])
+    return ctx.cache[key]
+
+
+def _row_features(ctx: Context, subject: int, row: int) -> np.ndarray:
+    key = ("fid", subject, row)
+    if key not in ctx.cache:
+        ctx.cache[key] = ctx.fid(_whitened(ctx, _item(ctx, subject, row)))[0]
+    return ctx.cache[key]
+
+
+def label(rows: SubjectRows, row: int) -> dict:
+    """The row's labels: gaze (None without a gaze label) and head pose."""
+    return {"gaze": rows.gaze[row].tolist() if rows.gaze_valid[row] else None, "head_pose": rows.head_pose[row].tolist()}
+
+
+# ------------------------------------------------------------------------------------------ fit
+
+def fit_input(ctx: Context, subject: int, input_row: int, regimes, progress: bool = False) -> dict:
+    """Fit one input row for each regime. Returns {regime: FitResult}."""
+    from ..fitting import fit_image, target_from_dataset_row
+
+    seed = input_seed(ctx.cfg.seed, subject, input_row)
+    ctx.model.load_state_dict(ctx.pristine)  # no fit ever depends on an earlier one (density grid, buffers)
+    torch.manual_seed(seed)
+    target = target_from_dataset_row(ctx.dataset, ctx.index_of[(subject, input_row)])
+    fits = {"codes": fit_image(ctx.model, target, fit_config_for(ctx.cfg, "codes", seed), progress=progress)}
+    if "finetune" in regimes:
+        ctx.model.load_state_dict(ctx.pristine)
+        torch.manual_seed(seed + 1)
+        c = fits["codes"]
+        start = dataclasses.replace(target, shape_code=c.shape_code, appearance_code=c.appearance_code,
+                                    R_w2c=c.R_w2c, t_w2c=c.t_w2c, gaze=c.gaze)
+        ft_cfg = dataclasses.replace(fit_config_for(ctx.cfg, "finetune", seed + 1), steps=0)
+        fits["finetune"] = fit_image(ctx.model, start, ft_cfg, progress=progress)
+    ctx.model.load_state_dict(ctx.pristine)
+    return {r: fits[r] for r in regimes}
+
+
+def render_at(fit, item: dict, gaze) -> torch.Tensor:
+    """Render a fit from a row's camera (with its eye mask) at a camera-frame gaze (2,). -> (1, 3, S, S)."""
+    from ..fitting import render_fit
+
+    cam = {"R_w2c": item["R_w2c"][None], "t_w2c": item["t_w2c"][None], "K": item["K"][None],
+           "eye_mask": item["eye_mask"][None]}
+    g = torch.as_tensor(gaze, dtype=torch.float32).reshape(1, 2)
+    return render_fit(fit, gaze=g, camera=cam).detach().cpu()
+
+
+# ---------------------------------------------------------------------------------------- score
+
+def _score_image(ctx: Context, pred: torch.Tensor, target_img: torch.Tensor, target_mask: torch.Tensor,
+                 target_read: dict, target_label: dict, target_emb) -> tuple[dict, np.ndarray | None]:
+    m = {k: float(v[0]) for k, v in M.image_metrics(pred, target_img, target_mask).items()}
+    m["lpips"] = float(ctx.lpips(pred, target_img)[0]) if ctx.lpips is not None else math.nan
+    read = _read(ctx, pred)
+    m["gaze_pred"] = read["gaze"]
+    m["head_pred"] = read["head_pose"]
+    m["gaze_err_est"] = M.angle_error_deg(read["gaze"], target_read["gaze"])
+    m["head_err_est"] = M.angle_error_deg(read["head_pose"], target_read["head_pose"])
+    m["gaze_err_label"] = M.angle_error_deg(read["gaze"], target_label["gaze"])
+    m["head_err_label"] = M.angle_error_deg(read["head_pose"], target_label["head_pose"])
+    if ctx.identity is not None:
+        emb, found = ctx.identity(pred[0])
+        m["id_sim"] = M.identity_similarity(emb, target_emb[0])
+        m["id_face_found"] = bool(found)
+    else:
+        m["id_sim"], m["id_face_found"] = math.nan, None
+    feats = ctx.fid(pred)[0] if ctx.fid is not None else None
+    return m, feats
+
+
+def score_pair(ctx: Context, pair: Pair, fits: dict) -> tuple[dict, dict, dict]:
+    """Score one pair. Returns (record, images {name: (1,3,S,S)}, FID features {name: (2048,)})."""
+    rows = ctx.subjects[pair.subject]
+    inp, tgt = _item(ctx, pair.subject, pair.input_row), _item(ctx, pair.subject, pair.target_row)
+    t_label, i_label = label(rows, pair.target_row), label(rows, pair.input_row)
+    t_read = _row_reading(ctx, pair.subject, pair.target_row)
+    i_read = _row_reading(ctx, pair.subject, pair.input_row)
+    requested = t_label["gaze"] if t_label["gaze"] is not None else t_read["gaze"]
+    t_img, t_mask = _whitened(ctx, tgt), tgt["head_mask"][None]
+    t_emb = _row_embedding(ctx, pair.subject, pair.target_row) if ctx.identity is not None else None
+    a = i_label["gaze"] if (i_label["gaze"] is not None and t_label["gaze"] is not None) else i_read["gaze"]
+    b = t_label["gaze"] if (i_label["gaze"] is not None and t_label["gaze"] is not None) else t_read["gaze"]
+    record = {
+        "pair": pair.index, "key": pair.key, "subject": pair.subject, "input_row": pair.input_row,
+        "target_row": pair.target_row, "source": rows.source,
+        "input_frame": int(rows.frames[pair.input_row]), "target_frame": int(rows.frames[pair.target_row]),
+        "input_cam": int(rows.cams[pair.input_row]), "target_cam": int(rows.cams[pair.target_row]),
+        "gaze_labelled": t_label["gaze"] is not None,
+        "requested_gaze": [float(x) for x in requested],
+        "requested_from": "label" if t_label["gaze"] is not None else "estimator",
+        "redirection_deg": M.angle_error_deg(a, b),
+        "redirection_from": "labels" if i_label["gaze"] is not None and t_label["gaze"] is not None else "estimator",
+        "head_change_deg": M.angle_error_deg(i_label["head_pose"], t_label["head_pose"]),
+        "target_read": t_read,
+        "floor": {"gaze_err_label": M.angle_error_deg(t_read["gaze"], t_label["gaze"]),
+                  "head_err_label": M.angle_error_deg(t_read["head_pose"], t_label["head_pose"])},
+    }
+    images = {"input": _whitened(ctx, inp), "target": t_img}
+    feats = {}
+    if ctx.fid is not None:
+        feats["target"] = _row_features(ctx, pair.subject, pair.target_row)
+    for regime, fit in fits.items():
+        pred = render_at(fit, tgt, requested)
+        images[regime] = pred
+        record[regime], f = _score_image(ctx, pred, t_img, t_mask, t_read, t_label, t_emb)
+        record[regime]["fit_psnr_head"] = float(fit.psnr_head)
+        record[regime]["fit_seconds"] = float(fit.seconds.get("total", math.nan))
+        if f is not None:
+            feats[regime] = f
+    record["copy_input"], f = _score_image(ctx, images["input"], t_img, t_mask, t_read, t_label, t_emb)
+    if f is not None:
+        feats["copy_input"] = f
+    return record, images, feats
+
+
+def check_inputs_readable(ctx: Context) -> None:
+    """Every pair's rows must be in the dataset index (valid rows); a clear error otherwise."""
+    for p in ctx.pairs:
+        for r in (p.input_row, p.target_row):
+            if (p.subject, r) not in ctx.index_of:
+                raise EvaluationError(f"{ctx.subjects[p.subject].path}: pair {p.index} names row {r}, "
+                                      "which is not a valid row")
+
+
+def config_error(exc: Exception) -> EvaluationError:
+    return EvaluationError(str(exc)) if isinstance(exc, (ConfigError, CheckpointError, DataFormatError)) else exc
