@@ -1,0 +1,143 @@
+"""Typed config of the gaze/head-pose estimator (loaded with ``HeadNeRF.config.load_yaml``).
+
+Same machinery as the NeRF's ``TrainConfig``: nested dataclasses, unknown keys rejected with
+the nearest valid key, ranges checked in ``__post_init__`` (one-line :class:`ConfigError`).
+"""
+
+import dataclasses
+
+from ..config import _check
+
+__all__ = [
+    "DEPTHS",
+    "STEMS",
+    "AugmentConfig",
+    "EstimatorConfig",
+    "EstimatorDataConfig",
+    "EstimatorModelConfig",
+    "SyntheticSetConfig",
+]
+
+DEPTHS = (18, 34, 50)
+# standard: ResNet's 7x7 stride-2 conv + max-pool (ImageNet layout, 1/4 resolution after the stem);
+# no_maxpool: the same conv, no max-pool (1/2 resolution: more pixels on the eyes of a small image);
+# small: a 3x3 stride-1 conv + max-pool (1/2 resolution, finer first filters; conv1 not pretrained).
+STEMS = ("standard", "no_maxpool", "small")
+
+
+@dataclasses.dataclass
+class EstimatorModelConfig:
+    """The network: a torchvision ResNet with a 4-output head (gaze pitch/yaw, head pitch/yaw)."""
+
+    depth: int = 18  # 18 | 34 | 50
+    input_size: int = 64  # square input size in pixels; images of another size are refused by estimate()
+    stem: str = "no_maxpool"  # see STEMS
+    pretrained_path: str = ""  # optional torchvision ImageNet state_dict (.pth) of the same depth; "" = random init
+
+    def __post_init__(self):
+        _check(self.depth in DEPTHS, "model.depth", f"must be one of {list(DEPTHS)}, got {self.depth}")
+        _check(self.input_size >= 16, "model.input_size", f"must be >= 16, got {self.input_size}")
+        _check(self.stem in STEMS, "model.stem", f"must be one of {list(STEMS)}, got {self.stem!r}")
+
+
+@dataclasses.dataclass
+class SyntheticSetConfig:
+    """The synthetic set made by ``make_estimator_dataset`` when ``data.generate_if_missing`` is true."""
+
+    num_subjects: int = 200
+    num_cameras: int = 4
+    num_frames: int = 3
+    image_size: int = 64
+    seed: int = 1  # not the NeRF quickstart's seed 0: other identities than the heads the NeRF is evaluated on
+    supersample: int = 2
+    workers: int = 1  # rendering processes (pytorch3d's CPU rasteriser uses one core per process)
+
+    def __post_init__(self):
+        for k in ("num_subjects", "num_cameras", "num_frames", "supersample", "workers"):
+            _check(getattr(self, k) >= 1, f"data.synthetic.{k}", f"must be >= 1, got {getattr(self, k)}")
+        _check(self.num_subjects >= 2, "data.synthetic.num_subjects", "must be >= 2 (train and held-out subjects)")
+        _check(self.image_size >= 8, "data.synthetic.image_size", f"must be >= 8, got {self.image_size}")
+
+
+@dataclasses.dataclass
+class EstimatorDataConfig:
+    dataset_dir: str = "data/estimator_synthetic"
+    train_subjects: list = dataclasses.field(default_factory=list)  # empty = split.json's train subjects minus heldout
+    heldout_subjects: list = dataclasses.field(default_factory=list)  # report subjects; empty = split.json's test subjects
+    max_rows_per_subject: int = 0  # 0 = all
+    preload: bool = True  # read every training image into memory once (fast; set false for large real sets)
+    num_workers: int = 0  # DataLoader workers when preload is false
+    generate_if_missing: bool = False  # make the synthetic set below in dataset_dir when it has no split.json
+    synthetic: SyntheticSetConfig = dataclasses.field(default_factory=SyntheticSetConfig)
+
+    def __post_init__(self):
+        _check(self.max_rows_per_subject >= 0, "data.max_rows_per_subject", "must be >= 0")
+        _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        overlap = sorted(set(self.train_subjects) & set(self.heldout_subjects))
+        _check(not overlap, "data.heldout_subjects", f"subjects {overlap} are also in data.train_subjects")
+
+
+@dataclasses.dataclass
+class AugmentConfig:
+    """Per-image random changes of the training batches (all drawn from the checkpointed generator).
+
+    They aim at the NeRF renders the estimator will read: slightly blurrier, shifted by a pixel,
+    with small colour differences. Set a value to 0 to turn that change off.
+    """
+
+    hflip: float = 0.5  # probability of a mirror image (label yaws negated: exact for a normalised camera)
+    brightness: float = 0.15  # multiplicative factor in [1 - b, 1 + b]
+    contrast: float = 0.15  # blend with the image mean, factor in [1 - c, 1 + c]
+    saturation: float = 0.15  # blend with the grey image, factor in [1 - s, 1 + s]
+    blur_prob: float = 0.3  # probability of a Gaussian blur ...
+    blur_sigma: float = 0.8  # ... with sigma uniform in [0.2, blur_sigma] pixels
+    shift_px: float = 1.0  # translation uniform in [-shift_px, shift_px] pixels (sub-pixel, bilinear)
+    scale: float = 0.03  # zoom factor in [1 - scale, 1 + scale]
+    noise_std: float = 0.01  # additive Gaussian pixel noise
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            _check(getattr(self, f.name) >= 0, f"augment.{f.name}", f"must be >= 0, got {getattr(self, f.name)}")
+        for k in ("hflip", "blur_prob"):
+            _check(getattr(self, k) <= 1, f"augment.{k}", f"is a probability, must be <= 1, got {getattr(self, k)}")
+        for k in ("brightness", "contrast", "saturation", "scale"):
+            _check(getattr(self, k) < 1, f"augment.{k}", f"must be < 1, got {getattr(self, k)}")
+        _check(self.blur_sigma == 0 or self.blur_sigma >= 0.2, "augment.blur_sigma", "must be 0 (off) or >= 0.2")
+
+
+@dataclasses.dataclass
+class EstimatorConfig:
+    model: EstimatorModelConfig = dataclasses.field(default_factory=EstimatorModelConfig)
+    data: EstimatorDataConfig = dataclasses.field(default_factory=EstimatorDataConfig)
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    run_dir: str = "runs/gaze_estimator"
+    seed: int = 0
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 2e-3  # AdamW peak learning rate
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100  # linear warm-up, then cosine decay to lr * min_lr_ratio at the last step
+    min_lr_ratio: float = 0.01
+    head_pose_weight: float = 0.5  # weight of the head-pose L1 term (the gaze term has weight 1)
+    val_every: int = 250  # steps between held-out evaluations (tensorboard only: nothing is selected on them)
+    val_images: int = 256
+    ckpt_every: int = 250
+    log_every: int = 20
+    max_bad_steps: int = 10  # consecutive NaN/inf losses before training aborts
+    grad_clip: float = 5.0  # 0 = off
+    device: str = "cpu"
+    num_threads: int = 0  # torch CPU threads; 0 = torch's default
+
+    def __post_init__(self):
+        for k in ("steps", "batch_size", "val_every", "val_images", "ckpt_every", "log_every", "max_bad_steps"):
+            _check(getattr(self, k) >= 1, k, f"must be >= 1, got {getattr(self, k)}")
+        _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        _check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        _check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        _check(self.head_pose_weight >= 0, "head_pose_weight", "must be >= 0")
+        _check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
+        _check(self.num_threads >= 0, "num_threads", "must be >= 0")
+        _check(self.device in ("cpu", "cuda") or self.device.startswith("cuda:"), "device",
+               f"cpu or cuda, got {self.device!r}")
+

@@ -1,0 +1,356 @@
+"""Training the estimator, top to bottom: data -> model -> step -> held-out check -> checkpoint -> report.
+
+Conventions are those of ``HeadNeRF/training.py`` (the NeRF's loop):
+
+* **Data order** is a pure function of (seed, step) (``training.StepBatchSampler``), the
+  augmentation draws from one ``torch.Generator`` whose state is checkpointed, and the LR is a
+  pure function of the step (linear warm-up, cosine decay): a resumed run gives the same
+  weights as an uninterrupted one.
+* **Subjects**: training uses every labelled row of the training subjects (all cameras and
+  frames); the **held-out subjects** (``split.json``'s test subjects unless the config names
+  others) are never trained on. They are scored every ``val_every`` steps for tensorboard only
+  (nothing is selected on them: the model is the last step's), and fully in ``report.json``.
+* **Bad steps**: a NaN/inf loss or gradient skips the step with a warning; ``max_bad_steps``
+  in a row abort (:class:`~HeadNeRF.training.TrainingAborted`) without a checkpoint of the bad state.
+* **Interruption**: SIGINT/SIGTERM finish the current step, write a checkpoint, then exit.
+* Checkpoints (``run_dir/checkpoints/last.pt``, atomic, ``weights_only``-loadable) hold the
+  weights (with the input normalisation), the optimizer, the step, the RNG states, the resolved
+  config and an ``estimator`` entry: depth, stem, input_size, mean/std, the training data's
+  stored image size and directory (what :func:`~HeadNeRF.estimator.model.load_estimator` reads).
+"""
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+import warnings
+
+import torch
+import yaml
+
+from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..config import ConfigError, to_dict
+from ..data.layout import DataFormatError, Split
+from ..geometry.gaze import angular_error_deg
+from .augment import augment_batch
+from .config import EstimatorConfig
+from .data import LabelledFaces, make_estimator_dataset
+from .model import GazeEstimator, build_estimator, estimate
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "error_summary",
+    "evaluate_heldout",
+    "lr_at",
+    "prepare_data",
+    "resolve_subjects",
+    "train_estimator",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def lr_at(cfg: EstimatorConfig, step: int) -> float:
+    """Learning rate of step ``step`` (0-based): linear warm-up, then cosine to ``lr * min_lr_ratio``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    t = min(1.0, (step - cfg.warmup_steps) / span)
+    low = cfg.lr * cfg.min_lr_ratio
+    return low + 0.5 * (cfg.lr - low) * (1 + math.cos(math.pi * t))
+
+
+def resolve_subjects(cfg: EstimatorConfig) -> tuple[list, list]:
+    """(training subjects, held-out subjects) from the config and ``split.json``."""
+    split = Split.load(cfg.data.dataset_dir)
+    heldout = list(cfg.data.heldout_subjects) or list(split.test_subjects)
+    train = list(cfg.data.train_subjects) or [s for s in split.train_subjects + split.test_subjects if s not in heldout]
+    overlap = sorted(set(train) & set(heldout))
+    if overlap:
+        raise ConfigError(f"data.train_subjects: subjects {overlap} are also held out")
+    if not train:
+        raise ConfigError(f"data.train_subjects: no training subjects left in {cfg.data.dataset_dir}")
+    return train, heldout
+
+
+def error_summary(errors: torch.Tensor) -> dict:
+    """Mean/median/std/p90 of (N,) angular errors in degrees (NaN-free input)."""
+    e = errors.double()
+    return {"mean": e.mean().item(), "median": e.median().item(), "std": e.std().item() if len(e) > 1 else 0.0,
+            "p90": e.quantile(0.9).item(), "count": len(e)}
+
+
+def evaluate_heldout(model: GazeEstimator, faces: LabelledFaces, device, rows=None) -> dict:
+    """Per-row gaze and head-pose angular errors (degrees) of ``model`` on ``faces`` rows (all by default).
+
+    Returns {"gaze": (N,), "head_pose": (N,), "subjects": (N,)} CPU tensors.
+    """
+    rows = list(range(len(faces))) if rows is None else list(rows)
+    gaze_err, head_err = [], []
+    for i in range(0, len(rows), 256):
+        idx = rows[i:i + 256]
+        images = torch.stack([faces.image(j) for j in idx]).to(device).float() / 255.0
+        out = estimate(model, images)
+        gaze_err.append(angular_error_deg(out["gaze"].cpu(), faces.gaze[idx]))
+        head_err.append(angular_error_deg(out["head_pose"].cpu(), faces.head_pose[idx]))
+    return {"gaze": torch.cat(gaze_err), "head_pose": torch.cat(head_err), "subjects": faces.subjects[rows]}
+
+
+def _spread(n: int, count: int) -> list:
+    return list(range(n)) if n <= count else [(i * n) // count for i in range(count)]
+
+
+def _stats(faces: LabelledFaces) -> tuple[list, list]:
+    """Per-channel mean/std of (up to 4096 evenly spread) training images, in [0, 1] units."""
+    rows = _spread(len(faces), 4096)
+    x = torch.stack([faces.image(i) for i in rows]).float() / 255.0
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+def prepare_data(cfg: EstimatorConfig, progress: bool = True) -> tuple[LabelledFaces, LabelledFaces | None, str]:
+    """(training faces, held-out faces or None, note). Makes the synthetic set first when the config asks."""
+    d = cfg.data
+    if d.generate_if_missing and not os.path.isfile(os.path.join(d.dataset_dir, "split.json")):
+        s = d.synthetic
+        if s.image_size != cfg.model.input_size:
+            print(f"[estimator] note: the synthetic set is rendered at {s.image_size} px, the estimator reads "
+                  f"{cfg.model.input_size} px (images are resized)")
+        out = make_estimator_dataset(d.dataset_dir, s.num_subjects, s.num_cameras, s.num_frames, s.image_size, s.seed,
+                                     s.supersample, s.workers, progress=progress)
+        print(f"[estimator] made the synthetic set {d.dataset_dir}: {out['images']} images in {out['seconds']:.0f} s")
+    train_subjects, heldout_subjects = resolve_subjects(cfg)
+    train = LabelledFaces(d.dataset_dir, train_subjects, cfg.model.input_size, d.max_rows_per_subject, d.preload,
+                          progress=progress, desc="loading training subjects")
+    heldout, note = None, ""
+    if heldout_subjects:
+        try:
+            heldout = LabelledFaces(d.dataset_dir, heldout_subjects, cfg.model.input_size, 0, d.preload,
+                                    progress=progress, desc="loading held-out subjects")
+        except DataFormatError as exc:
+            note = f"no held-out error: {exc}"
+    else:
+        note = ("no held-out error: split.json has no test subjects and data.heldout_subjects is empty; "
+                "name some subjects in data.heldout_subjects")
+    return train, heldout, note
+
+
+def _check_resume(state: dict, cfg: EstimatorConfig, path: str) -> None:
+    if not isinstance(state.get("estimator"), dict):
+        raise CheckpointError(f"{path}: not a gaze-estimator checkpoint (a NeRF checkpoint?)")
+    saved = state["config"]
+    for section in ("model", "data"):
+        now = to_dict(getattr(cfg, section))
+        diff = [k for k in now if k in saved.get(section, {}) and saved[section][k] != now[k]]
+        if diff:
+            raise CheckpointError(f"{path}: the run was trained with other {section} settings {diff} "
+                                  f"(checkpoint {[saved[section][k] for k in diff]}, config {[now[k] for k in diff]}); "
+                                  "resume with the run's own config.yaml")
+
+
+def _write_json(path: str, obj: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def train_estimator(cfg: EstimatorConfig, resume: str | None = None, dry_run: bool = False,
+                    progress: bool = True) -> dict:
+    """Train ``cfg``; returns the report dict (also written to ``run_dir/report.json``)."""
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device: cuda requested but no CUDA device is available; use --device cpu")
+    device = torch.device(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    run_dir = resume if resume and os.path.isdir(resume) else (
+        os.path.dirname(os.path.dirname(resume)) if resume else cfg.run_dir)
+    ckpt_path = os.path.join(run_dir, "checkpoints", "last.pt")
+    if not resume and os.path.exists(ckpt_path):
+        raise ConfigError(f"run_dir: {run_dir} already holds a run; pass --resume {run_dir} to continue it, "
+                          "or choose another run_dir (nothing was overwritten)")
+    state = None
+    if resume:
+        state = load_checkpoint(resume)
+        _check_resume(state, cfg, resume)
+    if cfg.model.pretrained_path and state is None:
+        from .model import load_pretrained
+
+        load_pretrained(GazeEstimator(cfg.model.depth, cfg.model.input_size, cfg.model.stem), cfg.model.pretrained_path)
+    t_data = time.time()
+    train_faces, heldout, note = prepare_data(cfg, progress)
+    data_seconds = time.time() - t_data
+    if len(train_faces) < cfg.batch_size:
+        raise ConfigError(f"batch_size: {cfg.batch_size} is more than the {len(train_faces)} labelled training images")
+    torch.manual_seed(cfg.seed)
+    if state is not None:
+        model = GazeEstimator(cfg.model.depth, cfg.model.input_size, cfg.model.stem)
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"{resume}: weights do not fit this config ({str(exc).splitlines()[0][:200]})") from None
+    else:
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if cfg.model.pretrained_path else _stats(train_faces)
+        model = build_estimator(cfg.model, mean, std)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"[estimator] ResNet-{cfg.model.depth} ({cfg.model.stem} stem, {cfg.model.input_size} px): "
+          f"{n_params / 1e6:.2f} M parameters; {len(train_faces)} training images of "
+          f"{len(set(train_faces.subjects.tolist()))} subjects, "
+          f"{len(heldout) if heldout else 0} held-out images; run dir {run_dir}")
+    if train_faces.skipped_unlabelled:
+        print(f"[estimator] skipped {train_faces.skipped_unlabelled} training rows without a gaze label")
+    if dry_run:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        return {"dry_run": True, "parameters": n_params}
+
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(cfg.seed * 1000 + 17)
+    step, train_seconds = 0, 0.0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["rng"]["generator"].cpu())
+        torch.set_rng_state(state["rng"]["torch"])
+        step, train_seconds = int(state["step"]), float(state.get("train_seconds", 0.0))
+    meta = {"depth": cfg.model.depth, "stem": cfg.model.stem, "input_size": cfg.model.input_size,
+            "mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist(),
+            "train_image_size": int(train_faces.stored_size or cfg.model.input_size),
+            "dataset_dir": cfg.data.dataset_dir, "outputs": ["gaze_pitch", "gaze_yaw", "head_pitch", "head_yaw"],
+            "frame": "normalised camera (layout face_gaze / face_head_pose), radians"}
+
+    os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(os.path.join(run_dir, "tb"))
+
+    def checkpoint() -> None:
+        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                         "config": to_dict(cfg), "estimator": meta, "train_seconds": train_seconds,
+                         "rng": {"torch": torch.get_rng_state(), "generator": gen.get_state().cpu()}}, ckpt_path)
+
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+
+    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    from ..training import StepBatchSampler, TrainingAborted
+
+    sampler = StepBatchSampler(train_faces, cfg.batch_size, cfg.seed, step, cfg.steps)
+    loader = torch.utils.data.DataLoader(train_faces, batch_sampler=sampler,
+                                         num_workers=0 if cfg.data.preload else cfg.data.num_workers)
+    val_rows = _spread(len(heldout), cfg.val_images) if heldout is not None else []
+    bar = None
+    if progress and step < cfg.steps:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc="train estimator", dynamic_ncols=True, file=sys.stdout)
+    bad_steps, t_last = 0, time.time()
+    model.train()
+    try:
+        for batch in loader:
+            images = batch["image"].to(device).float() / 255.0
+            labels = torch.cat((batch["gaze"], batch["head_pose"]), 1).to(device)
+            images, labels = augment_batch(images, labels, cfg.augment, gen)
+            lr = lr_at(cfg, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            pred = model(images)
+            err = (pred - labels).abs()
+            loss_gaze, loss_head = err[:, :2].mean(), err[:, 2:].mean()
+            loss = loss_gaze + cfg.head_pose_weight * loss_head
+            optimizer.zero_grad(set_to_none=True)
+            finite = bool(torch.isfinite(loss))
+            if finite:
+                loss.backward()
+                finite = all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
+            if finite:
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                bad_steps = 0
+            else:
+                bad_steps += 1
+                warnings.warn(f"step {step}: non-finite loss or gradient ({loss.item()}); step skipped "
+                              f"({bad_steps}/{cfg.max_bad_steps} in a row)")
+                if bad_steps >= cfg.max_bad_steps:
+                    raise TrainingAborted(f"{bad_steps} consecutive non-finite losses at step {step}; aborting. "
+                                          f"The last good checkpoint in {run_dir}/checkpoints is untouched; "
+                                          "lower lr or check the data")
+            step += 1
+            now = time.time()
+            train_seconds += now - t_last
+            t_last = now
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.1e}")
+            if step % cfg.log_every == 0 and finite:
+                with torch.no_grad():
+                    gaze_deg = angular_error_deg(pred[:, :2].detach(), labels[:, :2]).mean().item()
+                writer.add_scalar("loss/total", loss.item(), step)
+                writer.add_scalar("loss/gaze_l1", loss_gaze.item(), step)
+                writer.add_scalar("loss/head_pose_l1", loss_head.item(), step)
+                writer.add_scalar("train/gaze_error_deg_augmented", gaze_deg, step)
+                writer.add_scalar("lr", lr, step)
+            if val_rows and (step % cfg.val_every == 0 or step == cfg.steps):
+                errs = evaluate_heldout(model, heldout, device, val_rows)
+                model.train()
+                writer.add_scalar("heldout/gaze_error_deg", errs["gaze"].mean().item(), step)
+                writer.add_scalar("heldout/head_pose_error_deg", errs["head_pose"].mean().item(), step)
+                t_last = time.time()  # held-out scoring is not training time
+            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                checkpoint()
+            if stop["signal"] is not None:
+                checkpoint()
+                print(f"\n[estimator] signal {stop['signal']} received: checkpoint written at step {step} to "
+                      f"{ckpt_path}; continue with --resume {run_dir}")
+                raise SystemExit(128 + stop["signal"])
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        if bar is not None:
+            bar.close()
+
+    report = _report(cfg, model, train_faces, heldout, note, device, step, train_seconds, ckpt_path)
+    report["data_seconds"] = round(data_seconds, 1)  # making (if asked) and loading the data, this invocation
+    _write_json(os.path.join(run_dir, "report.json"), report)
+    writer.close()
+    summary = {k: report.get(k) for k in ("gaze_error_deg", "head_pose_error_deg")}
+    print("[estimator] held-out report: " + json.dumps(summary if report.get("gaze_error_deg") else note))
+    print(f"[estimator] outputs: {ckpt_path}, {run_dir}/report.json, tensorboard {run_dir}/tb")
+    return report
+
+
+def _report(cfg, model, train_faces, heldout, note, device, step, train_seconds, ckpt_path) -> dict:
+    """The run's report.json: held-out angular errors and what they were measured on."""
+    report = {"steps": step, "train_seconds": round(train_seconds, 1),
+              "images_per_second": round(step * cfg.batch_size / max(train_seconds, 1e-9), 1),
+              "depth": cfg.model.depth, "stem": cfg.model.stem, "input_size": cfg.model.input_size,
+              "dataset_dir": cfg.data.dataset_dir, "checkpoint": ckpt_path,
+              "train_images": len(train_faces), "train_subjects": len(set(train_faces.subjects.tolist())),
+              "skipped_unlabelled_rows": train_faces.skipped_unlabelled}
+    seen = evaluate_heldout(model, train_faces, device, _spread(len(train_faces), 512))
+    report["train_gaze_error_deg"] = error_summary(seen["gaze"])  # no augmentation: the generalisation gap
+    if heldout is None:
+        report.update(gaze_error_deg=None, head_pose_error_deg=None, note=note)
+        return report
+    errs = evaluate_heldout(model, heldout, device)
+    mean_label = train_faces.gaze.mean(0, keepdim=True)
+    report.update(
+        heldout_subjects=sorted(set(heldout.subjects.tolist())), heldout_images=len(heldout),
+        gaze_error_deg=error_summary(errs["gaze"]), head_pose_error_deg=error_summary(errs["head_pose"]),
+        per_subject_gaze_error_deg={str(s): errs["gaze"][errs["subjects"] == s].mean().item()
+                                    for s in sorted(set(errs["subjects"].tolist()))},
+        # context: always answering the training set's mean gaze
+        mean_gaze_baseline_error_deg=angular_error_deg(mean_label.expand_as(heldout.gaze), heldout.gaze).mean().item(),
+        skipped_unlabelled_heldout_rows=heldout.skipped_unlabelled)
+    return report
+
