@@ -49,7 +49,8 @@ from .models import build_model, camera_for_head_pose, eval_mode
 
 __all__ = ["ModelInfo", "load_trained_model", "FitTarget", "target_from_dataset_row", "target_from_normalised_face",
            "FitConfig", "FitResult", "fit_image", "render_fit", "eye_mask_for_view", "split_code", "join_code",
-           "DEFAULT_CAMERA_CONVENTION", "SYNTHETIC_CODE_SLICES", "is_synthetic_layout"]
+           "DEFAULT_CAMERA_CONVENTION", "SYNTHETIC_CODE_SLICES", "is_synthetic_layout",
+           "ground_truth_quality"]
 
 # The synthetic rig's normalisation (rig.FOCAL_PER_PIXEL, rig.NORMALIZED_DISTANCE): the fallback for checkpoints
 # written before ``camera_convention`` was saved.
@@ -552,7 +553,7 @@ def eye_mask_for_view(R_w2c: torch.Tensor, t_w2c: torch.Tensor, K: torch.Tensor,
 
 def render_fit(result: FitResult, gaze: torch.Tensor | None = None, head_pose: torch.Tensor | None = None,
                camera: dict | None = None, codes: dict | None = None, eye_mask: torch.Tensor | None = None,
-               batch: int = 8, eye_code: np.ndarray | None = None) -> torch.Tensor:
+               batch: int = 8, eye_code: np.ndarray | None = None, gaze_head: torch.Tensor | None = None) -> torch.Tensor:
     """Render the fitted subject.
 
     Args:
@@ -564,11 +565,12 @@ def render_fit(result: FitResult, gaze: torch.Tensor | None = None, head_pose: t
         eye_mask: (B,1,S,S); default: the target's for the fitted view, else ``eye_mask_for_view`` (``eye_code``:
             the 43-d synthetic code for its eye landmarks, or the mean head).
         batch: images per forward.
+        gaze_head: (B, 2) head-frame (eyeball) gaze instead of ``gaze``.
     Returns:
         (B, 3, S, S) in [0, 1].
     """
     cam = camera or result.camera
-    sizes = [x.shape[0] for x in (gaze, head_pose) if x is not None] + [cam["R_w2c"].shape[0]]
+    sizes = [x.shape[0] for x in (gaze, head_pose, gaze_head) if x is not None] + [cam["R_w2c"].shape[0]]
     if codes is not None:
         sizes.append(codes["shape_code"].shape[0])
     B = max(sizes)
@@ -583,9 +585,10 @@ def render_fit(result: FitResult, gaze: torch.Tensor | None = None, head_pose: t
     if eye_mask is None:
         eye_mask = result.eye_mask if fitted_view else eye_mask_for_view(R, t, K, result.eye_mask.shape[-1], eye_code)
     eye_mask = ex(eye_mask)
-    if gaze is None:  # the fitted eyeball direction, seen from this view
-        gaze_head = rotate_pitch_yaw(result.gaze, result.R_w2c.transpose(-1, -2))
-        gaze_head = ex(gaze_head)
+    if gaze_head is not None:
+        gaze_head = ex(gaze_head.float())
+    elif gaze is None:  # the fitted eyeball direction, seen from this view
+        gaze_head = ex(rotate_pitch_yaw(result.gaze, result.R_w2c.transpose(-1, -2)))
     else:
         gaze_head = rotate_pitch_yaw(ex(gaze.float()), R.transpose(-1, -2))
     c = codes or result.codes
@@ -597,3 +600,95 @@ def render_fit(result: FitResult, gaze: torch.Tensor | None = None, head_pose: t
             out = result.model(shape[s], app[s], R[s], t[s], K[s], gaze_head=gaze_head[s], eye_mask=eye_mask[s])
             images.append(out["image"].clamp(0, 1))
     return torch.cat(images)
+
+
+# ----------------------------------------------------------------------------------------------
+# Quality against the generator's exact renders (synthetic test subjects)
+
+
+def ground_truth_quality(model, info: ModelInfo, dataset_dir: str, subject: int | None = None, source_cam: int = 0,
+                         source_frame: int | None = None, init: str = "mean", cfg: FitConfig | None = None,
+                         progress: bool = False) -> dict:
+    """Fit one image of a synthetic test subject, then compare new renders with the generator's exact ones.
+
+    The source is the row of ``subject`` (default: the first test subject) seen by ``source_cam`` at
+    ``source_frame`` (default: that camera's first frame). ``init``: "mean" starts from the checkpoint's
+    ``code_mean`` (what a photo without a usable code gets), "row" from the row's stored code (the exact
+    generator code: privileged). Then:
+
+    * (a) the same view: head-region PSNR of the fit;
+    * (b) the same view at every other frame's eyeball gaze: eye-region PSNR (union of both eye masks) of
+      the render and of the unchanged input against the generator's render of that gaze, and the gain;
+    * (c) the other cameras of the same frame (their exact dataset cameras and eye masks): head-region
+      PSNR, next to the same model rendered with the exact code and no fit (its own ceiling).
+
+    Returns a dict of means (and the counts).
+    """
+    import h5py
+
+    from .data.dataset import GazeDataset
+    from .data.synthetic import render_view
+    from .training import gaze_in_head_frame
+
+    ds = GazeDataset(dataset_dir, "test", subjects=[subject] if subject is not None else None,
+                     image_size=info.image_size)
+    sid = ds.rows[0].subject if subject is None else subject
+    mine = [i for i, r in enumerate(ds.rows) if r.subject == sid]
+    frames_of_cam = sorted(ds.rows[i].frame for i in mine if ds.rows[i].cam == source_cam)
+    if not frames_of_cam:
+        raise ValueError(f"subject {sid} has no row of camera {source_cam}")
+    frame = frames_of_cam[0] if source_frame is None else source_frame
+    src = next(i for i in mine if ds.rows[i].cam == source_cam and ds.rows[i].frame == frame)
+    with h5py.File(ds.paths[sid], "r") as f:
+        if f.attrs.get("source") != "synthetic":
+            raise ValueError(f"{ds.paths[sid]}: ground-truth quality needs synthetic data (source "
+                             f"{f.attrs.get('source')!r})")
+        supersample = int(f.attrs.get("supersample", 1))
+        true_code = np.asarray(f["latent_code"][ds.rows[src].row], dtype=np.float32)
+    if init == "mean":
+        target = target_from_dataset_row(ds, src, code=info.code_mean, code_init="checkpoint code_mean")
+    elif init == "row":
+        target = target_from_dataset_row(ds, src, code_init="dataset row code (exact)")
+    else:
+        raise ValueError(f"init: 'mean' or 'row', got {init!r}")
+    device = next(model.parameters()).device
+    res = fit_image(model, target, cfg, progress=progress)
+    out = {"subject": int(sid), "source_row": ds.rows[src].row, "source_cam": source_cam, "source_frame": frame,
+           "init": init, "steps_run": res.steps_run, "fit_seconds": res.seconds.get("total"),
+           "a_same_view_psnr_head": res.psnr_head}
+
+    # (b) same camera, other frames' eyeball gaze
+    b_rows = [i for i in mine if ds.rows[i].cam == source_cam and ds.rows[i].frame != frame]
+    if b_rows:
+        items = [ds[i] for i in b_rows]
+        gaze_head = gaze_in_head_frame(torch.stack([it["gaze"] for it in items]), torch.stack([it["R_w2c"] for it in items]))
+        n = len(b_rows)
+        src_item = ds[src]
+        gt = render_view(true_code, src_item["R_w2c"][None].expand(n, 3, 3), src_item["t_w2c"][None].expand(n, 3),
+                         src_item["K"][None].expand(n, 3, 3), info.image_size, gaze_head, supersample=supersample)
+        gt_img = torch.as_tensor(np.asarray(gt["image"])).permute(0, 3, 1, 2).float().div(255).to(device)
+        gt_eye = (torch.as_tensor(np.asarray(gt["eye_mask"])) >= 128).float()[:, None].to(device)
+        pred = render_fit(res, gaze_head=gaze_head.to(device))
+        eye = ((gt_eye + src_item["eye_mask"][None].to(device)) > 0).float()
+        p_model = masked_psnr(pred, gt_img, eye)
+        p_copy = masked_psnr(target.image.to(device).expand_as(gt_img), gt_img, eye)
+        out.update(b_pairs=n, b_eye_psnr_model=float(p_model.mean()), b_eye_psnr_copy_input=float(p_copy.mean()),
+                   b_eye_psnr_gain_db=float((p_model - p_copy).mean()))
+
+    # (c) same frame, other cameras
+    c_rows = [i for i in mine if ds.rows[i].frame == frame and ds.rows[i].cam != source_cam]
+    if c_rows:
+        items = torch.utils.data.default_collate([ds[i] for i in c_rows])
+        items = {k: v.to(device) for k, v in items.items() if torch.is_tensor(v)}
+        cam = {k: items[k] for k in ("R_w2c", "t_w2c", "K", "eye_mask")}
+        head = items["head_mask"]
+        gt = items["image"] * head + (1 - head)
+        pred = render_fit(res, camera=cam)
+        gaze_head = gaze_in_head_frame(items["gaze"], items["R_w2c"])
+        shape, app = split_code(torch.as_tensor(true_code, device=device), info.code_slices)
+        with eval_mode(model):
+            exact = model(shape.expand(len(c_rows), -1), app.expand(len(c_rows), -1), cam["R_w2c"], cam["t_w2c"],
+                          cam["K"], gaze_head=gaze_head, eye_mask=cam["eye_mask"])["image"]
+        out.update(c_views=len(c_rows), c_other_views_psnr_head=float(masked_psnr(pred, gt, head).nanmean()),
+                   c_exact_code_no_fit_psnr_head=float(masked_psnr(exact, gt, head).nanmean()))
+    return out

@@ -1,0 +1,254 @@
+"""Single-image fitting: the fit itself, latent.pt, the command end to end, and every bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, tiny_config_dict
+from HeadNeRF.checkpoint import CheckpointError
+from HeadNeRF.data.dataset import GazeDataset
+from HeadNeRF.fitting import (FitConfig, fit_image, join_code, load_trained_model, render_fit, split_code,
+                              target_from_dataset_row)
+from HeadNeRF.fitting_outputs import FittingInputError, load_target_embedding, parse_gaze_targets, save_latent
+
+SCRIPT = os.path.join(ROOT, "FittingSingleImage.py")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_dataset, tmp_path_factory) -> str:
+    """A tiny per-pixel HeadNeRF_Gaze trained for a few steps (its checkpoint carries the fitting metadata)."""
+    from HeadNeRF.config import TrainConfig, from_dict
+    from HeadNeRF.training import train
+
+    run = str(tmp_path_factory.mktemp("fitrun") / "run")
+    cfg = tiny_config_dict(tiny_dataset, run, steps=6)
+    cfg["model"]["featmap_size"] = 16  # per-pixel renderer: the fit renders pixel subsets
+    cfg["rays_per_image"] = 96
+    train(from_dict(TrainConfig, cfg), progress=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> str:
+    import imageio.v2 as imageio
+    import skimage.data
+
+    path = str(tmp_path_factory.mktemp("photos") / "astronaut.png")
+    imageio.imwrite(path, skimage.data.astronaut())
+    return path
+
+
+def run_cli(*args, timeout=240):
+    return subprocess.run([sys.executable, SCRIPT, *args, "--no_progress"], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+# ----------------------------------------------------------------------------------------------
+# The package
+
+
+def test_checkpoint_metadata_and_loading(ckpt):
+    state = torch.load(os.path.join(ckpt, "checkpoints", "last.pt"), weights_only=True)
+    assert state["camera_convention"]["focal_factor"] == pytest.approx(2.05, abs=1e-4)
+    assert state["camera_convention"]["distance"] == pytest.approx(5.0, abs=1e-3)
+    assert state["code_mean"].shape == (43,)
+    model, info = load_trained_model(ckpt)
+    assert info.metadata_source == "checkpoint" and info.image_size == 16 and model.renders_pixel_subsets
+    assert not any(p.requires_grad for p in model.parameters())
+    code = torch.randn(43)
+    torch.testing.assert_close(join_code(*split_code(code, info.code_slices), info.code_slices), code)
+
+
+def test_old_checkpoint_without_metadata_falls_back(ckpt, tmp_path):
+    state = torch.load(os.path.join(ckpt, "checkpoints", "last.pt"), weights_only=True)
+    del state["camera_convention"], state["code_mean"]
+    state["config"]["data"]["dataset_dir"] = str(tmp_path / "gone")
+    torch.save(state, tmp_path / "old.pt")
+    _, info = load_trained_model(str(tmp_path / "old.pt"))
+    assert info.metadata_source == "defaults" and info.camera_convention["distance"] == 5.0
+
+
+def test_another_model_or_size_is_refused(ckpt, tmp_path):
+    with pytest.raises(CheckpointError, match="expected model_name='GazeNeRF'"):
+        load_trained_model(ckpt, expect={"model_name": "GazeNeRF"})
+    state = torch.load(os.path.join(ckpt, "checkpoints", "last.pt"), weights_only=True)
+    state["config"]["model"]["mlp_width"] = 48  # weights of another size
+    torch.save(state, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="weights do not fit") as exc:
+        load_trained_model(str(tmp_path / "other.pt"))
+    assert "\n" not in str(exc.value)
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a HeadNeRF checkpoint"):
+        load_trained_model(str(tmp_path / "foreign.pt"))
+
+
+@pytest.mark.parametrize("per_pixel", [True, False])
+def test_fit_lowers_the_loss_and_the_camera_refinement_stays_small(ckpt, tiny_dataset, per_pixel):
+    model, info = load_trained_model(ckpt)
+    ds = GazeDataset(tiny_dataset, "test", image_size=info.image_size)
+    target = target_from_dataset_row(ds, 0, code=info.code_mean, code_init="mean")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = FitConfig(steps=40, rays_per_step=128 if per_pixel else 0, finetune_steps=6, early_stop_patience=0)
+    res = fit_image(model, target, cfg, progress=False)
+    codes = res.losses["codes"]
+    assert np.mean(codes[-5:]) < 0.8 * np.mean(codes[:5]), codes
+    assert res.camera_offset[:3].norm() < 0.15 and res.camera_offset[3:].norm() < 0.3, res.camera_offset
+    assert res.steps_run == {"codes": 40, "finetune": 6} and np.isfinite(res.psnr_head)
+    # the loaded model is untouched; the fine-tuned copy kept its gaze MLP (the gaze pathway) frozen
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    assert res.model is not model
+    for k, v in res.model.gaze_mlp.state_dict().items():
+        torch.testing.assert_close(v, model.gaze_mlp.state_dict()[k])
+    assert any(not torch.equal(v, before["trunk." + k]) for k, v in res.model.trunk.state_dict().items())
+    # renders: the fitted view, new gazes, new head poses
+    assert render_fit(res).shape == (1, 3, 16, 16)
+    assert render_fit(res, gaze=torch.tensor([[0.3, 0.2], [0.0, -0.4]])).shape == (2, 3, 16, 16)
+    assert render_fit(res, head_pose=torch.tensor([[0.1, 0.4]])).shape == (1, 3, 16, 16)
+
+
+def test_early_stop_and_unknown_gaze_is_fitted(ckpt, tiny_dataset):
+    model, info = load_trained_model(ckpt)
+    ds = GazeDataset(tiny_dataset, "test", image_size=info.image_size)
+    target = target_from_dataset_row(ds, 1)
+    target.gaze_known, target.gaze = False, torch.zeros(1, 2)
+    res = fit_image(model, target, FitConfig(steps=400, early_stop_patience=5, early_stop_delta=0.5), progress=False)
+    assert res.steps_run["codes"] < 400
+    assert "finetune" not in res.steps_run and res.model is model
+    assert not torch.equal(res.gaze, torch.zeros(1, 2))  # the gaze was a free parameter
+
+
+def test_latent_round_trip_and_target_embedding_syntaxes(ckpt, tiny_dataset, tmp_path):
+    model, info = load_trained_model(ckpt)
+    ds = GazeDataset(tiny_dataset, "test", image_size=info.image_size)
+    res = fit_image(model, target_from_dataset_row(ds, 0), FitConfig(steps=3), progress=False)
+    path = str(tmp_path / "latent.pt")
+    save_latent(path, res, info, warp=np.eye(3))
+    data = torch.load(path, weights_only=True)
+    assert set(data) >= {"shape_code", "appearance_code", "code", "R_w2c", "t_w2c", "K", "gaze", "warp"}
+    emb = load_target_embedding(path, info)
+    torch.testing.assert_close(emb["shape_code"], res.shape_code)
+    torch.testing.assert_close(emb["appearance_code"], res.appearance_code)
+    sid, row = ds.rows[2][:2]
+    h5 = os.path.join(tiny_dataset, f"subject{sid:04d}.h5")
+    emb = load_target_embedding(f"{h5}:{row}", info)
+    torch.testing.assert_close(emb["shape_code"][0], ds[2]["shape_code"])
+    with pytest.raises(FittingInputError, match="rows 0.."):
+        load_target_embedding(f"{h5}:100000", info)
+    with pytest.raises(FittingInputError, match="file not found"):
+        load_target_embedding(str(tmp_path / "nope.pt"), info)
+    assert parse_gaze_targets("0.2,-0.3; 0,0.4").flatten().tolist() == pytest.approx([0.2, -0.3, 0.0, 0.4])
+    with pytest.raises(FittingInputError):
+        parse_gaze_targets("0.2")
+
+
+# ----------------------------------------------------------------------------------------------
+# The command
+
+
+def _check_outputs(out, with_interp: bool):
+    import imageio.v2 as imageio
+
+    names = set(os.listdir(out))
+    expected = {"merged.png", "gaze_sweep.gif", "gaze_sweep.mp4", "pose_sweep.gif", "pose_sweep.mp4", "latent.pt",
+                "fit.json"} | ({"interp.gif"} if with_interp else set())
+    assert names == expected, names
+    merged = imageio.imread(os.path.join(out, "merged.png"))
+    assert merged.shape == (256, 768, 3)
+    gif = imageio.mimread(os.path.join(out, "gaze_sweep.gif"))
+    assert len(gif) > 10 and gif[0].shape[:2] == (256, 256)
+    assert len(imageio.mimread(os.path.join(out, "pose_sweep.gif"))) > 10
+    report = json.load(open(os.path.join(out, "fit.json")))
+    assert set(report["seconds"]) >= {"load_model", "face_analysis", "fit_codes", "outputs", "total"}
+    assert np.isfinite(report["fit"]["psnr_head"]) and len(report["face"]["head_pose_detected"]) == 2
+    torch.load(os.path.join(out, "latent.pt"), weights_only=True)
+    return report
+
+
+def test_command_on_a_real_photo(ckpt, photo, tiny_dataset, tmp_path):
+    """The astronaut (skimage), with gaze targets and a dataset-row target embedding."""
+    out = tmp_path / "out"
+    res = run_cli("--model_path", ckpt, "--img", photo, "--save_root", str(out), "--steps", "8",
+                  "--finetune_steps", "2", "--gaze_targets", "0.2,0.3;0,-0.4",
+                  "--target_embedding", os.path.join(tiny_dataset, "subject0001.h5") + ":1")
+    assert res.returncode == 0, res.stderr
+    report = _check_outputs(str(out), with_interp=True)
+    assert report["face"]["num_faces"] == 1 and report["face"]["interocular_px"] > 12
+    assert np.allclose(report["gaze_targets"], [[0.2, 0.3], [0.0, -0.4]])
+    # the latent.pt of this fit is accepted back as a target embedding
+    res2 = run_cli("--model_path", ckpt, "--img", photo, "--save_root", str(tmp_path / "out2"), "--steps", "2",
+                   "--no_mp4", "--target_embedding", str(out / "latent.pt"), "--para_3dmm", str(out / "latent.pt"))
+    assert res2.returncode == 0, res2.stderr
+    assert "interp.gif" in os.listdir(tmp_path / "out2")
+
+
+def test_command_on_a_synthetic_render_and_odd_image_formats(ckpt, tmp_path):
+    """A synthetic head rendered at 256 px and saved as 16-bit greyscale PNG, then as RGBA."""
+    import cv2
+
+    from HeadNeRF.data.synthetic import render_view, sample_code
+    from HeadNeRF.data.synthetic.rig import normalized_cameras
+    from HeadNeRF.fitting_outputs import fit_single_image
+
+    code = sample_code(np.random.default_rng(5))
+    R, t, K = normalized_cameras([0], [[0.0, 0.1]], 256)
+    img = render_view(code, R, t, K, 256, torch.zeros(2))["image"][0]
+    grey16 = (cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.uint16) * 257)
+    cv2.imwrite(str(tmp_path / "grey16.png"), grey16)
+    rgba = np.concatenate([img, np.full(img.shape[:2] + (1,), 255, np.uint8)], -1)
+    cv2.imwrite(str(tmp_path / "rgba.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    for name in ("grey16.png", "rgba.png"):
+        out = tmp_path / f"out_{name}"
+        fit_single_image(ckpt, str(tmp_path / name), str(out), steps=3, progress=False, mp4=name == "rgba.png")
+        assert "fit.json" in os.listdir(out) and "merged.png" in os.listdir(out)
+
+
+def _assert_clean(save_root):
+    """Nothing that looks complete: no fit.json, no outputs, no temporary folders left behind."""
+    assert not os.path.exists(save_root) or os.listdir(save_root) == []
+
+
+def test_bad_inputs_fail_in_one_line(ckpt, photo, tmp_path):
+    import imageio.v2 as imageio
+
+    out = str(tmp_path / "out")
+    blank = str(tmp_path / "blank.png")
+    imageio.imwrite(blank, np.full((200, 300, 3), 200, np.uint8))
+    res = run_cli("--model_path", ckpt, "--img", blank, "--save_root", out)
+    assert res.returncode == 1 and res.stderr == f"no face found in {blank}\n", res.stderr
+    _assert_clean(out)
+
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" * 10)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    for bad in (corrupt, text, tmp_path / "missing.png"):
+        res = run_cli("--model_path", ckpt, "--img", str(bad), "--save_root", out)
+        assert res.returncode == 2 and res.stderr.count("\n") == 1 and str(bad) in res.stderr, res.stderr
+        _assert_clean(out)
+
+    res = run_cli("--model_path", str(tmp_path / "nope"), "--img", photo, "--save_root", out)
+    assert res.returncode == 2 and "checkpoint not found" in res.stderr and res.stderr.count("\n") == 1
+    torch.save({"shape_code": torch.zeros(3)}, tmp_path / "latent_like.pt")
+    res = run_cli("--model_path", str(tmp_path / "latent_like.pt"), "--img", photo, "--save_root", out)
+    assert res.returncode == 2 and "not a HeadNeRF checkpoint" in res.stderr and res.stderr.count("\n") == 1
+    _assert_clean(out)
+
+
+def test_face_too_small_and_bad_codes(ckpt, photo, tmp_path, monkeypatch):
+    import HeadNeRF.fitting_outputs as fo
+
+    out = str(tmp_path / "out")
+    monkeypatch.setattr(fo, "MIN_INTEROCULAR_PX", 1000.0)
+    with pytest.raises(FittingInputError, match="face too small to fit"):
+        fo.fit_single_image(ckpt, photo, out, steps=1, progress=False)
+    _assert_clean(out)
+    np.save(tmp_path / "short.npy", np.zeros(5, np.float32))
+    with pytest.raises(FittingInputError, match="code has 5 values"):
+        fo.fit_single_image(ckpt, photo, out, para_3dmm=str(tmp_path / "short.npy"), progress=False)
+    _assert_clean(out)
