@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Cheap checks first (no torch import): a wrong command fails in a fraction of a second.
+    if args.se is not None and args.se <= args.sb:
+        parser.error(f"--se must be greater than --sb (--se is exclusive), got --sb {args.sb} --se {args.se}")
+    if not os.path.isdir(args.img_dir):
+        print(f"error: {args.img_dir}: input folder not found", file=sys.stderr)
+        return 2
     from HeadNeRF.preprocess import InputError, PreprocessConfig, run
 
     try:

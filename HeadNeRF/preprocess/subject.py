@@ -110,7 +110,11 @@ def _center_square(img: np.ndarray, size: int) -> np.ndarray:
 
 
 def _inside(points: np.ndarray, size: int, margin: float = 0.0) -> bool:
-    return bool(np.all(np.isfinite(points)) and np.all(points >= -margin) and np.all(points <= size + margin))
+    """The inner 51 landmarks (brows, eyes, nose, mouth) lie in the image (+ margin); the jaw may leave
+    it (ETH-XGaze's tight patches cut the chin). All 68 must be finite."""
+    points = np.asarray(points)
+    inner = points[17:] if len(points) == 68 else points
+    return bool(np.all(np.isfinite(points)) and np.all(inner >= -margin) and np.all(inner <= size + margin))
 
 
 def _fit_codes(faces: list, opts: ProcessOptions) -> np.ndarray:
@@ -398,7 +402,10 @@ def process_photos(folder: str, subject_id: int, opts: ProcessOptions, on_image:
             continue
         label = labels.get(name)
         if label is not None:
-            R_pn = rotation_from_warp(nf.warp, K_img, np.asarray(nf.cam_K, np.float64))
+            if getattr(nf, "R_image", None) is not None:  # head->photo camera known: exact
+                R_pn = np.asarray(nf.cam_R_w2c, np.float64) @ np.asarray(nf.R_image, np.float64).T
+            else:
+                R_pn = rotation_from_warp(nf.warp, K_img, np.asarray(nf.cam_K, np.float64))
             if R_pn is None:
                 d["invalid_reason"][i] = "normalisation warp is not a rotation (cannot convert the label)"
                 continue
