@@ -309,14 +309,20 @@ def fit_single_image(model_path: str, img: str, save_root: str, mask: str | None
                      estimator: str | None = None, args: dict | None = None) -> dict:
     """The whole command (see the module docstring). Returns the fit.json dict."""
     t_start = time.perf_counter()
-    seconds = {}
+    seconds, cpu = {}, {}
+    clock = {"wall": t_start, "cpu": time.process_time()}
+
+    def lap(name):  # wall and CPU seconds since the previous lap
+        w, c = time.perf_counter(), time.process_time()
+        seconds[name], cpu[name] = w - clock["wall"], c - clock["cpu"]
+        clock.update(wall=w, cpu=c)
+
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise FittingInputError("--device cuda: no CUDA device is available; use --device cpu")
     targets = parse_gaze_targets(gaze_targets)
     if finetune_steps < 0 or (steps is not None and steps < 0):
         raise FittingInputError("--steps / --finetune_steps must be >= 0")
 
-    t = time.perf_counter()
     model, info = load_trained_model(model_path, device)
     target_codes = load_target_embedding(target_embedding, info) if target_embedding else None
     user_code = load_code_file(para_3dmm, info) if para_3dmm else None
@@ -325,9 +331,8 @@ def fit_single_image(model_path: str, img: str, save_root: str, mask: str | None
         from .estimator import load_estimator
 
         est = load_estimator(estimator, device)
-    seconds["load_model"] = time.perf_counter() - t
+    lap("load_model")
 
-    t = time.perf_counter()
     from .face import analyse_and_normalise, load_image_rgb
 
     image = load_image_rgb(img)  # ImageReadError: one line
@@ -340,9 +345,8 @@ def fit_single_image(model_path: str, img: str, save_root: str, mask: str | None
                                 f"{MIN_INTEROCULAR_PX:.0f} px)")
     if mask:
         face.mask = load_user_mask(mask, image.shape, face, info.image_size)
-    seconds["face_analysis"] = time.perf_counter() - t
+    lap("face_analysis")
 
-    t = time.perf_counter()
     if user_code is not None:
         code, code_init = user_code, f"--para_3dmm {para_3dmm}"
     elif is_synthetic_layout(info.code_slices):
@@ -354,7 +358,7 @@ def fit_single_image(model_path: str, img: str, save_root: str, mask: str | None
     from .fitting import target_from_normalised_face
 
     target = target_from_normalised_face(face, code, info, name=img, code_init=code_init)
-    seconds["code_init"] = time.perf_counter() - t
+    lap("code_init")
 
     cfg = FitConfig(finetune_steps=finetune_steps, seed=seed)
     if steps is not None:
@@ -364,10 +368,10 @@ def fit_single_image(model_path: str, img: str, save_root: str, mask: str | None
         FitConfig.__post_init__(cfg)
     torch.manual_seed(seed)
     result = fit_image(model, target, cfg, progress=progress)
+    lap("fit")
     seconds["fit_codes"] = result.seconds.get("codes", 0.0)
     seconds["finetune"] = result.seconds.get("finetune", 0.0)
 
-    t = time.perf_counter()
     os.makedirs(save_root, exist_ok=True)
     work = tempfile.mkdtemp(prefix=".fitting_tmp_", dir=save_root)
     try:
@@ -393,8 +397,9 @@ def fit_single_image(model_path: str, img: str, save_root: str, mask: str | None
         estimated = None
         if est is not None:
             estimated = _estimate_sweep(est[0], est[1], result, gazes, targets)
-        seconds["outputs"] = time.perf_counter() - t
+        lap("outputs")
         seconds["total"] = time.perf_counter() - t_start
+        cpu["total"] = sum(cpu.values())
         report = {
             "arguments": args or {},
             "model": {"path": model_path, "model_name": info.model_name, "image_size": info.image_size,
@@ -411,6 +416,7 @@ def fit_single_image(model_path: str, img: str, save_root: str, mask: str | None
                     "fitted_head_pose": [float(v) for v in result.head_pose]},
             "gaze_targets": targets.tolist(),
             "seconds": {k: round(v, 3) for k, v in seconds.items()},
+            "cpu_seconds": {k: round(v, 3) for k, v in cpu.items()},
             "outputs": outputs + ["fit.json"],
         }
         if estimated is not None:

@@ -19,6 +19,15 @@ from HeadNeRF.fitting_outputs import FittingInputError, load_target_embedding, p
 SCRIPT = os.path.join(ROOT, "FittingSingleImage.py")
 
 
+def _script_main():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("FittingSingleImage", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
 @pytest.fixture(scope="module")
 def ckpt(tiny_dataset, tmp_path_factory) -> str:
     """A tiny per-pixel HeadNeRF_Gaze trained for a few steps (its checkpoint carries the fitting metadata)."""
@@ -181,9 +190,10 @@ def test_command_on_a_real_photo(ckpt, photo, tiny_dataset, tmp_path):
     assert report["face"]["num_faces"] == 1 and report["face"]["interocular_px"] > 12
     assert np.allclose(report["gaze_targets"], [[0.2, 0.3], [0.0, -0.4]])
     # the latent.pt of this fit is accepted back as a target embedding
-    res2 = run_cli("--model_path", ckpt, "--img", photo, "--save_root", str(tmp_path / "out2"), "--steps", "2",
-                   "--no_mp4", "--target_embedding", str(out / "latent.pt"), "--para_3dmm", str(out / "latent.pt"))
-    assert res2.returncode == 0, res2.stderr
+    rc = _script_main()(["--model_path", ckpt, "--img", photo, "--save_root", str(tmp_path / "out2"), "--steps", "2",
+                         "--no_mp4", "--target_embedding", str(out / "latent.pt"), "--para_3dmm", str(out / "latent.pt"),
+                         "--no_progress", "--verbose"])
+    assert rc == 0
     assert "interp.gif" in os.listdir(tmp_path / "out2")
 
 
@@ -202,9 +212,11 @@ def test_command_on_a_synthetic_render_and_odd_image_formats(ckpt, tmp_path):
     cv2.imwrite(str(tmp_path / "grey16.png"), grey16)
     rgba = np.concatenate([img, np.full(img.shape[:2] + (1,), 255, np.uint8)], -1)
     cv2.imwrite(str(tmp_path / "rgba.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    np.save(tmp_path / "code.npy", code)
     for name in ("grey16.png", "rgba.png"):
         out = tmp_path / f"out_{name}"
-        fit_single_image(ckpt, str(tmp_path / name), str(out), steps=3, progress=False, mp4=name == "rgba.png")
+        fit_single_image(ckpt, str(tmp_path / name), str(out), steps=3, progress=False, mp4=name == "rgba.png",
+                         para_3dmm=None if name == "grey16.png" else str(tmp_path / "code.npy"))
         assert "fit.json" in os.listdir(out) and "merged.png" in os.listdir(out)
 
 
@@ -213,7 +225,7 @@ def _assert_clean(save_root):
     assert not os.path.exists(save_root) or os.listdir(save_root) == []
 
 
-def test_bad_inputs_fail_in_one_line(ckpt, photo, tmp_path):
+def test_bad_inputs_fail_in_one_line(ckpt, photo, tmp_path, capsys):
     import imageio.v2 as imageio
 
     out = str(tmp_path / "out")
@@ -227,16 +239,24 @@ def test_bad_inputs_fail_in_one_line(ckpt, photo, tmp_path):
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" * 10)
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    for bad in (corrupt, text, tmp_path / "missing.png"):
-        res = run_cli("--model_path", ckpt, "--img", str(bad), "--save_root", out)
-        assert res.returncode == 2 and res.stderr.count("\n") == 1 and str(bad) in res.stderr, res.stderr
-        _assert_clean(out)
+    main = _script_main()  # in-process (the subprocess above checked the real stderr)
+    capsys.readouterr()
 
-    res = run_cli("--model_path", str(tmp_path / "nope"), "--img", photo, "--save_root", out)
-    assert res.returncode == 2 and "checkpoint not found" in res.stderr and res.stderr.count("\n") == 1
+    def run(*args):
+        rc = main([*args, "--save_root", out, "--no_progress", "--verbose"])
+        return rc, capsys.readouterr().err
+
+    for bad in (corrupt, text, tmp_path / "missing.png"):
+        rc, err = run("--model_path", ckpt, "--img", str(bad))
+        assert rc == 2 and err.count("\n") == 1 and str(bad) in err, err
+        _assert_clean(out)
+    rc, err = run("--model_path", str(tmp_path / "nope"), "--img", photo)
+    assert rc == 2 and "checkpoint not found" in err and err.count("\n") == 1, err
     torch.save({"shape_code": torch.zeros(3)}, tmp_path / "latent_like.pt")
-    res = run_cli("--model_path", str(tmp_path / "latent_like.pt"), "--img", photo, "--save_root", out)
-    assert res.returncode == 2 and "not a HeadNeRF checkpoint" in res.stderr and res.stderr.count("\n") == 1
+    rc, err = run("--model_path", str(tmp_path / "latent_like.pt"), "--img", photo)
+    assert rc == 2 and "not a HeadNeRF checkpoint" in err and err.count("\n") == 1, err
+    rc, err = run("--model_path", ckpt, "--img", photo, "--gaze_targets", "0.1")
+    assert rc == 2 and "--gaze_targets" in err and err.count("\n") == 1, err
     _assert_clean(out)
 
 
