@@ -48,7 +48,7 @@ from .models import build_model, eval_mode
 from .rendering.rays import pixel_strip
 
 __all__ = ["train", "TrainingAborted", "gaze_in_head_frame", "PerImageOffsets", "StepBatchSampler", "prepare",
-           "sample_pixels", "gather_pixels"]
+           "sample_pixels", "gather_pixels", "data_metadata"]
 
 
 class TrainingAborted(RuntimeError):
@@ -143,6 +143,43 @@ def gather_pixels(batch: dict, pixels: torch.Tensor) -> dict:
         if key in batch:
             out[key] = pixel_strip(batch[key], pixels)
     return out
+
+
+def data_metadata(dataset: GazeDataset) -> dict:
+    """What single-photo fitting needs to know about the training data, saved in every checkpoint.
+
+    * ``camera_convention``: ``{"focal_factor": median K00 / S, "distance": median distance of the
+      camera centre from the point the normalised cameras look at (head_model.FACE_CENTER),
+      "t_norm": median |t_w2c|}`` over the rows, so a photo is normalised the way the training
+      images were (``HeadNeRF.face.normalise_face(..., focal_factor, distance)``).
+    * ``code_mean``: (D,) float32 mean latent code of the rows (code_slices order), the
+      initialisation when a photo's codes cannot be fitted in this code layout.
+    """
+    import h5py
+    import numpy as np
+
+    from .data.synthetic.head_model import FACE_CENTER
+
+    focal, dist, tnorm, codes = [], [], [], []
+    by_subject: dict = {}
+    for ref in dataset.rows:
+        by_subject.setdefault(ref.subject, []).append(ref.row)
+    for sid, rows in by_subject.items():
+        rows = sorted(set(rows))  # h5py reads increasing index lists
+        with h5py.File(dataset.paths[sid], "r") as f:
+            S = f["face_patch"].shape[1]
+            K = np.asarray(f["cam_K"][rows], dtype=np.float64)
+            R = np.asarray(f["cam_R_w2c"][rows], dtype=np.float64)
+            t = np.asarray(f["cam_t_w2c"][rows], dtype=np.float64)
+            codes.append(np.asarray(f["latent_code"][rows], dtype=np.float64))
+        centre = -np.einsum("nji,nj->ni", R, t)  # camera centres in the head frame
+        focal.append(K[:, 0, 0] / S)
+        dist.append(np.linalg.norm(centre - np.asarray(FACE_CENTER), axis=1))
+        tnorm.append(np.linalg.norm(t, axis=1))
+    return {"camera_convention": {"focal_factor": float(np.median(np.concatenate(focal))),
+                                  "distance": float(np.median(np.concatenate(dist))),
+                                  "t_norm": float(np.median(np.concatenate(tnorm)))},
+            "code_mean": torch.as_tensor(np.concatenate(codes).mean(0), dtype=torch.float32)}
 
 
 def _git_hash() -> str:
@@ -389,6 +426,7 @@ def train(cfg: TrainConfig, resume: str | None = None, dry_run: bool = False, pr
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed * 1000 + rank)
     step, best = 0, math.inf
+    metadata = data_metadata(train_ds) if rank == 0 else {}
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -420,7 +458,8 @@ def train(cfg: TrainConfig, resume: str | None = None, dry_run: bool = False, pr
                              "step": step, "best_val": best, "config": to_dict(cfg),
                              "rng": {"torch": torch.get_rng_state(), "generator": gens},
                              "code_dims": [train_ds.shape_code_dim, train_ds.appearance_code_dim],
-                             "code_slices": {k: list(v) for k, v in train_ds.code_slices.items()}},
+                             "code_slices": {k: list(v) for k, v in train_ds.code_slices.items()},
+                             **metadata},
                             os.path.join(run_dir, "checkpoints", f"{tag}.pt"))
 
     stop = {"signal": None}
