@@ -1,0 +1,302 @@
+"""Evaluation.py and HeadNeRF.evaluation: pairs, metrics on known inputs, end to end, resume, bad input.
+
+A tiny NeRF (4 training steps at 16 px) and an untrained 16-px estimator stand in for the real
+models: the tests check the protocol's bookkeeping, not the numbers' quality.
+"""
+
+import json
+import math
+import os
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import tiny_config_dict
+
+
+# ------------------------------------------------------------------------------------ fixtures
+
+def _save_estimator(path: str, input_size: int) -> str:
+    from HeadNeRF.checkpoint import save_checkpoint
+    from HeadNeRF.estimator import GazeEstimator
+
+    torch.manual_seed(0)
+    model = GazeEstimator(18, input_size, "small")
+    meta = {"depth": 18, "input_size": input_size, "stem": "small", "mean": [0.5] * 3, "std": [0.25] * 3}
+    save_checkpoint({"model": model.state_dict(), "config": {"steps": 0}, "estimator": meta, "step": 0}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tiny_dataset, tmp_path_factory):
+    """(NeRF run dir, 16-px estimator .pt, 32-px estimator .pt)."""
+    from HeadNeRF.config import TrainConfig, from_dict
+    from HeadNeRF.training import train
+
+    d = tmp_path_factory.mktemp("eval_models")
+    run = str(d / "nerf")
+    train(from_dict(TrainConfig, tiny_config_dict(tiny_dataset, run, steps=2)), progress=False)
+    return run, _save_estimator(str(d / "est16.pt"), 16), _save_estimator(str(d / "est32.pt"), 32)
+
+
+def base_config(dataset_dir: str, models, results_dir: str, **over) -> dict:
+    run, est, _ = models
+    cfg = {"checkpoint": run, "estimator_checkpoint": est, "dataset_dir": dataset_dir, "results_dir": results_dir,
+           "pairs_per_subject": 4, "inputs_per_subject": 2, "seed": 3, "finetune_steps": 1, "num_threads": 1,
+           "fit": {"steps": 2, "rays_per_step": 0, "early_stop_patience": 0},
+           "metrics": {"identity": False}, "grid_pairs": 2,
+           "controllability": {"inputs_per_subject": 1, "resolution": [2, 2]}}
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(cfg.get(k), dict):
+            cfg[k] = {**cfg[k], **v}
+        else:
+            cfg[k] = v
+    return cfg
+
+
+def run_cli(write_config, cfg: dict, *extra) -> int:
+    import Evaluation
+
+    return Evaluation.main(["--config_file_path", write_config(cfg), "--no-progress", *extra])
+
+
+# ---------------------------------------------------------------------------------------- pairs
+
+def test_pairs_are_deterministic_for_a_seed(tiny_dataset, tmp_path):
+    from HeadNeRF.evaluation.pairs import generate_pairs, load_pairs_file, read_subject_rows, write_pairs_file
+
+    rows = [read_subject_rows(tiny_dataset, 1)]
+    a = generate_pairs(rows, 6, 2, seed=7)
+    assert a == generate_pairs(rows, 6, 2, seed=7)
+    assert a != generate_pairs(rows, 6, 2, seed=8)
+    assert len(a) == 6 and len({p.input_row for p in a}) == 2  # inputs are shared: each is fitted once
+    r = rows[0]
+    for p in a:
+        assert r.valid[p.input_row] and r.valid[p.target_row]
+        assert r.frames[p.input_row] != r.frames[p.target_row]  # another gaze
+    same = generate_pairs(rows, 4, 0, seed=1, same_camera=True)
+    assert len({p.input_row for p in same}) == 4  # inputs_per_subject 0: one input per pair (GazeNeRF)
+    assert all(r.cams[p.input_row] == r.cams[p.target_row] for p in same)
+    path = str(tmp_path / "pairs.txt")
+    write_pairs_file(path, a, header="test")
+    assert load_pairs_file(path, {1: r}) == a
+
+
+# -------------------------------------------------------------------------------------- metrics
+
+def test_metrics_on_known_inputs():
+    from HeadNeRF.evaluation import metrics as M
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(2, 3, 16, 16, generator=g)
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[:, :, 4:12, 4:12] = 1
+    same = M.image_metrics(img, img, mask)
+    assert torch.isinf(same["psnr"]).all() and torch.isinf(same["psnr_head"]).all()
+    assert torch.allclose(same["ssim"], torch.ones(2, dtype=torch.float64)) and (same["l1"] == 0).all()
+    shifted = img.clone()
+    shifted[:, :, 4:12, 4:12] = (img[:, :, 4:12, 4:12] + 0.1).clamp(max=1.0)  # change only inside the mask
+    inside = (shifted - img)[:, :, 4:12, 4:12]
+    m = M.image_metrics(shifted, img, mask)
+    expect_head = -10 * torch.log10(inside.double().square().flatten(1).mean(1))
+    assert torch.allclose(m["psnr_head"], expect_head, atol=1e-6)
+    assert (m["psnr"] > m["psnr_head"]).all()  # the unchanged outside pixels count in the whole-image PSNR
+    assert torch.isnan(M.image_metrics(img, img, torch.zeros_like(mask))["psnr_head"]).all()
+    const = M.image_metrics(torch.full((1, 3, 8, 8), 0.6), torch.full((1, 3, 8, 8), 0.5), torch.ones(1, 1, 8, 8))
+    assert math.isclose(float(const["psnr"]), 20.0, abs_tol=1e-4) and math.isclose(float(const["l1"]), 0.1, abs_tol=1e-6)
+    assert math.isclose(M.angle_error_deg([0.0, 0.0], [0.0, math.radians(10)]), 10.0, abs_tol=1e-6)
+    assert math.isnan(M.angle_error_deg([0.0, 0.0], None))
+    e = np.random.default_rng(0).normal(size=128)
+    assert math.isclose(M.identity_similarity(e, e), 100.0) and math.isclose(M.identity_similarity(e, -e), -100.0)
+    feats = np.random.default_rng(1).normal(size=(6, 4))
+    assert abs(M.fid_from_features(feats, feats)) < 1e-6 and M.fid_from_features(feats, feats + 3) > 1
+    assert M.build_lpips("alex", "")[0] is None and "skipped" in M.build_lpips("alex", "")[1]
+    fn, why = M.build_lpips("alex", "/nonexistent/alexnet.pth")
+    assert fn is None and "not found" in why
+    assert M.build_fid_features("torchvision", "")[0] is None
+
+
+def test_lpips_with_given_backbone_weights(tmp_path):
+    import torchvision
+
+    from HeadNeRF.evaluation import metrics as M
+
+    path = str(tmp_path / "alexnet.pth")
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
+    fn, why = M.build_lpips("alex", path)
+    assert fn is not None, why
+    a = torch.rand(1, 3, 16, 16)
+    assert float(fn(a, a)) == 0.0 and float(fn(a, 1 - a)) > 0
+    bad = str(tmp_path / "bad.pth")
+    torch.save({"x": torch.zeros(1)}, bad)
+    assert M.build_lpips("alex", bad)[0] is None
+
+
+def test_fid_inception_loader(tmp_path):
+    import torchvision
+
+    from HeadNeRF.evaluation import metrics as M
+
+    path = str(tmp_path / "inception.pth")
+    torch.save(torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), path)
+    fe, why = M.build_fid_features("torchvision", path)
+    assert fe is not None and "not comparable" in why
+    assert fe(torch.rand(1, 3, 16, 16)).shape == (1, 2048)
+    assert M.build_fid_features("torchvision", str(tmp_path / "missing.pth"))[0] is None
+    fe, why = M.build_fid_features("torch_fidelity", path)  # the standard FID needs torch-fidelity (not installed)
+    assert fe is None and "skipped" in why
+
+
+# ------------------------------------------------------------------------------------ end to end
+
+def test_evaluation_end_to_end_writes_every_output(tiny_dataset, models, tmp_path, write_config, monkeypatch):
+    from HeadNeRF.evaluation import metrics as M
+
+    # FID plumbing (per-pair features on disk -> torchmetrics) with a small stand-in feature extractor: the
+    # 2048-d Inception FID costs ~10 s of eigen-decomposition per value on one core (its loader is tested below).
+    fid_w = str(tmp_path / "fid_weights.pth")
+    torch.save({}, fid_w)
+    pool = torch.nn.AdaptiveAvgPool2d(4)
+    monkeypatch.setattr(M, "build_fid_features", lambda backbone, path, device="cpu": (
+        M.FIDFeatures(torch.nn.Sequential(pool, torch.nn.Flatten()), "stand-in", device),
+        "FID with a stand-in extractor: not comparable with published FIDs"))
+    monkeypatch.setattr(M.FIDFeatures, "__call__", lambda self, image: self.model(image.float()).double().numpy())
+    out = str(tmp_path / "res")
+    cfg = base_config(tiny_dataset, models, out, pairs_per_subject=3,
+                      metrics={"identity": True, "identity_size": 64, "fid_weights": fid_w})
+    assert run_cli(write_config, cfg) == 0
+    for name in ("per_pair.jsonl", "metrics.json", "report.md", "pairs.txt", "grid.png", "gaze_error_vs_redirection.png",
+                 "controllability.png", "controllability.json"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    with open(os.path.join(out, "metrics.json")) as f:
+        result = json.load(f)
+    recs = [json.loads(line) for line in open(os.path.join(out, "per_pair.jsonl"))]
+    assert len(recs) == 3 == result["aggregate"]["overall"]["pairs"]
+    assert len(result["sha256"]["checkpoint"]) == 64 and result["config"]["finetune_steps"] == 1
+    o = result["aggregate"]["overall"]
+    for c in ("codes", "finetune", "copy_input"):
+        for k in ("gaze_err_est", "gaze_err_label", "head_err_est", "ssim", "psnr", "id_sim", "fid"):
+            assert isinstance(o[c][k], float), (c, k)
+        assert o[c]["lpips"] is None  # skipped, not made up
+    assert "skipped" in result["metric_notes"]["lpips"] and "not comparable" in result["metric_notes"]["fid"]
+    assert result["controllability"]["mean_deg"] >= 0 and len(result["controllability"]["mean_map_deg"]) == 2
+    # the floor is the estimator on the target against its label; the copy baseline scores the input image
+    from HeadNeRF.data.dataset import GazeDataset
+    from HeadNeRF.evaluation.metrics import angle_error_deg, image_metrics, whiten_background
+
+    ds = GazeDataset(tiny_dataset, which="all", subjects=[1], image_size=16)
+    idx = {(r.subject, r.row): i for i, r in enumerate(ds.rows)}
+    r0 = recs[0]
+    tgt, inp = ds[idx[(1, r0["target_row"])]], ds[idx[(1, r0["input_row"])]]
+    assert math.isclose(r0["floor"]["gaze_err_label"], angle_error_deg(r0["target_read"]["gaze"], tgt["gaze"].tolist()),
+                        rel_tol=1e-6)
+    white = lambda item: whiten_background(item["image"][None], item["head_mask"][None])  # noqa: E731
+    ref = image_metrics(white(inp), white(tgt), tgt["head_mask"][None])
+    assert math.isclose(r0["copy_input"]["psnr"], float(ref["psnr"][0]), rel_tol=1e-9)
+    assert r0["requested_from"] == "label" and r0["requested_gaze"] == pytest.approx(tgt["gaze"].tolist())
+    report = open(os.path.join(out, "report.md")).read()
+    assert "NOT the same data" in report and "GazeGaussian" in report and "copy the input" in report
+    assert report.index("## Results") < report.index("NOT the same data")
+
+
+def test_killed_and_rerun_continues_and_equals_an_uninterrupted_run(tiny_dataset, models, tmp_path, write_config):
+    full = str(tmp_path / "full")
+    assert run_cli(write_config, base_config(tiny_dataset, models, full), "--max_new_pairs", "100") == 0
+    part = str(tmp_path / "part")
+    cfg = base_config(tiny_dataset, models, part)
+    assert run_cli(write_config, cfg, "--max_new_pairs", "2") == 0
+    assert not os.path.exists(os.path.join(part, "metrics.json")) and not os.path.exists(os.path.join(part, "report.md"))
+    log = os.path.join(part, "per_pair.jsonl")
+    first = open(log).read().splitlines()
+    assert len(first) == 2
+    with open(log, "a") as f:  # a kill in the middle of writing the third record
+        f.write('{"pair": 2, "key": "torn')
+    assert run_cli(write_config, cfg) == 0
+    lines = open(log).read().splitlines()
+    assert lines[:2] == first and len(lines) == 4  # the finished pairs were not redone, the torn line dropped
+    a = json.load(open(os.path.join(full, "metrics.json")))
+    b = json.load(open(os.path.join(part, "metrics.json")))
+    assert a["aggregate"] == b["aggregate"] and a["controllability"] == b["controllability"]
+    def records(path):  # every value but the wall-clock fit time
+        out = {}
+        for line in open(path):
+            r = json.loads(line)
+            for c in ("codes", "finetune"):
+                r[c].pop("fit_seconds")
+            out[r["pair"]] = json.dumps(r, sort_keys=True)
+        return out
+
+    assert records(os.path.join(full, "per_pair.jsonl")) == records(log)
+    # a different configuration is refused for the same results dir
+    assert run_cli(write_config, base_config(tiny_dataset, models, part, finetune_steps=2)) == 2
+
+
+# ------------------------------------------------------------------------------------- bad input
+
+def _one_line_error(capsys, needle: str) -> None:
+    err = capsys.readouterr().err.strip()
+    assert needle in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_bad_input_one_line_errors(tiny_dataset, models, tmp_path, write_config, capsys):
+    out = str(tmp_path / "res")
+    assert run_cli(write_config, base_config(tiny_dataset, models, out, checkpoint=str(tmp_path / "nope"))) == 2
+    _one_line_error(capsys, "checkpoint not found")
+    assert run_cli(write_config, base_config(tiny_dataset, models, out, estimator_checkpoint=models[2])) == 2
+    _one_line_error(capsys, "trained on 32 px images, the NeRF renders 16 px")
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("# subject input target\n1 0 1\n1 0 999\n")
+    assert run_cli(write_config, base_config(tiny_dataset, models, out, pairs_file=str(pairs))) == 2
+    _one_line_error(capsys, "target_row 999 does not exist")
+    assert run_cli(write_config, base_config(tiny_dataset, models, out, fit={"stepz": 3})) == 2
+    _one_line_error(capsys, "did you mean 'fit.steps'")
+    # a subject with no valid rows
+    bad = tmp_path / "novalid"
+    shutil.copytree(tiny_dataset, bad)
+    with h5py.File(bad / "subject0001.h5", "r+") as f:
+        f["valid_mask"][:] = False
+    assert run_cli(write_config, base_config(str(bad), models, out)) == 2
+    _one_line_error(capsys, "subject 1 has no valid rows")
+    assert not os.path.exists(os.path.join(out, "metrics.json")) and not os.path.exists(os.path.join(out, "report.md"))
+
+
+def test_unlabelled_xgaze_subject_gets_estimator_only_metrics_and_controllability(tiny_dataset, models, tmp_path,
+                                                                                  write_config):
+    """A test subject in the processed layout with source 'xgaze' and no gaze labels (gaze_valid False)."""
+    d = tmp_path / "xgaze"
+    shutil.copytree(tiny_dataset, d)
+    with h5py.File(d / "subject0001.h5", "r+") as f:
+        f.attrs["source"] = "xgaze"
+        f["face_gaze"][:] = 0.0
+        f.create_dataset("gaze_valid", data=np.zeros(f["valid_mask"].shape[0], dtype=bool))
+    out = str(tmp_path / "res")
+    assert run_cli(write_config, base_config(str(d), models, out, regimes=["codes"])) == 0
+    result = json.load(open(os.path.join(out, "metrics.json")))
+    o = result["aggregate"]["overall"]
+    assert result["sources"] == {"1": "xgaze"} and o["pairs_with_gaze_label"] == 0
+    assert isinstance(o["codes"]["gaze_err_est"], float) and isinstance(o["codes"]["head_err_est"], float)
+    assert o["codes"]["gaze_err_label"] is None and o["floor"]["gaze_err_label"] is None  # no label: no number
+    assert result["controllability"]["mean_deg"] >= 0
+    recs = [json.loads(line) for line in open(os.path.join(out, "per_pair.jsonl"))]
+    assert all(r["requested_from"] == "estimator" and r["redirection_from"] == "estimator" for r in recs)
+    assert recs[0]["requested_gaze"] == pytest.approx(recs[0]["target_read"]["gaze"])
+
+
+def test_config_files_load():
+    from HeadNeRF.config import ConfigError
+    from HeadNeRF.evaluation import load_eval_config
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for name in ("quickstart_evaluation.yml", "full_evaluation.yml"):
+        cfg = load_eval_config(os.path.join(root, "config", name))
+        assert cfg.regimes == ["codes", "finetune"]
+    with pytest.raises(ConfigError, match="regimes"):
+        from HeadNeRF.config import from_dict
+        from HeadNeRF.evaluation import EvalConfig
+
+        from_dict(EvalConfig, yaml.safe_load("regimes: [codes, everything]"))
