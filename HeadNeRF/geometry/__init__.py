@@ -1,6 +1,7 @@
 """Camera and gaze geometry (pure tensor functions; conventions in docs/conventions.md)."""
 
 from .cameras import (  # noqa: F401
+    MM_PER_HEAD_UNIT,
     cam2world,
     camera_center,
     intrinsics_matrix,

@@ -15,7 +15,13 @@ to the back of the head. A frontal camera at distance d has ``R = I, t = (0, 0, 
 
 import torch
 
+# Physical scale of the head frame: millimetres per head unit. The synthetic eye-centre distance
+# (0.57 head units) then matches the mean human interpupillary distance (~63 mm), and ETH-XGaze's
+# normalised camera (600 mm) sits at 600 / 110 = 5.45 head units (docs/conventions.md).
+MM_PER_HEAD_UNIT = 110.0
+
 __all__ = [
+    "MM_PER_HEAD_UNIT",
     "intrinsics_matrix",
     "scale_intrinsics",
     "camera_center",

@@ -1,0 +1,36 @@
+"""Face analysis shared by preprocessing (issue 9) and single-photo fitting (issue 10).
+
+Photo -> :func:`load_image_rgb` -> :func:`analyse_face` (mediapipe 478 points, iBUG-68, iris) ->
+:func:`head_pose_pnp` (PnP against the synthetic head model's landmarks) -> :func:`normalise_face`
+(ETH-XGaze-style warp into the training framing, masks) -> :func:`fit_latent_codes` (the "3DMM"
+step: the synthetic head model's code). Design and accuracy: docs/face_analysis.md.
+"""
+
+from .detect import FaceAnalysis, analyse_face, close  # noqa: F401
+from .errors import ImageReadError, NoFaceError
+from .image_io import load_image_rgb
+from .masks import face_masks
+from .normalise import NormalisedFace, analyse_and_normalise, normalise_face
+from .pose import default_intrinsics, head_pose_pnp
+
+__all__ = [
+    "FaceAnalysis",
+    "ImageReadError",
+    "NoFaceError",
+    "NormalisedFace",
+    "analyse_and_normalise",
+    "analyse_face",
+    "default_intrinsics",
+    "face_masks",
+    "fit_latent_codes",
+    "head_pose_pnp",
+    "load_image_rgb",
+    "normalise_face",
+]
+
+
+def fit_latent_codes(faces, code_dim_layout: str = "synthetic", **kwargs):
+    """See :func:`HeadNeRF.face.latent_fit.fit_latent_codes` (imported lazily: it pulls the renderer)."""
+    from .latent_fit import fit_latent_codes as _fit
+
+    return _fit(faces, code_dim_layout=code_dim_layout, **kwargs)

@@ -1,0 +1,355 @@
+"""The "3DMM" step: the synthetic head model's latent code fitted to normalised faces.
+
+Design decisions
+----------------
+* **What is fitted.** The project's own parametric head (``data/synthetic/head_model.py``) plays
+  the 3DMM: identity (16) is shared by all rows of a subject, expression (6) is per row, albedo
+  (12) and illumination (9) come from the image colours and are shared (lighting is fixed in the
+  head frame, like the synthetic data). The block order is ``head_model.CODE_SLICES``.
+* **Shape from landmarks, Gauss-Newton with analytic Jacobians.** The 68 landmarks are a linear
+  model in ``tanh(code)`` (``landmark_basis``), projected with each row's normalised camera
+  refined by a small rotation + translation. The cost is
+  ``sum ||(proj - lm2d) / (SIGMA_LM * iod)||² + sum (code / 0.8)²`` (the sampler's prior; jaw points
+  weighted 0.5). Identity is fitted jointly on up to ``identity_rows`` rows (spread over the
+  subject), then every row gets its expression + pose refinement with identity fixed (one batched
+  12-unknown solve per row: cheap enough for thousands of rows).
+* **Appearance by analysis-by-synthesis on region colours.** Mean colours of a few regions
+  (cheeks, forehead, nose, chin, lips, brows, irises, hair) are measured on the photo and on
+  renders of the fitted head (the project's pytorch3d renderer at ``appearance_size`` px, the
+  same cameras), and the 21 albedo+illumination coefficients are fitted by Gauss-Newton with
+  forward-difference Jacobians (one batched render per coefficient), with the same prior.
+  Finite differences rather than a differentiable renderer: the synthetic shader has hard
+  region boundaries (lips, brows, iris) whose colours are what we match, and 21 renders of
+  2 small views per iteration cost well under a second per subject.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+__all__ = ["FitOptions", "fit_latent_codes", "fit_shape", "landmark_error", "region_features"]
+
+SIGMA_LM = 0.04  # landmark noise, fraction of the interocular distance
+PRIOR_STD = 0.8
+JAW_WEIGHT = 0.5
+
+
+@dataclasses.dataclass
+class FitOptions:
+    identity_rows: int = 8  # rows used to fit the shared identity
+    shape_iters: int = 6
+    row_iters: int = 3
+    appearance_rows: int = 2  # rows rendered for the colour fit
+    appearance_size: int = 64
+    appearance_iters: int = 3
+    fit_appearance: bool = True
+
+
+def _iod(lm: np.ndarray) -> np.ndarray:
+    """(..., 68, 2) -> (...,) distance between the eye centres (px)."""
+    return np.linalg.norm(lm[..., 36:42, :].mean(-2) - lm[..., 42:48, :].mean(-2), axis=-1)
+
+
+def _skew(v):
+    z = np.zeros(v.shape[:-1])
+    return np.stack([np.stack([z, -v[..., 2], v[..., 1]], -1), np.stack([v[..., 2], z, -v[..., 0]], -1),
+                     np.stack([-v[..., 1], v[..., 0], z], -1)], -2)
+
+
+def _rodrigues(w):
+    """(..., 3) -> (..., 3, 3)."""
+    th = np.linalg.norm(w, axis=-1)[..., None, None]
+    K = _skew(w / np.maximum(th[..., 0], 1e-12))
+    return np.eye(3) + np.sin(th) * K + (1 - np.cos(th)) * (K @ K)
+
+
+def _project_jac(X, R, t, K):
+    """Points X (N, 68, 3) with cameras R (N,3,3), t (N,3), K (N,3,3) ->
+    uv (N, 68, 2), dP (N, 68, 2, 3) d uv / d P_cam, P_cam (N, 68, 3)."""
+    P = X @ np.swapaxes(R, -1, -2) + t[:, None]
+    z = np.maximum(P[..., 2], 1e-6)
+    fx, fy = K[:, 0, 0][:, None], K[:, 1, 1][:, None]
+    uv = np.stack([fx * P[..., 0] / z + K[:, 0, 2][:, None], fy * P[..., 1] / z + K[:, 1, 2][:, None]], -1)
+    dP = np.zeros(P.shape[:-1] + (2, 3))
+    dP[..., 0, 0] = fx / z
+    dP[..., 0, 2] = -fx * P[..., 0] / z ** 2
+    dP[..., 1, 1] = fy / z
+    dP[..., 1, 2] = -fy * P[..., 1] / z ** 2
+    return uv, dP, P
+
+
+def _weights(lm2d):
+    w = np.ones(68)
+    w[:17] = JAW_WEIGHT
+    return w[None, :, None] / (SIGMA_LM * _iod(lm2d))[:, None, None]  # (N, 68, 1)
+
+
+def fit_shape(lm2d, R, t, K, identity_rows: int = 8, shape_iters: int = 6, row_iters: int = 3):
+    """Identity (shared) + expression and camera refinement (per row) from 2-D landmarks.
+
+    Args: lm2d (N, 68, 2) px; R (N, 3, 3), t (N, 3), K (N, 3, 3) the rows' cameras (head frame -> camera).
+    Returns: shape (N, 22) identity ⊕ expression codes, R (N, 3, 3), t (N, 3) refined cameras,
+        rms (N,) landmark reprojection error in px.
+    """
+    from .landmark_basis import landmark_basis
+
+    L0, B = landmark_basis()
+    lm2d, R, t, K = (np.asarray(a, np.float64) for a in (lm2d, R, t, K))
+    N = len(lm2d)
+    n_id = 16
+    n_sh = B.shape[0]
+    W = _weights(lm2d)
+    code = np.zeros((N, n_sh))
+    R, t = R.copy(), t.copy()
+
+    def residual_and_jac(rows, code_rows):
+        u = np.tanh(code_rows)
+        X = L0 + np.einsum("nk,kpc->npc", u, B)
+        uv, dP, P = _project_jac(X, R[rows], t[rows], K[rows])
+        r = (uv - lm2d[rows]) * W[rows]  # (n, 68, 2)
+        RB = np.einsum("nij,kpj->nkpi", R[rows], B) * (1 - u ** 2)[:, :, None, None]  # d P / d c
+        Jc = np.einsum("npab,nkpb->npak", dP, RB)  # (n, 68, 2, 22)
+        Jw = np.einsum("npab,npbc->npac", dP, -_skew(P))  # P' = Exp(w) P + dt: rotation about the camera origin
+        Jt = dP
+        Jpose = np.concatenate([Jw, Jt], -1)  # (n, 68, 2, 6)
+        return r, Jc * W[rows][..., None], Jpose * W[rows][..., None]
+
+    def update_pose(rows, dpose):
+        Rw = _rodrigues(dpose[:, :3])
+        R[rows] = Rw @ R[rows]
+        t[rows] = np.einsum("nij,nj->ni", Rw, t[rows]) + dpose[:, 3:]
+
+    # Stage 1: identity + per-row expression/pose on a subset.
+    sub = np.unique(np.linspace(0, N - 1, min(identity_rows, N)).round().astype(int))
+    n = len(sub)
+    ident = np.zeros(n_id)
+    for _ in range(shape_iters):
+        cr = np.concatenate([np.broadcast_to(ident, (n, n_id)), code[sub, n_id:]], 1)
+        r, Jc, Jp = residual_and_jac(sub, cr)
+        dim = n_id + n * 12
+        H = np.zeros((dim, dim))
+        g = np.zeros(dim)
+        for i in range(n):
+            Ji = np.zeros((136, dim))
+            Ji[:, :n_id] = Jc[i, ..., :n_id].reshape(136, n_id)
+            o = n_id + 12 * i
+            Ji[:, o:o + 6] = Jc[i, ..., n_id:].reshape(136, -1)
+            Ji[:, o + 6:o + 12] = Jp[i].reshape(136, 6)
+            H += Ji.T @ Ji
+            g += Ji.T @ r[i].reshape(136)
+        prior = np.zeros(dim)
+        prior[:n_id] = ident
+        for i in range(n):
+            prior[n_id + 12 * i:n_id + 12 * i + 6] = code[sub[i], n_id:]
+        pw = np.zeros(dim)
+        pw[:n_id] = 1.0 / PRIOR_STD ** 2
+        for i in range(n):
+            pw[n_id + 12 * i:n_id + 12 * i + 6] = 1.0 / PRIOR_STD ** 2
+        H += np.diag(pw) + 1e-6 * np.eye(dim)
+        g += pw * prior
+        d = -np.linalg.solve(H, g)
+        ident = np.clip(ident + d[:n_id], -2.5, 2.5)
+        for i in range(n):
+            o = n_id + 12 * i
+            code[sub[i], n_id:] = np.clip(code[sub[i], n_id:] + d[o:o + 6], -2.5, 2.5)
+        update_pose(sub, d[n_id:].reshape(n, 12)[:, 6:])
+    code[:, :n_id] = ident
+    # Stage 2: every row's expression + pose with identity fixed (batched 12x12 solves).
+    rows = np.arange(N)
+    for _ in range(row_iters):
+        r, Jc, Jp = residual_and_jac(rows, code)
+        J = np.concatenate([Jc[..., n_id:], Jp], -1).reshape(N, 136, 12)
+        H = np.einsum("nri,nrj->nij", J, J)
+        g = np.einsum("nri,nr->ni", J, r.reshape(N, 136))
+        pw = np.r_[np.full(6, 1.0 / PRIOR_STD ** 2), np.zeros(6)]
+        H += np.diag(pw) + 1e-6 * np.eye(12)
+        g += pw * np.concatenate([code[:, n_id:], np.zeros((N, 6))], 1)
+        d = -np.linalg.solve(H, g[..., None])[..., 0]
+        code[:, n_id:] = np.clip(code[:, n_id:] + d[:, :6], -2.5, 2.5)
+        update_pose(rows, d[:, 6:])
+    r, _, _ = residual_and_jac(rows, code)
+    rms = np.sqrt(np.mean(np.sum((r / W) ** 2, -1), -1))
+    return code, R, t, rms
+
+
+def landmark_error(code_shape, R, t, K, lm2d) -> np.ndarray:
+    """(N,) RMS reprojection error (px) of the linear landmark model for (N, 22) shape codes."""
+    from .landmark_basis import landmarks_linear
+
+    X = landmarks_linear(code_shape)
+    uv, _, _ = _project_jac(X, np.asarray(R, np.float64), np.asarray(t, np.float64), np.asarray(K, np.float64))
+    return np.sqrt(np.mean(np.sum((uv - lm2d) ** 2, -1), -1))
+
+
+# ------------------------------------------------------------------------------------------------
+# Appearance
+
+
+def _disk(shape, c, r):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    return (xx + 0.5 - c[0]) ** 2 + (yy + 0.5 - c[1]) ** 2 <= r * r
+
+
+def _poly_mask(shape, pts):
+    import cv2
+
+    m = np.zeros(shape, np.uint8)
+    cv2.fillPoly(m, [np.round((np.asarray(pts) - 0.5) * 16).astype(np.int32)], 1, shift=4)
+    return m > 0
+
+
+def _line_mask(shape, pts, width):
+    import cv2
+
+    m = np.zeros(shape, np.uint8)
+    cv2.polylines(m, [np.round((np.asarray(pts) - 0.5) * 16).astype(np.int32)], False, 1,
+                  thickness=max(1, int(round(width))), shift=4)
+    return m > 0
+
+
+REGIONS = ("cheek_right", "cheek_left", "forehead", "nose_ridge", "nose_tip", "chin", "lips", "brows", "iris", "hair")
+
+
+def region_features(image: np.ndarray, lm68: np.ndarray, iris2d: np.ndarray, mask: np.ndarray):
+    """Mean colours of REGIONS. image (S, S, 3) float [0, 1]; lm68 (68, 2); iris2d (2, 2); mask (S, S) bool.
+    Returns (len(REGIONS), 3) float64 and (len(REGIONS),) bool valid (enough pixels)."""
+    shape = image.shape[:2]
+    lm = np.asarray(lm68, np.float64)
+    iod = float(_iod(lm))
+    up = lm[27] - lm[30]
+    up = up / max(np.linalg.norm(up), 1e-6)
+    r = 0.14 * iod
+    regions = {
+        "cheek_right": _disk(shape, (lm[41] + lm[48] + lm[2]) / 3 + 0.0, r),
+        "cheek_left": _disk(shape, (lm[46] + lm[54] + lm[14]) / 3, r),
+        "forehead": _disk(shape, (lm[21] + lm[22]) / 2 + 0.35 * iod * up, r),
+        "nose_ridge": _disk(shape, lm[28], 0.08 * iod),
+        "nose_tip": _disk(shape, lm[30], 0.08 * iod),
+        "chin": _disk(shape, (lm[8] + lm[57]) / 2, 0.1 * iod),
+        "lips": _poly_mask(shape, lm[48:60]) & ~_poly_mask(shape, lm[60:68]),
+        "brows": _line_mask(shape, lm[17:22], 0.06 * iod) | _line_mask(shape, lm[22:27], 0.06 * iod),
+        "iris": _disk(shape, iris2d[0], 0.07 * iod) | _disk(shape, iris2d[1], 0.07 * iod),
+    }
+    # hair: head-mask pixels well above the brows
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    brow_c = lm[17:27].mean(0)
+    height = (xx + 0.5 - brow_c[0]) * up[0] + (yy + 0.5 - brow_c[1]) * up[1]
+    regions["hair"] = mask & (height > 0.9 * iod)
+    feats = np.zeros((len(REGIONS), 3))
+    valid = np.zeros(len(REGIONS), bool)
+    for i, name in enumerate(REGIONS):
+        m = regions[name] & mask if name != "hair" else regions[name]
+        if m.sum() >= 2:
+            feats[i] = image[m].mean(0)
+            valid[i] = True
+    return feats, valid
+
+
+def _render_features(code, R, t, K, size, gaze_head):
+    """Region features of renders of ``code`` at the given cameras (K already at ``size``)."""
+    import torch
+
+    from HeadNeRF.data.synthetic.render import render_view
+
+    out = render_view(code, torch.as_tensor(R, dtype=torch.float32), torch.as_tensor(t, dtype=torch.float32),
+                      torch.as_tensor(K, dtype=torch.float32), size, torch.as_tensor(gaze_head, dtype=torch.float32))
+    feats, valid = [], []
+    for b in range(len(R)):
+        f, v = region_features(out["image"][b].astype(np.float64) / 255.0, out["lm2d"][b], out["iris2d"][b],
+                               out["mask"][b] > 127)
+        feats.append(f)
+        valid.append(v)
+    return np.stack(feats), np.stack(valid)
+
+
+def _with_appearance(code_shape_full, app):
+    c = np.array(code_shape_full, np.float32)
+    c[22:] = app
+    return c
+
+
+def fit_appearance(faces, code: np.ndarray, R, t, rows, size: int = 64, iters: int = 3):
+    """Albedo + illumination (21,) fitted to region colours of ``faces[rows]`` (see module docstring)."""
+    import cv2
+    import torch
+
+    from HeadNeRF.geometry.gaze import rotate_pitch_yaw, vector_to_pitch_yaw
+
+    targets, tvalid, Ks, gazes = [], [], [], []
+    for i in rows:
+        f = faces[i]
+        S = f.face_patch.shape[0]
+        s = size / S
+        img = cv2.resize(f.face_patch, (size, size), interpolation=cv2.INTER_AREA).astype(np.float64) / 255.0
+        m = cv2.resize(f.mask, (size, size), interpolation=cv2.INTER_AREA) > 127
+        ft, v = region_features(img, np.asarray(f.lm2d) * s, np.asarray(f.iris2d) * s, m)
+        targets.append(ft)
+        tvalid.append(v)
+        K = np.asarray(f.cam_K, np.float64).copy()
+        K[:2] *= s
+        Ks.append(K)
+        # head-frame gaze: the iris direction is unknown here; look at the camera
+        cam_c = -np.asarray(R[i]).T @ np.asarray(t[i])
+        eye_mid = np.array([0.0, -0.12, -0.75])
+        gazes.append(vector_to_pitch_yaw(torch.tensor(cam_c - eye_mid, dtype=torch.float32)).numpy())
+    _ = rotate_pitch_yaw
+    T, TV = np.stack(targets), np.stack(tvalid)
+    Rr, tr, Kr, G = np.asarray(R)[rows], np.asarray(t)[rows], np.stack(Ks), np.stack(gazes)
+    a0, a1 = 22, len(code)
+    app = np.zeros(a1 - a0)
+    eps = 0.25
+    for _ in range(iters):
+        F0, V0 = _render_features(_with_appearance(code, app), Rr, tr, Kr, size, G)
+        valid = TV & V0
+        r0 = ((F0 - T) * valid[..., None]).reshape(-1)
+        J = np.zeros((len(r0), len(app)))
+        for k in range(len(app)):
+            a = app.copy()
+            a[k] += eps
+            Fk, _ = _render_features(_with_appearance(code, a), Rr, tr, Kr, size, G)
+            J[:, k] = (((Fk - F0) * valid[..., None]).reshape(-1)) / eps
+        sig = 0.03  # colour noise (fraction of full scale)
+        H = J.T @ J / sig ** 2 + np.eye(len(app)) / PRIOR_STD ** 2
+        g = J.T @ r0 / sig ** 2 + app / PRIOR_STD ** 2
+        step = -np.linalg.solve(H, g)
+        app = np.clip(app + np.clip(step, -1.0, 1.0), -2.5, 2.5)
+    return app
+
+
+def fit_latent_codes(faces, code_dim_layout: str = "synthetic", options: FitOptions | None = None,
+                     return_cameras: bool = False):
+    """Latent codes (N, 43) float32 of the synthetic head model for the rows of one subject.
+
+    Args:
+        faces: list of NormalisedFace (same person). code_dim_layout: only "synthetic" (the
+            project's head model, ``head_model.CODE_SLICES``).
+        options: FitOptions. return_cameras: also return the refined (R (N,3,3), t (N,3)) and the
+            landmark RMS (N,) px.
+    """
+    if code_dim_layout != "synthetic":
+        raise ValueError(f"unknown code_dim_layout {code_dim_layout!r} (only 'synthetic')")
+    from HeadNeRF.data.synthetic.head_model import CODE_DIM
+
+    opt = options or FitOptions()
+    if len(faces) == 0:
+        return np.zeros((0, CODE_DIM), np.float32)
+    lm = np.stack([np.asarray(f.lm2d, np.float64) for f in faces])
+    R = np.stack([np.asarray(f.cam_R_w2c, np.float64) for f in faces])
+    t = np.stack([np.asarray(f.cam_t_w2c, np.float64) for f in faces])
+    K = np.stack([np.asarray(f.cam_K, np.float64) for f in faces])
+    shape, Rf, tf, rms = fit_shape(lm, R, t, K, opt.identity_rows, opt.shape_iters, opt.row_iters)
+    codes = np.zeros((len(faces), CODE_DIM), np.float32)
+    codes[:, :22] = shape
+    if opt.fit_appearance:
+        hp = np.stack([np.asarray(f.face_head_pose, np.float64) for f in faces])
+        order = np.argsort(np.abs(hp).sum(1))
+        rows = order[:max(1, min(opt.appearance_rows, len(faces)))]
+        mean_shape = shape[rows].mean(0)
+        base = np.zeros(CODE_DIM, np.float32)
+        base[:22] = mean_shape
+        codes[:, 22:] = fit_appearance(faces, base, Rf, tf, rows, opt.appearance_size, opt.appearance_iters)
+    if return_cameras:
+        return codes, (Rf, tf, rms)
+    return codes
