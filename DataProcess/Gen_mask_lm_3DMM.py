@@ -43,13 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ETH-XGaze's train_test_split.json: subjects in 'train' become training subjects, the others "
                         "test subjects (default: subjects without gaze labels are test subjects)")
     p.add_argument("--chunk_rows", type=int, default=256,
-                   help="rows read, analysed and fitted together (the latent fit shares identity within a chunk; "
-                        "bounds memory for 10K-row subjects)")
+                   help="rows read from an input file at once (bounds memory for 10K-row subjects; the latent fit "
+                        "covers all rows of a subject, sharing its identity)")
     p.add_argument("--photo_focal_factor", type=float, default=None,
                    help="photos only: focal length = factor x max(height, width) px (default: the face package's "
                         "default intrinsics for unknown cameras)")
     p.add_argument("--no_fit", action="store_true",
                    help="skip the latent-code fit (latent_code = the mean code); for quick checks only")
+    p.add_argument("--no_appearance_fit", action="store_true",
+                   help="fit only identity and expression (from the landmarks); albedo and illumination stay at the "
+                        "mean code. Saves the colour fit's fixed cost per subject (~66 renders of the head model)")
     p.add_argument("--overwrite", action="store_true", help="re-process subjects whose output file already exists")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bars")
     return p
@@ -71,6 +74,7 @@ def main(argv=None) -> int:
                                input_format=args.input_format, image_size=args.image_size,
                                num_workers=args.num_workers, split_file=args.split_file, chunk_rows=args.chunk_rows,
                                photo_focal_factor=args.photo_focal_factor, fit_codes=not args.no_fit,
+                               fit_appearance=not args.no_appearance_fit,
                                overwrite=args.overwrite, progress=not args.no_progress)
     except ValueError as exc:
         parser.error(str(exc))

@@ -213,10 +213,12 @@ def test_bad_h5_files_one_line_each(gazenerf_input, tmp_path):
 
 def test_num_workers_gives_the_same_files(gazenerf_input, tmp_path):
     src, _ = gazenerf_input
-    res = preprocess("--img_dir", src, "--save_dir", str(tmp_path / "w2"), "--num_workers", "2")
+    from HeadNeRF.preprocess import PreprocessConfig, run
+
+    res = preprocess("--img_dir", src, "--save_dir", str(tmp_path / "w2"), "--num_workers", "2", "--se", "2")
     assert res.returncode == 0, res.stderr
-    res1 = preprocess("--img_dir", src, "--save_dir", str(tmp_path / "w1"), "--se", "1")
-    assert res1.returncode == 0
+    assert "2 written" in res.stdout
+    run(PreprocessConfig(src, str(tmp_path / "w1"), se=1, progress=False), log=lambda m: None)
     with h5py.File(tmp_path / "w2" / "subject0000.h5") as a, h5py.File(tmp_path / "w1" / "subject0000.h5") as b:
         for k in ("face_patch", "cam_t_w2c", "face_gaze"):
             assert np.array_equal(a[k][:], b[k][:])
@@ -248,9 +250,14 @@ def test_xgaze_end_to_end(xgaze_input, tmp_path):
     split_file = tmp_path / "train_test_split.json"
     split_file.write_text(json.dumps({"train": ["subject0000.h5"], "test": ["subject0001.h5"]}))
     out = str(tmp_path / "out")
-    res = preprocess("--img_dir", src, "--save_dir", out, "--split_file", str(split_file))
+    # Subject 0 with the full latent fit (colour fit included); then the rest of the folder into the
+    # same output, without the colour fit (cheaper): subject 0 is skipped, the split covers both.
+    res = preprocess("--img_dir", src, "--save_dir", out, "--split_file", str(split_file), "--se", "1")
     assert res.returncode == 0, res.stderr
-    assert len(lines_with(res.stderr, "no face_gaze")) == 1
+    assert json.load(open(os.path.join(out, "split.json")))["train_subjects"] == [0]
+    res = preprocess("--img_dir", src, "--save_dir", out, "--split_file", str(split_file), "--no_appearance_fit")
+    assert res.returncode == 0, res.stderr
+    assert len(lines_with(res.stderr, "no face_gaze")) == 1 and len(lines_with(res.stderr, "already done")) == 1
     exact = manifest["subject0000.h5"]
     with h5py.File(os.path.join(out, "subject0000.h5")) as f:
         validate_file(f)
@@ -265,6 +272,8 @@ def test_xgaze_end_to_end(xgaze_input, tmp_path):
         inner_err = np.linalg.norm(f["lm2d"][:][:, 17:] - exact["lm2d"][:, 17:], axis=-1).mean(1) / iod
         assert np.median(inner_err) < 0.15
         assert f["gaze_valid"][:].all()
+        codes = f["latent_code"][:]
+        assert np.isfinite(codes).all() and np.abs(codes[:, 22:]).max() > 0  # albedo/illumination were fitted
     with h5py.File(os.path.join(out, "subject0001.h5")) as f:
         validate_file(f)
         assert not f["gaze_valid"][:].any() and np.all(f["face_gaze"][:] == 0)
@@ -311,7 +320,8 @@ def photo_input(tmp_path_factory):
 def test_photo_folder_end_to_end(photo_input, tmp_path):
     src, manifest = photo_input
     out = str(tmp_path / "out")
-    res = preprocess("--img_dir", src, "--save_dir", out, "--image_size", "128", "--photo_focal_factor", "2.05")
+    res = preprocess("--img_dir", src, "--save_dir", out, "--image_size", "128", "--photo_focal_factor", "2.05",
+                     "--no_appearance_fit")  # the colour fit is exercised by the ETH-XGaze test
     assert res.returncode == 0, res.stderr
     err = res.stderr
     assert len([ln for ln in err.splitlines() if "broken.jpg" in ln]) == 1

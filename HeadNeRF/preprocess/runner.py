@@ -24,7 +24,7 @@ from collections import Counter
 from tqdm import tqdm
 
 from HeadNeRF.data import layout
-from HeadNeRF.data.subject_file import partial_path, write_subject_file_atomic
+from HeadNeRF.data.subject_file import SubjectFileWriter, partial_path
 
 from . import readers
 from .readers import InputError, SubjectSource
@@ -47,6 +47,7 @@ class PreprocessConfig:
     chunk_rows: int = 256
     photo_focal_factor: float | None = None
     fit_codes: bool = True
+    fit_appearance: bool = True
     overwrite: bool = False
     progress: bool = True
 
@@ -123,8 +124,9 @@ def _process_one(task) -> dict:
     on_image = (lambda: queue.put(1)) if queue is not None else _MAIN_PROGRESS.update_one
     t0 = time.time()
     try:
-        rows = PROCESSORS[src.fmt](src.path, src.subject_id, opts, on_image)
-        write_subject_file_atomic(out_path, rows.data, rows.code_slices, rows.source, src.subject_id, rows.attrs)
+        with SubjectFileWriter(out_path) as writer:  # images stream into <out>.partial; renamed when complete
+            rows = PROCESSORS[src.fmt](src.path, src.subject_id, opts, on_image, image_store=writer.create_images)
+            writer.finish(rows.data, rows.code_slices, rows.source, src.subject_id, rows.attrs)
     except InputError as exc:
         res.update(status="failed", message=str(exc))
         return res
@@ -132,7 +134,7 @@ def _process_one(task) -> dict:
         res.update(status="failed", message=f"{src.path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         return res
     res["notes"] += rows.notes
-    res.update(rows=len(rows.data["valid_mask"]), valid=int(rows.data["valid_mask"].sum()), invalid=rows.invalid,
+    res.update(rows=len(rows.data["valid_mask"]), valid=int(rows.data["valid_mask"].sum()), invalid=dict(rows.invalid),
                stats=dict(rows.stats, seconds=time.time() - t0))
     return res
 
@@ -174,7 +176,8 @@ def run(cfg: PreprocessConfig, log=None) -> RunSummary:
     official = read_official_split(cfg.split_file) if cfg.split_file else None
     os.makedirs(cfg.save_dir, exist_ok=True)
     opts = ProcessOptions(image_size=cfg.image_size, chunk_rows=cfg.chunk_rows,
-                          photo_focal_factor=cfg.photo_focal_factor, fit_codes=cfg.fit_codes)
+                          photo_focal_factor=cfg.photo_focal_factor, fit_codes=cfg.fit_codes,
+                          fit_appearance=cfg.fit_appearance)
     if fmt != "images" and cfg.image_size is None:  # mixed patch sizes: one size for the whole folder
         sizes = {}
         for s in subjects:

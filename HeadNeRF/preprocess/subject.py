@@ -9,7 +9,8 @@ truncated) raises :class:`~HeadNeRF.preprocess.readers.InputError`, which skips 
 Formats
 -------
 * ``xgaze_h5``: the patch is kept with its ETH-XGaze camera (``cameras`` module); faces are analysed
-  on the patch (landmarks, iris, masks) and the latent code is fitted per chunk of rows.
+  on the patch (landmarks, iris, masks) and the latent code is fitted once per subject (identity
+  shared by all its rows, see :class:`PendingFaces`).
   ``face_gaze`` (camera frame of the normalised camera) is copied; without it (test files) the row
   gets ``face_gaze`` 0 and ``gaze_valid`` False.
 * ``gazenerf_h5``: nothing is re-analysed: masks, landmarks, NL3DMM codes (306 = 100|79|100|27) and
@@ -49,9 +50,11 @@ MAX_PNP_DISAGREEMENT_DEG = 30.0  # xgaze: landmarks whose PnP pose is this far f
 @dataclasses.dataclass
 class ProcessOptions:
     image_size: int | None = None  # output S (None: keep the input size; photos: 256)
-    chunk_rows: int = 256  # rows analysed and fitted together (identity shared within a chunk)
+    chunk_rows: int = 256  # rows read from an input file at once (the latent fit covers the whole subject)
     photo_focal_factor: float | None = None  # photos: focal = factor * max(H, W); None: face.default_intrinsics
     fit_codes: bool = True  # False: latent_code = the mean (zero) code (fast; for tests of the plumbing)
+    fit_appearance: bool = True  # False: shape (identity, expression) from the landmarks only; albedo and
+    #                              illumination stay at the mean code (saves the per-subject colour fit)
 
 
 @dataclasses.dataclass
@@ -68,15 +71,24 @@ class SubjectRows:
         return Counter(r for r in self.data["invalid_reason"] if r)
 
 
-def _alloc(n: int, size: int, code_dim: int) -> dict:
-    """Rows with safe defaults (an invalid row must still pass layout.validate_file)."""
+def memory_images(n: int, size: int) -> dict:
+    """In-memory image arrays of n rows (the default image store; white patches, empty masks)."""
+    out = {"face_patch": np.full((n, size, size, 3), 255, np.uint8)}
+    for k in ("mask", "eye_mask", "left_eye_mask", "right_eye_mask"):
+        out[k] = np.zeros((n, size, size), np.uint8)
+    return out
+
+
+def _alloc(n: int, size: int, code_dim: int, image_store: Callable | None = None) -> dict:
+    """Rows with safe defaults (an invalid row must still pass layout.validate_file).
+
+    ``image_store(n, size)`` returns the row-assignable image arrays (numpy, or the datasets of a
+    ``SubjectFileWriter`` so that images stream to disk); default :func:`memory_images`."""
     R = np.broadcast_to(np.eye(3), (n, 3, 3)).copy()
     t = np.tile([0.0, 0.0, 5.0], (n, 1))
     K = cams.xgaze_intrinsics(size, n) if n else np.zeros((0, 3, 3))
     return {
-        "face_patch": np.full((n, size, size, 3), 255, np.uint8),
-        "mask": np.zeros((n, size, size), np.uint8), "eye_mask": np.zeros((n, size, size), np.uint8),
-        "left_eye_mask": np.zeros((n, size, size), np.uint8), "right_eye_mask": np.zeros((n, size, size), np.uint8),
+        **(image_store or memory_images)(n, size),
         "lm2d": np.zeros((n, 68, 2), np.float32), "iris2d": np.zeros((n, 2, 2), np.float32),
         "face_gaze": np.zeros((n, 2), np.float32), "face_head_pose": np.zeros((n, 2), np.float32),
         "cam_R_w2c": R.astype(np.float32), "cam_t_w2c": t.astype(np.float32), "cam_K": K.astype(np.float32),
@@ -126,16 +138,49 @@ def _fit_codes(faces: list, opts: ProcessOptions) -> np.ndarray:
         return np.zeros((len(faces), hm.CODE_DIM), np.float32)
     from HeadNeRF import face
 
-    return np.asarray(face.fit_latent_codes(faces), dtype=np.float32)
+    from HeadNeRF.face.latent_fit import FitOptions
+
+    return np.asarray(face.fit_latent_codes(faces, options=FitOptions(fit_appearance=opts.fit_appearance)),
+                      dtype=np.float32)
 
 
-def _store_face(d: dict, i: int, nf) -> None:
-    d["face_patch"][i] = nf.face_patch
+def _store_face(d: dict, i: int, nf, patch: bool = True) -> None:
+    if patch:
+        d["face_patch"][i] = nf.face_patch
     for k in ("mask", "eye_mask", "left_eye_mask", "right_eye_mask"):
         d[k][i] = getattr(nf, k)
     d["lm2d"][i], d["iris2d"][i] = nf.lm2d, nf.iris2d
     d["cam_R_w2c"][i], d["cam_t_w2c"][i], d["cam_K"][i] = nf.cam_R_w2c, nf.cam_t_w2c, nf.cam_K
     d["face_head_pose"][i] = head_pose_from_rotation(torch.as_tensor(np.asarray(nf.cam_R_w2c, np.float64))).numpy()
+
+
+class PendingFaces(list):
+    """(row, NormalisedFace) pairs of one subject waiting for the latent fit, kept light.
+
+    The fit needs the images of only a few rows (the colour fit uses the most frontal
+    ``appearance_rows``, by ``|face_head_pose|``); every ``strip_every`` additions the patch and
+    masks of the rows that can no longer be among the ``keep`` most frontal are dropped, so a
+    10K-row subject is fitted in one go (identity shared by all its rows) without holding its images.
+    """
+
+    def __init__(self, keep: int = 8, strip_every: int = 256):
+        super().__init__()
+        self.keep, self.strip_every = keep, strip_every
+
+    def append(self, item) -> None:
+        super().append(item)
+        if len(self) % self.strip_every == 0:
+            self.strip()
+
+    def strip(self) -> None:
+        if len(self) <= self.keep:
+            return
+        score = np.array([np.abs(np.asarray(nf.face_head_pose, np.float64)).sum() for _, nf in self])
+        keep = set(np.argsort(score, kind="stable")[:self.keep].tolist())
+        for j, (r, nf) in enumerate(self):
+            if j not in keep and nf.face_patch is not None:
+                self[j] = (r, dataclasses.replace(nf, face_patch=None, mask=None, eye_mask=None, left_eye_mask=None,
+                                                  right_eye_mask=None))
 
 
 def _finish_codes(d: dict, pending: list, opts: ProcessOptions) -> None:
@@ -161,7 +206,8 @@ def _finish_codes(d: dict, pending: list, opts: ProcessOptions) -> None:
 
 
 # --------------------------------------------------------------------------------------------- xgaze
-def process_xgaze(path: str, subject_id: int, opts: ProcessOptions, on_image: Callable = lambda: None) -> SubjectRows:
+def process_xgaze(path: str, subject_id: int, opts: ProcessOptions, on_image: Callable = lambda: None,
+                  image_store: Callable | None = None) -> SubjectRows:
     """An official ETH-XGaze normalised file -> rows (see module docstring)."""
     from HeadNeRF import face
     from HeadNeRF.data.synthetic import head_model as hm
@@ -172,7 +218,7 @@ def process_xgaze(path: str, subject_id: int, opts: ProcessOptions, on_image: Ca
         S = int(opts.image_size or in_size)
         if S != in_size:
             notes.append(f"{path}: {in_size} px patches resized to {S} px")
-        d = _alloc(n, S, hm.CODE_DIM)
+        d = _alloc(n, S, hm.CODE_DIM, image_store)
         d["subject_index"][:] = subject_id
         d["frame_index"], d["cam_index"] = src.read_index("frame_index"), src.read_index("cam_index")
         has_gaze = src.has("face_gaze")
@@ -180,14 +226,13 @@ def process_xgaze(path: str, subject_id: int, opts: ProcessOptions, on_image: Ca
             notes.append(f"{path}: no face_gaze (a test file): rows are written with gaze_valid False")
         K = cams.xgaze_intrinsics(S)[0]
         target, dist = cams.xgaze_face_center(), cams.xgaze_distance()
-        disagreement = []
+        disagreement, pending = [], PendingFaces()
         for start in range(0, n, opts.chunk_rows):
             stop = min(n, start + opts.chunk_rows)
             patches = src.read("face_patch", start, stop)
             head = src.read("face_head_pose", start, stop).astype(np.float64).reshape(-1, 2)
             gaze = src.read("face_gaze", start, stop).astype(np.float64).reshape(-1, 2) if has_gaze else None
             R_all, t_all = cams.camera_from_head_pose(head, target, dist)
-            pending = []
             for j in range(stop - start):
                 i = start + j
                 rgb = _resize_image(np.ascontiguousarray(patches[j][..., ::-1]), S)
@@ -222,9 +267,9 @@ def process_xgaze(path: str, subject_id: int, opts: ProcessOptions, on_image: Ca
                     iris2d=np.asarray(fa.iris2d, np.float32), cam_R_w2c=R_all[j].astype(np.float32),
                     cam_t_w2c=t_all[j].astype(np.float32), cam_K=K.astype(np.float32),
                     face_head_pose=d["face_head_pose"][i].copy(), warp=np.eye(3))
-                _store_face(d, i, nf)
+                _store_face(d, i, nf, patch=False)  # the patch is already stored
                 pending.append((i, nf))
-            _finish_codes(d, pending, opts)
+        _finish_codes(d, pending, opts)
     stats = {"pnp_vs_label_deg_median": float(np.median(disagreement)) if disagreement else float("nan")}
     return SubjectRows(d, dict(hm.CODE_SLICES), "xgaze", {"source_file": os.path.basename(path)}, notes, stats)
 
@@ -234,7 +279,8 @@ def _eye_center(lm: np.ndarray, idx: slice) -> np.ndarray:
     return lm[:, idx].mean(1)
 
 
-def process_gazenerf(path: str, subject_id: int, opts: ProcessOptions, on_image: Callable = lambda: None) -> SubjectRows:
+def process_gazenerf(path: str, subject_id: int, opts: ProcessOptions, on_image: Callable = lambda: None,
+                     image_store: Callable | None = None) -> SubjectRows:
     """A GazeNeRF-format file -> rows, nothing re-analysed (see module docstring and ``cameras``)."""
     notes = []
     with open_h5_subject(path, "gazenerf_h5") as src:
@@ -244,7 +290,7 @@ def process_gazenerf(path: str, subject_id: int, opts: ProcessOptions, on_image:
         codes = src.read("latent_codes").astype(np.float32).reshape(n, -1)
         if codes.shape[1] < GAZENERF_CODE_SLICES["illumination"][1]:
             raise InputError(f"{path}: latent_codes must have 306 columns (100|79|100|27), found {codes.shape[1]}")
-        d = _alloc(n, S, codes.shape[1])
+        d = _alloc(n, S, codes.shape[1], image_store)
         d["subject_index"][:] = subject_id
         d["frame_index"], d["cam_index"] = src.read_index("frame_index"), src.read_index("cam_index")
         d["latent_code"][:] = codes
@@ -348,7 +394,8 @@ def rotation_from_warp(warp: np.ndarray, K_image: np.ndarray, K_patch: np.ndarra
     return R
 
 
-def process_photos(folder: str, subject_id: int, opts: ProcessOptions, on_image: Callable = lambda: None) -> SubjectRows:
+def process_photos(folder: str, subject_id: int, opts: ProcessOptions, on_image: Callable = lambda: None,
+                   image_store: Callable | None = None) -> SubjectRows:
     """A folder of photos (+ optional labels.csv) -> rows."""
     from HeadNeRF import face
     from HeadNeRF.data.synthetic import head_model as hm
@@ -365,9 +412,9 @@ def process_photos(folder: str, subject_id: int, opts: ProcessOptions, on_image:
             notes.append(f"{labels_path}: {len(unknown)} labels for files that are not here (e.g. {unknown[0]})")
     S = int(opts.image_size or PHOTO_DEFAULT_SIZE)
     n = len(names)
-    d = _alloc(n, S, hm.CODE_DIM)
+    d = _alloc(n, S, hm.CODE_DIM, image_store)
     d["subject_index"][:] = subject_id
-    head_err, pending, sizes = [], [], set()
+    head_err, pending, sizes = [], PendingFaces(), set()
     for i, name in enumerate(names):
         path = os.path.join(folder, name)
         on_image()
@@ -381,7 +428,6 @@ def process_photos(folder: str, subject_id: int, opts: ProcessOptions, on_image:
             d["invalid_reason"][i] = "cannot read image"
             continue
         sizes.add(img.shape[:2])
-        d["face_patch"][i] = _center_square(img, S)
         H, W = img.shape[:2]
         if opts.photo_focal_factor:
             K_img = np.array([[opts.photo_focal_factor * max(H, W), 0, W / 2], [0, opts.photo_focal_factor * max(H, W), H / 2],
@@ -393,6 +439,7 @@ def process_photos(folder: str, subject_id: int, opts: ProcessOptions, on_image:
         except face.NoFaceError:
             notes.append(f"{path}: no face found (row written with valid_mask False)")
             d["invalid_reason"][i] = "no face found"
+            d["face_patch"][i] = _center_square(img, S)
             continue
         if fa.num_faces > 1:
             notes.append(f"{path}: {fa.num_faces} faces, took the largest")
@@ -416,8 +463,6 @@ def process_photos(folder: str, subject_id: int, opts: ProcessOptions, on_image:
                 head_err.append(float(angular_error_deg(head_pose_from_rotation(torch.from_numpy(R_phys)),
                                                         torch.tensor(label.head_pose, dtype=torch.float64))))
         pending.append((i, nf))
-        if len(pending) >= opts.chunk_rows:
-            _finish_codes(d, pending, opts)
     _finish_codes(d, pending, opts)
     if len(sizes) > 1:
         notes.append(f"{folder}: photos of {len(sizes)} different sizes; each is normalised to {S} px")
