@@ -9,7 +9,8 @@ Design decisions
 * **Several faces**: the largest mesh (bounding-box area) is taken, or ``face_index`` (faces
   sorted by decreasing size); ``num_faces`` records how many were found.
 * **Small faces in big photos.** mediapipe's built-in detector is short range: faces below
-  ~15 % of the image are missed. When the full image gives nothing, face boxes are searched
+  ~15 % of the image are missed. When the full image gives nothing (or only faces smaller than
+  ``SMALL_FACE`` of the image side, so that others may have been missed), face boxes are searched
   with dlib's HOG detector (upsampled once on a copy at most 1200 px wide) and then OpenCV's Haar
   cascade; the mesh is run on a square crop 2.2x the box around each, resized to 384 px, and
   mapped back to image pixels. The same crop pass refines small faces found by the full-image
@@ -35,6 +36,7 @@ __all__ = ["MAX_FACES", "FaceAnalysis", "analyse_face", "close", "detect_face_bo
 MAX_FACES = 6
 CROP_SIZE = 384
 CROP_SCALE = 2.2
+SMALL_FACE = 0.2  # faces below this fraction of the image side also trigger the box-detector pass
 
 _LOCK = threading.Lock()
 _MESH = None
@@ -197,7 +199,8 @@ def analyse_face(image_rgb: np.ndarray, face_index: int | None = None, name: str
         raise ValueError(f"analyse_face expects an (H, W, 3) uint8 RGB image, got {img.shape} {img.dtype}")
     H, W = img.shape[:2]
     meshes = _run_mesh(img)
-    if not meshes or (face_index is not None and face_index >= len(meshes)):
+    small = bool(meshes) and max(np.sqrt(_box_area(m)) for m in meshes) < SMALL_FACE * min(H, W)
+    if not meshes or small or (face_index is not None and face_index >= len(meshes)):
         # Small faces: boxes from a classic detector, then the mesh on a crop around each.
         found = []
         for box in detect_face_boxes(img)[:MAX_FACES]:
