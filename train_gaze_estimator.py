@@ -37,6 +37,9 @@ def main(argv=None) -> int:
     parser.add_argument("--run_dir", default=None, help="override the config's run_dir")
     parser.add_argument("--dataset_dir", default=None, help="override the config's data.dataset_dir")
     parser.add_argument("--steps", type=int, default=None, help="override the config's number of steps")
+    parser.add_argument("--stop_after_steps", type=int, default=None, metavar="N",
+                        help="stop with a checkpoint after N steps (the LR schedule still follows the config's steps); "
+                             "--resume continues exactly")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bars (for logs)")
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 1:
@@ -72,7 +75,8 @@ def main(argv=None) -> int:
         if args.auto_resume and os.path.isfile(os.path.join(cfg.run_dir, "checkpoints", "last.pt")):
             resume = cfg.run_dir
             print(f"[estimator] continuing the run in {resume}")
-        train_estimator(cfg, resume=resume, dry_run=args.dry_run, progress=not args.no_progress)
+        train_estimator(cfg, resume=resume, dry_run=args.dry_run, progress=not args.no_progress,
+                        stop_after=args.stop_after_steps)
     except (ConfigError, DataFormatError, CheckpointError, ValueError) as exc:
         print(f"train_gaze_estimator.py: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
               file=sys.stderr)

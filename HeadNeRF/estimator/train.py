@@ -161,8 +161,13 @@ def _write_json(path: str, obj: dict) -> None:
 
 
 def train_estimator(cfg: EstimatorConfig, resume: str | None = None, dry_run: bool = False,
-                    progress: bool = True) -> dict:
-    """Train ``cfg``; returns the report dict (also written to ``run_dir/report.json``)."""
+                    progress: bool = True, stop_after: int | None = None) -> dict:
+    """Train ``cfg``; returns the report dict (also written to ``run_dir/report.json``).
+
+    ``stop_after``: stop with a checkpoint once this many steps are done (the LR schedule still
+    follows ``cfg.steps``; ``--resume`` continues exactly). The report is written only when the
+    run reaches ``cfg.steps``.
+    """
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("device: cuda requested but no CUDA device is available; use --device cpu")
     device = torch.device(cfg.device)
@@ -244,7 +249,8 @@ def train_estimator(cfg: EstimatorConfig, resume: str | None = None, dry_run: bo
     old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     from ..training import StepBatchSampler, TrainingAborted
 
-    sampler = StepBatchSampler(train_faces, cfg.batch_size, cfg.seed, step, cfg.steps)
+    end = cfg.steps if stop_after is None else max(step, min(cfg.steps, stop_after))
+    sampler = StepBatchSampler(train_faces, cfg.batch_size, cfg.seed, step, end)
     loader = torch.utils.data.DataLoader(train_faces, batch_sampler=sampler,
                                          num_workers=0 if cfg.data.preload else cfg.data.num_workers)
     val_rows = _spread(len(heldout), cfg.val_images) if heldout is not None else []
@@ -252,7 +258,7 @@ def train_estimator(cfg: EstimatorConfig, resume: str | None = None, dry_run: bo
     if progress and step < cfg.steps:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=step, desc="train estimator", dynamic_ncols=True, file=sys.stdout)
+        bar = tqdm(total=end, initial=step, desc="train estimator", dynamic_ncols=True, file=sys.stdout)
     bad_steps, t_last = 0, time.time()
     model.train()
     try:
@@ -305,8 +311,11 @@ def train_estimator(cfg: EstimatorConfig, resume: str | None = None, dry_run: bo
                 model.train()
                 writer.add_scalar("heldout/gaze_error_deg", errs["gaze"].mean().item(), step)
                 writer.add_scalar("heldout/head_pose_error_deg", errs["head_pose"].mean().item(), step)
+                line = (f"[estimator] step {step}: held-out gaze error {errs['gaze'].mean().item():.2f} deg, "
+                        f"head pose {errs['head_pose'].mean().item():.2f} deg ({len(val_rows)} images)")
+                (bar.write if bar is not None else print)(line)
                 t_last = time.time()  # held-out scoring is not training time
-            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            if step % cfg.ckpt_every == 0 or step == end:
                 checkpoint()
             if stop["signal"] is not None:
                 checkpoint()
@@ -319,6 +328,10 @@ def train_estimator(cfg: EstimatorConfig, resume: str | None = None, dry_run: bo
         if bar is not None:
             bar.close()
 
+    if step < cfg.steps:
+        writer.close()
+        print(f"[estimator] stopped at step {step} of {cfg.steps}; continue with --resume {run_dir}")
+        return {"steps": step, "stopped": True}
     report = _report(cfg, model, train_faces, heldout, note, device, step, train_seconds, ckpt_path)
     report["data_seconds"] = round(data_seconds, 1)  # making (if asked) and loading the data, this invocation
     _write_json(os.path.join(run_dir, "report.json"), report)

@@ -1,0 +1,232 @@
+"""The gaze/head-pose estimator: it learns, resumes exactly, loads safely, refuses bad input in one line."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+
+from HeadNeRF.checkpoint import CheckpointError
+from HeadNeRF.config import ConfigError, from_dict, load_yaml
+from HeadNeRF.estimator import (
+    AugmentConfig,
+    EstimatorConfig,
+    GazeEstimator,
+    LabelledFaces,
+    estimate,
+    load_estimator,
+    make_estimator_dataset,
+    train_estimator,
+)
+from HeadNeRF.estimator.augment import augment_batch
+from HeadNeRF.training import TrainingAborted
+
+SCRIPT = os.path.join(ROOT, "train_gaze_estimator.py")
+NO_AUGMENT = {"hflip": 0, "brightness": 0, "contrast": 0, "saturation": 0, "blur_prob": 0, "shift_px": 0,
+              "scale": 0, "noise_std": 0}
+
+
+def tiny_estimator_config(dataset_dir: str, run_dir: str, steps: int = 4, **over) -> dict:
+    """ResNet-18 on 32-px resizes of the tiny dataset: a step takes a fraction of a second."""
+    cfg = {"run_dir": run_dir, "seed": 0, "steps": steps, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1,
+           "val_every": 2, "val_images": 4, "ckpt_every": 2, "log_every": 1, "num_threads": 1,
+           "model": {"depth": 18, "input_size": 32, "stem": "standard"}, "data": {"dataset_dir": dataset_dir}}
+    cfg.update(over)
+    return cfg
+
+
+def run_script(*args, timeout=300):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, SCRIPT, *args, "--no-progress"], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=env)
+
+
+def test_tiny_overfit_loss_drops(tiny_dataset):
+    """4 images, no augmentation: the L1 loss of the four angles falls well below its start."""
+    faces = LabelledFaces(tiny_dataset, [0], 32)
+    torch.manual_seed(0)
+    model = GazeEstimator(18, 32, "standard", mean=(0.7, 0.65, 0.6), std=(0.3, 0.35, 0.4))
+    images = faces.images[:4].float() / 255
+    labels = torch.cat((faces.gaze[:4], faces.head_pose[:4]), 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(25):
+        loss = (model(images) - labels).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert max(losses[-3:]) < 0.5 * losses[0], losses
+
+
+def test_train_report_checkpoint_and_api(tiny_dataset, tmp_path):
+    cfg = from_dict(EstimatorConfig, tiny_estimator_config(tiny_dataset, str(tmp_path / "run")))
+    report = train_estimator(cfg, progress=False)
+    saved = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert saved["steps"] == 4 and saved["heldout_subjects"] == [1] and saved["heldout_images"] == 12
+    assert 0 <= saved["gaze_error_deg"]["mean"] < 180 and saved["head_pose_error_deg"]["count"] == 12
+    assert report["gaze_error_deg"] == saved["gaze_error_deg"]
+    assert os.path.isfile(tmp_path / "run" / "config.yaml") and os.listdir(tmp_path / "run" / "tb")
+    # The checkpoint is plain data: it loads with weights_only and says what the estimator reads.
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    meta = state["estimator"]
+    assert (meta["input_size"], meta["depth"], meta["train_image_size"]) == (32, 18, 64)
+    assert len(meta["mean"]) == len(meta["std"]) == 3
+    model, info = load_estimator(str(tmp_path / "run"))
+    assert info.input_size == 32 and info.train_image_size == 64 and info.step == 4 and not model.training
+    assert info.report["gaze_error_deg"] == saved["gaze_error_deg"]
+    out = estimate(model, torch.rand(3, 3, 32, 32))
+    assert out["gaze"].shape == out["head_pose"].shape == (3, 2) and torch.isfinite(out["gaze"]).all()
+    # The same held-out error from the public API (the evaluation's noise floor).
+    faces = LabelledFaces(tiny_dataset, [1], 32)
+    from HeadNeRF.geometry.gaze import angular_error_deg
+
+    err = angular_error_deg(estimate(model, faces.images.float() / 255)["gaze"], faces.gaze)
+    assert err.mean().item() == pytest.approx(saved["gaze_error_deg"]["mean"], abs=1e-3)
+    with pytest.raises(ValueError, match=r"^estimator was trained on 32 px images, got 64 px$"):
+        estimate(model, torch.rand(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="got 32x40 px"):
+        estimate(model, torch.rand(1, 3, 32, 40))
+
+
+def test_resume_is_exact(tiny_dataset, tmp_path):
+    straight = from_dict(EstimatorConfig, tiny_estimator_config(tiny_dataset, str(tmp_path / "a"), steps=4))
+    train_estimator(straight, progress=False)
+    cut = from_dict(EstimatorConfig, tiny_estimator_config(tiny_dataset, str(tmp_path / "b"), steps=4))
+    assert train_estimator(cut, progress=False, stop_after=2)["stopped"]
+    assert not os.path.exists(tmp_path / "b" / "report.json")
+    train_estimator(cut, resume=str(tmp_path / "b"), progress=False)
+    a = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 4
+    for k, v in a["model"].items():
+        assert torch.allclose(v.float(), b["model"][k].float(), atol=1e-6), k
+    ra = json.loads((tmp_path / "a" / "report.json").read_text())
+    rb = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert ra["gaze_error_deg"]["mean"] == pytest.approx(rb["gaze_error_deg"]["mean"], abs=1e-4)
+
+
+def test_nan_loss_skips_then_aborts_without_bad_checkpoint(tiny_dataset, tmp_path, monkeypatch):
+    real = GazeEstimator.forward
+    monkeypatch.setattr(GazeEstimator, "forward", lambda self, x: real(self, x) * float("nan") if self.training
+                        else real(self, x))
+    cfg = from_dict(EstimatorConfig, tiny_estimator_config(tiny_dataset, str(tmp_path / "run"), steps=20,
+                                                           max_bad_steps=3))
+    with pytest.warns(UserWarning, match="non-finite"), pytest.raises(TrainingAborted, match="3 consecutive"):
+        train_estimator(cfg, progress=False)
+    # Skipped steps never touch the weights: whatever checkpoint exists holds finite weights.
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert all(torch.isfinite(v.float()).all() for v in state["model"].values())
+
+
+def test_augmentation_mirrors_labels_and_stays_in_range():
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 3, 16, 16)
+    labels = torch.tensor([[0.1, 0.2, -0.1, 0.3]]).repeat(4, 1)
+    cfg = AugmentConfig(**{**NO_AUGMENT, "hflip": 1.0})
+    out, lab = augment_batch(images, labels, cfg, gen)
+    assert torch.equal(out, images.flip(-1)) and torch.allclose(lab, labels * torch.tensor([1, -1, 1, -1]))
+    out, lab = augment_batch(images, labels, AugmentConfig(blur_prob=1.0, shift_px=2, noise_std=0.1), gen)
+    assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1 and not torch.equal(out, images)
+
+
+def test_rows_without_gaze_labels_are_skipped(tiny_dataset, tmp_path):
+    d = tmp_path / "data"
+    shutil.copytree(tiny_dataset, d)
+    with h5py.File(d / "subject0000.h5", "a") as f:
+        n = f["valid_mask"].shape[0]
+        valid = np.ones(n, dtype=bool)
+        valid[[1, 5, 6]] = False
+        f.create_dataset("gaze_valid", data=valid)
+        f["face_gaze"][1] = 0.0  # unlabelled rows hold 0 (docs/data_format.md)
+    full = LabelledFaces(tiny_dataset, [0], 32, preload=False)
+    part = LabelledFaces(str(d), [0], 32, preload=False)
+    assert len(part) == len(full) - 3
+    assert not {r for _, r in part.refs} & {1, 5, 6}
+    assert part.skipped_unlabelled in (0, 3)  # 0 when GazeDataset(require_gaze=True) already dropped them
+    assert torch.equal(part[0]["image"], full[0]["image"])
+
+
+def test_yaml_errors_are_one_line(tiny_dataset, tmp_path, write_config):
+    bad = write_config({"model": {"dept": 18}})
+    with pytest.raises(ConfigError, match=r"model\.dept: unknown key; did you mean 'model\.depth'\?"):
+        load_yaml(bad, EstimatorConfig)
+    with pytest.raises(ConfigError, match="model.depth"):
+        from_dict(EstimatorConfig, {"model": {"depth": 20}})
+    cfg = from_dict(EstimatorConfig, tiny_estimator_config(
+        tiny_dataset, str(tmp_path / "run"), model={"depth": 18, "input_size": 32, "pretrained_path": "/nonexistent/r18.pth"}))
+    with pytest.raises(ConfigError, match=r"pretrained_path: /nonexistent/r18.pth not found"):
+        train_estimator(cfg, progress=False)
+    assert not os.path.exists(tmp_path / "run")  # nothing written
+
+
+def test_pretrained_weights_from_a_path(tmp_path):
+    import torchvision
+
+    from HeadNeRF.estimator.model import load_pretrained
+
+    src = torchvision.models.resnet18(weights=None)
+    torch.save(src.state_dict(), tmp_path / "r18.pth")
+    model = GazeEstimator(18, 32, "small")
+    skipped = load_pretrained(model, str(tmp_path / "r18.pth"))
+    assert set(skipped) == {"conv1.weight", "fc.weight", "fc.bias"}  # the 3x3 stem and the 4-output head
+    assert torch.equal(model.net.layer1[0].conv1.weight, src.layer1[0].conv1.weight)
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(ConfigError, match="does not fit a ResNet-18"):
+        load_pretrained(GazeEstimator(18, 32), str(tmp_path / "r34.pth"))
+
+
+def test_load_estimator_refuses_missing_and_foreign_checkpoints(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_estimator(str(tmp_path / "nothing"))
+    torch.save({"model": {}, "config": {"model": {"model_name": "HeadNeRF_Gaze"}}}, tmp_path / "nerf.pt")
+    with pytest.raises(CheckpointError, match="not a gaze-estimator checkpoint"):
+        load_estimator(str(tmp_path / "nerf.pt"))
+
+
+def test_make_estimator_dataset_skips_and_continues(tmp_path):
+    d = str(tmp_path / "set")
+    out = make_estimator_dataset(d, num_subjects=3, num_cameras=1, num_frames=2, image_size=16, supersample=1,
+                                 progress=False)
+    assert not out["skipped"] and out["images"] == 6
+    files = sorted(f for f in os.listdir(d) if f.endswith(".h5"))
+    assert files == ["subject0000.h5", "subject0001.h5", "subject0002.h5"]
+    assert make_estimator_dataset(d, num_subjects=3, num_cameras=1, num_frames=2, image_size=16, supersample=1,
+                                  progress=False)["skipped"]
+    # An interrupted run (no split.json, one subject missing) renders only the missing subject.
+    before = os.path.getmtime(os.path.join(d, "subject0000.h5"))
+    os.remove(os.path.join(d, "split.json"))
+    os.remove(os.path.join(d, "subject0002.h5"))
+    make_estimator_dataset(d, num_subjects=3, num_cameras=1, num_frames=2, image_size=16, supersample=1,
+                           progress=False)
+    assert os.path.getmtime(os.path.join(d, "subject0000.h5")) == before
+    assert os.path.isfile(os.path.join(d, "subject0002.h5")) and os.path.isfile(os.path.join(d, "split.json"))
+
+
+def test_shipped_configs_load():
+    quick = load_yaml(os.path.join(ROOT, "config", "gaze_estimator_quickstart.yml"), EstimatorConfig)
+    assert quick.model.input_size == 64  # the quickstart NeRF renders 64 px; the evaluation refuses other sizes
+    assert quick.data.generate_if_missing and quick.data.synthetic.seed != 0  # not the NeRF quickstart's heads
+    load_yaml(os.path.join(ROOT, "config", "gaze_estimator.yml"), EstimatorConfig)
+
+
+def test_cli(tiny_dataset, tmp_path, write_config):
+    assert "--auto_resume" in run_script("--help").stdout
+    bad = run_script("--config_file", write_config({"model": {"dept": 18}}))
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "did you mean" in bad.stderr
+    missing = run_script("--config_file", write_config({"data": {"dataset_dir": str(tmp_path / "none")}}, "m.yml"))
+    assert missing.returncode == 2 and "dataset directory not found" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+    cfg = write_config(tiny_estimator_config(tiny_dataset, str(tmp_path / "run"), steps=2), "ok.yml")
+    first = run_script("--config_file", cfg, "--auto_resume")
+    assert first.returncode == 0, first.stderr
+    again = run_script("--config_file", cfg)  # a finished run is never overwritten without --resume
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+    reuse = run_script("--config_file", cfg, "--auto_resume")  # finished: only the report is rewritten
+    assert reuse.returncode == 0 and "continuing the run" in reuse.stdout, reuse.stderr
