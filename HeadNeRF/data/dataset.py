@@ -177,7 +177,7 @@ class GazeDataset(torch.utils.data.Dataset):
     def split_code(self, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(..., D) latent code -> (shape_code (..., Ds), appearance_code (..., Da))."""
         s = self.code_slices
-        part = lambda name: code[..., s[name][0]:s[name][1]]  # noqa: E731
+        part = lambda name: code[..., s[name][0]:s[name][1]]
         return (torch.cat((part("identity"), part("expression")), -1),
                 torch.cat((part("albedo"), part("illumination")), -1))
 

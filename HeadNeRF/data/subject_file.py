@@ -21,7 +21,7 @@ import numpy as np
 
 from . import layout
 
-__all__ = ["write_subject_file", "write_subject_file_atomic", "partial_path", "SubjectFileWriter", "IMAGE_KEYS"]
+__all__ = ["IMAGE_KEYS", "SubjectFileWriter", "partial_path", "write_subject_file", "write_subject_file_atomic"]
 
 IMAGE_KEYS = ("face_patch", "mask", "eye_mask", "left_eye_mask", "right_eye_mask")
 

@@ -11,4 +11,4 @@ summary), ``fixtures`` (small inputs of every format for tests and benchmarks).
 from .readers import FORMATS, InputError, detect_format, list_subjects
 from .runner import PreprocessConfig, RunSummary, run
 
-__all__ = ["FORMATS", "InputError", "detect_format", "list_subjects", "PreprocessConfig", "RunSummary", "run"]
+__all__ = ["FORMATS", "InputError", "PreprocessConfig", "RunSummary", "detect_format", "list_subjects", "run"]

@@ -40,9 +40,20 @@ import torch
 
 from HeadNeRF.geometry.cameras import intrinsics_matrix, look_at_w2c, project_points
 
-__all__ = ["XGAZE_FOCAL_224", "XGAZE_DISTANCE_MM_224", "MM_PER_HEAD_UNIT", "xgaze_intrinsics", "xgaze_distance",
-           "xgaze_face_center", "camera_from_head_pose", "NL3DMM_TO_HEAD", "nl3dmm_to_head", "nl3dmm_intrinsics",
-           "align_nl3dmm_cameras", "mean_landmarks_3d"]
+__all__ = [
+    "MM_PER_HEAD_UNIT",
+    "NL3DMM_TO_HEAD",
+    "XGAZE_DISTANCE_MM_224",
+    "XGAZE_FOCAL_224",
+    "align_nl3dmm_cameras",
+    "camera_from_head_pose",
+    "mean_landmarks_3d",
+    "nl3dmm_intrinsics",
+    "nl3dmm_to_head",
+    "xgaze_distance",
+    "xgaze_face_center",
+    "xgaze_intrinsics",
+]
 
 XGAZE_FOCAL_224 = 960.0  # px, for a 224 px patch (448 px: the same camera, 2x the pixels)
 XGAZE_DISTANCE_MM_224 = 600.0  # mm from the face centre (448 px files: 300 mm at focal 960, the same view)

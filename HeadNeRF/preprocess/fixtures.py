@@ -30,8 +30,15 @@ from HeadNeRF.geometry.gaze import head_pose_from_rotation, pitch_yaw_to_vector,
 
 from . import cameras as cams
 
-__all__ = ["write_xgaze_fixture", "write_gazenerf_fixture", "write_photo_folder_fixture", "render_rows",
-           "astronaut_patch", "GAZENERF_FIXTURE_SCALE", "GAZENERF_FIXTURE_OFFSET"]
+__all__ = [
+    "GAZENERF_FIXTURE_OFFSET",
+    "GAZENERF_FIXTURE_SCALE",
+    "astronaut_patch",
+    "render_rows",
+    "write_gazenerf_fixture",
+    "write_photo_folder_fixture",
+    "write_xgaze_fixture",
+]
 
 GAZENERF_FIXTURE_SCALE = 1.0 / 1.1  # head units per NL3DMM unit used by the fixture
 GAZENERF_FIXTURE_OFFSET = (0.0, 0.05, 0.1)  # our origin in the NL3DMM frame, head units

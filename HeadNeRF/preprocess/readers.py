@@ -22,9 +22,21 @@ import re
 import h5py
 import numpy as np
 
-__all__ = ["InputError", "FORMATS", "IMAGE_EXTENSIONS", "SubjectSource", "detect_format", "list_subjects",
-           "H5Subject", "open_h5_subject", "XGAZE_REQUIRED", "GAZENERF_REQUIRED", "PhotoLabel", "read_labels_csv",
-           "list_photos"]
+__all__ = [
+    "FORMATS",
+    "GAZENERF_REQUIRED",
+    "IMAGE_EXTENSIONS",
+    "XGAZE_REQUIRED",
+    "H5Subject",
+    "InputError",
+    "PhotoLabel",
+    "SubjectSource",
+    "detect_format",
+    "list_photos",
+    "list_subjects",
+    "open_h5_subject",
+    "read_labels_csv",
+]
 
 FORMATS = ("xgaze_h5", "gazenerf_h5", "images")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")

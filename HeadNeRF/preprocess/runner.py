@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing as mp
 import os
@@ -79,13 +80,12 @@ class RunSummary:
     stats: dict = dataclasses.field(default_factory=dict)  # subject id -> stats
 
     def lines(self) -> list[str]:
-        out = [f"subjects: {len(self.written)} written, {len(self.skipped)} skipped (already done), "
-               f"{len(self.failed)} failed"]
+        out = [(f"subjects: {len(self.written)} written, {len(self.skipped)} skipped (already done), "
+                f"{len(self.failed)} failed")]
         inv = sum(self.invalid.values())
         out.append(f"rows written: {self.rows} ({self.valid_rows} valid, {inv} invalid"
                    + (": " + ", ".join(f"{n} {why}" for why, n in self.invalid.most_common()) if inv else "") + ")")
-        for name, why in self.failed.items():
-            out.append(f"failed: {why}")
+        out += [f"failed: {why}" for why in self.failed.values()]
         rate = self.rows / self.seconds if self.seconds > 0 else 0.0
         out.append(f"time: {self.seconds:.1f} s ({rate:.2f} images/s)")
         if self.split is not None:
@@ -232,11 +232,11 @@ def run(cfg: PreprocessConfig, log=None) -> RunSummary:
         stop = threading.Event()
 
         def drain():
+            import queue as queue_mod
+
             while not stop.is_set() or not queue.empty():
-                try:
+                with contextlib.suppress(queue_mod.Empty, EOFError, OSError):
                     img_bar.update(queue.get(timeout=0.2))
-                except Exception:  # noqa: BLE001 - queue.Empty
-                    pass
 
         th = threading.Thread(target=drain, daemon=True)
         th.start()

@@ -89,7 +89,7 @@ def build_split(save_dir: str, official: dict[int, str] | None = None, log=print
     all_cams = sorted(set().union(*[i["cams"] for i in tr])) if tr else []
     all_frames = sorted(set().union(*[i["frames"] for i in tr])) if tr else []
     heldout_cams = [all_cams[-1]] if len(all_cams) >= 3 else []
-    n_frames = 0 if len(all_frames) < 2 else max(1, int(math.floor(0.2 * len(all_frames))))
+    n_frames = 0 if len(all_frames) < 2 else max(1, math.floor(0.2 * len(all_frames)))
     split = layout.Split(train_subjects=sorted(train), test_subjects=sorted(test),
                          heldout_cameras=[int(c) for c in heldout_cams],
                          heldout_frames=[int(f) for f in all_frames[len(all_frames) - n_frames:]])

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -40,7 +40,7 @@ from HeadNeRF.geometry.gaze import angular_error_deg, head_pose_from_rotation, r
 from . import cameras as cams
 from .readers import InputError, PhotoLabel, list_photos, open_h5_subject, read_labels_csv
 
-__all__ = ["SubjectRows", "ProcessOptions", "process_xgaze", "process_gazenerf", "process_photos", "GAZENERF_CODE_SLICES"]
+__all__ = ["GAZENERF_CODE_SLICES", "ProcessOptions", "SubjectRows", "process_gazenerf", "process_photos", "process_xgaze"]
 
 GAZENERF_CODE_SLICES = {"identity": (0, 100), "expression": (100, 179), "albedo": (179, 279), "illumination": (279, 306)}
 PHOTO_DEFAULT_SIZE = 256
@@ -137,7 +137,6 @@ def _fit_codes(faces: list, opts: ProcessOptions) -> np.ndarray:
     if not opts.fit_codes:
         return np.zeros((len(faces), hm.CODE_DIM), np.float32)
     from HeadNeRF import face
-
     from HeadNeRF.face.latent_fit import FitOptions
 
     return np.asarray(face.fit_latent_codes(faces, options=FitOptions(fit_appearance=opts.fit_appearance)),
@@ -253,14 +252,14 @@ def process_xgaze(path: str, subject_id: int, opts: ProcessOptions, on_image: Ca
                 if not _inside(fa.lm68, S, margin=0.05 * S):
                     d["invalid_reason"][i] = "landmarks outside the image"
                     continue
-                R_pnp, _ = face.head_pose_pnp(fa.lm68, K)
+                R_pnp, t_pnp = face.head_pose_pnp(fa.lm68, K, lm478=fa.lm478)
                 err = float(angular_error_deg(head_pose_from_rotation(torch.as_tensor(np.asarray(R_pnp, np.float64))),
                                               torch.from_numpy(d["face_head_pose"][i].astype(np.float64))))
                 disagreement.append(err)
                 if err > MAX_PNP_DISAGREEMENT_DEG:
                     d["invalid_reason"][i] = f"landmarks disagree with the head-pose label ({err:.0f} deg)"
                     continue
-                masks = face.face_masks(rgb, fa)
+                masks = face.face_masks(rgb, fa, K=K, pose=(R_pnp, t_pnp), patch_size=S)
                 nf = face.NormalisedFace(
                     face_patch=rgb, mask=masks["mask"], eye_mask=masks["eye_mask"], left_eye_mask=masks["left_eye_mask"],
                     right_eye_mask=masks["right_eye_mask"], lm2d=np.asarray(fa.lm68, np.float32),
@@ -402,7 +401,7 @@ def process_photos(folder: str, subject_id: int, opts: ProcessOptions, on_image:
 
     names = list_photos(folder)
     if not names:
-        raise InputError(f"{folder}: no images (expected {', '.join(('jpg', 'png', '...'))})")
+        raise InputError(f"{folder}: no images (expected jpg, png, ...)")
     labels_path = os.path.join(folder, "labels.csv")
     labels: dict[str, PhotoLabel] = read_labels_csv(labels_path) if os.path.isfile(labels_path) else {}
     notes = []
