@@ -32,12 +32,31 @@ import time
 import numpy as np
 import torch
 
-from .fitting import (FitConfig, ModelInfo, fit_image, is_synthetic_layout, join_code, load_trained_model, render_fit,
-                      split_code)
+from .fitting import (
+    FitConfig,
+    ModelInfo,
+    fit_image,
+    is_synthetic_layout,
+    join_code,
+    load_trained_model,
+    render_fit,
+    split_code,
+)
 
-__all__ = ["FittingInputError", "MIN_INTEROCULAR_PX", "parse_gaze_targets", "load_code_file", "load_target_embedding",
-           "save_latent", "to_frame", "write_animation", "gaze_sweep", "pose_sweep", "fit_single_image",
-           "LATENT_FORMAT"]
+__all__ = [
+    "LATENT_FORMAT",
+    "MIN_INTEROCULAR_PX",
+    "FittingInputError",
+    "fit_single_image",
+    "gaze_sweep",
+    "load_code_file",
+    "load_target_embedding",
+    "parse_gaze_targets",
+    "pose_sweep",
+    "save_latent",
+    "to_frame",
+    "write_animation",
+]
 
 MIN_INTEROCULAR_PX = 12.0  # eye-centre distance in the photo below which there is too little face to fit
 FRAME_SIZE = 256  # output frames are upscaled to this (pixel-exact nearest neighbour when S divides it)
@@ -97,7 +116,7 @@ def load_code_file(path: str, info: ModelInfo) -> torch.Tensor:
             code = torch.as_tensor(np.loadtxt(path, dtype=np.float32).reshape(-1))
     except FittingInputError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any reader failure becomes one line
         raise FittingInputError(f"{path}: cannot read a latent code ({str(exc).splitlines()[0][:160]})") from None
     if code.numel() != info.code_dim:
         raise FittingInputError(f"{path}: code has {code.numel()} values, the checkpoint's model takes {info.code_dim} "
@@ -134,7 +153,7 @@ def load_target_embedding(spec: str, info: ModelInfo) -> dict:
                 slices = json.loads(f["latent_code"].attrs["code_slices"])
         except FittingInputError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any reader failure becomes one line
             raise FittingInputError(f"--target_embedding: {path}: not a processed dataset file "
                                     f"({str(exc).splitlines()[0][:160]})") from None
         if {k: list(v) for k, v in slices.items()} != info.code_slices:
@@ -144,7 +163,7 @@ def load_target_embedding(spec: str, info: ModelInfo) -> dict:
         return {"shape_code": shape[None], "appearance_code": app[None], "source": f"{path}:{row}"}
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any reader failure becomes one line
         raise FittingInputError(f"--target_embedding: {path}: not a latent.pt ({str(exc).splitlines()[0][:160]})") from None
     if not isinstance(obj, dict) or "shape_code" not in obj or "appearance_code" not in obj:
         raise FittingInputError(f"--target_embedding: {path}: not a latent.pt (no shape_code / appearance_code)")
@@ -386,7 +405,7 @@ def fit_single_image(model_path: str, img: str, save_root: str, mask: str | None
         outputs = ["merged.png"]
         frames, gazes = gaze_sweep(result, targets, eye_code=eye_code)
         outputs += [os.path.basename(p) for p in write_animation(os.path.join(work, "gaze_sweep"), frames, mp4=mp4)]
-        frames_p, poses = pose_sweep(result, eye_code=eye_code)
+        frames_p, _poses = pose_sweep(result, eye_code=eye_code)
         outputs += [os.path.basename(p) for p in write_animation(os.path.join(work, "pose_sweep"), frames_p, mp4=mp4)]
         if target_codes is not None:
             write_animation(os.path.join(work, "interp"), interpolation(result, target_codes), mp4=False)

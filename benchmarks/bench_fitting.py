@@ -46,12 +46,13 @@ def bench_speed(args) -> None:
                "--save_root", out, "--no_progress", "--finetune_steps", str(args.finetune_steps),
                "--device", args.device, "--gaze_targets", "0.2,0.3;0,-0.4"]
         t = time.perf_counter()
-        res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        res = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT)
         wall = time.perf_counter() - t
         if res.returncode != 0:
             print(f"FAILED ({res.returncode}): {res.stderr.strip()}")
             return
-        report = json.load(open(os.path.join(out, "fit.json")))
+        with open(os.path.join(out, "fit.json")) as f:
+            report = json.load(f)
         s, c = report["seconds"], report.get("cpu_seconds", {})
         startup = wall - s["total"]
         print(f"run {r}: whole command {wall:.1f} s wall (start-up and imports {startup:.1f} s)")
