@@ -222,3 +222,20 @@ def test_fit_latent_codes(renders, analyses):
     _, (_, _, rms_mp) = fit_latent_codes(_faces_from_renders(out, lm_mp), options=FitOptions(fit_appearance=False),
                                          return_cameras=True)
     assert rms_mp.mean() < landmark_error(np.zeros((3, 22)), R, t, K, lm_mp).mean()
+
+
+def test_appearance_renderer_matches_render_view():
+    """The fast re-shading used by the colour fit reproduces the synthetic renderer exactly."""
+    from HeadNeRF.data.synthetic import head_model as hm
+    from HeadNeRF.data.synthetic import render
+    from HeadNeRF.data.synthetic.render import render_view
+    from HeadNeRF.face.latent_fit import AppearanceRenderer
+
+    rng = np.random.default_rng(5)
+    code = hm.sample_code(rng)
+    out = render(code, [0, 2], np.zeros(2), np.zeros(2), 48)
+    model = AppearanceRenderer(code, out["cam_R_w2c"], out["cam_t_w2c"], out["cam_K"], 48, out["gaze_head"])
+    other = code.copy()
+    other[22:] = hm.sample_code(rng)[22:]
+    ref = render_view(other, out["cam_R_w2c"], out["cam_t_w2c"], out["cam_K"], 48, out["gaze_head"])["image"]
+    assert np.abs(model.images(other) * 255 - ref).max() < 0.01

@@ -15,12 +15,12 @@ Design decisions
   12-unknown solve per row: cheap enough for thousands of rows).
 * **Appearance by analysis-by-synthesis on region colours.** Mean colours of a few regions
   (cheeks, forehead, nose, chin, lips, brows, irises, hair) are measured on the photo and on
-  renders of the fitted head (the project's pytorch3d renderer at ``appearance_size`` px, the
-  same cameras), and the 21 albedo+illumination coefficients are fitted by Gauss-Newton with
-  forward-difference Jacobians (one batched render per coefficient), with the same prior.
-  Finite differences rather than a differentiable renderer: the synthetic shader has hard
-  region boundaries (lips, brows, iris) whose colours are what we match, and 21 renders of
-  2 small views per iteration cost well under a second per subject.
+  renders of the fitted head (same cameras, ``appearance_size`` px), and the 21 albedo +
+  illumination coefficients are fitted by Gauss-Newton with forward-difference Jacobians, with
+  the same prior. The geometry is rasterised once (pytorch3d kernel, ``AppearanceRenderer``);
+  each appearance code only re-shades the fragments, so one Jacobian (21 re-shadings of 2 small
+  views) costs ~0.1 s. Finite differences rather than a differentiable renderer: the synthetic
+  shader has hard region boundaries (lips, brows, iris) whose colours are what we match.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["FitOptions", "fit_latent_codes", "fit_shape", "landmark_error", "region_features"]
+__all__ = ["FitOptions", "fit_latent_codes", "fit_shape", "landmark_error", "region_features", "region_masks",
+           "AppearanceRenderer", "fit_appearance"]
 
-SIGMA_LM = 0.04  # landmark noise, fraction of the interocular distance
+SIGMA_LM = 0.08  # landmark noise, fraction of the interocular distance (mediapipe vs the synthetic definition)
 PRIOR_STD = 0.8
 JAW_WEIGHT = 0.5
 
@@ -42,7 +43,7 @@ class FitOptions:
     shape_iters: int = 6
     row_iters: int = 3
     appearance_rows: int = 2  # rows rendered for the colour fit
-    appearance_size: int = 64
+    appearance_size: int = 96
     appearance_iters: int = 3
     fit_appearance: bool = True
 
@@ -212,17 +213,15 @@ def _line_mask(shape, pts, width):
 REGIONS = ("cheek_right", "cheek_left", "forehead", "nose_ridge", "nose_tip", "chin", "lips", "brows", "iris", "hair")
 
 
-def region_features(image: np.ndarray, lm68: np.ndarray, iris2d: np.ndarray, mask: np.ndarray):
-    """Mean colours of REGIONS. image (S, S, 3) float [0, 1]; lm68 (68, 2); iris2d (2, 2); mask (S, S) bool.
-    Returns (len(REGIONS), 3) float64 and (len(REGIONS),) bool valid (enough pixels)."""
-    shape = image.shape[:2]
+def region_masks(shape, lm68: np.ndarray, iris2d: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(len(REGIONS), H, W) bool masks of REGIONS from the landmarks (68, 2), irises (2, 2) and head mask (H, W)."""
     lm = np.asarray(lm68, np.float64)
     iod = float(_iod(lm))
     up = lm[27] - lm[30]
     up = up / max(np.linalg.norm(up), 1e-6)
     r = 0.14 * iod
     regions = {
-        "cheek_right": _disk(shape, (lm[41] + lm[48] + lm[2]) / 3 + 0.0, r),
+        "cheek_right": _disk(shape, (lm[41] + lm[48] + lm[2]) / 3, r),
         "cheek_left": _disk(shape, (lm[46] + lm[54] + lm[14]) / 3, r),
         "forehead": _disk(shape, (lm[21] + lm[22]) / 2 + 0.35 * iod * up, r),
         "nose_ridge": _disk(shape, lm[28], 0.08 * iod),
@@ -232,36 +231,114 @@ def region_features(image: np.ndarray, lm68: np.ndarray, iris2d: np.ndarray, mas
         "brows": _line_mask(shape, lm[17:22], 0.06 * iod) | _line_mask(shape, lm[22:27], 0.06 * iod),
         "iris": _disk(shape, iris2d[0], 0.07 * iod) | _disk(shape, iris2d[1], 0.07 * iod),
     }
-    # hair: head-mask pixels well above the brows
     yy, xx = np.mgrid[:shape[0], :shape[1]]
     brow_c = lm[17:27].mean(0)
     height = (xx + 0.5 - brow_c[0]) * up[0] + (yy + 0.5 - brow_c[1]) * up[1]
-    regions["hair"] = mask & (height > 0.9 * iod)
-    feats = np.zeros((len(REGIONS), 3))
-    valid = np.zeros(len(REGIONS), bool)
-    for i, name in enumerate(REGIONS):
-        m = regions[name] & mask if name != "hair" else regions[name]
-        if m.sum() >= 2:
-            feats[i] = image[m].mean(0)
-            valid[i] = True
-    return feats, valid
+    regions["hair"] = height > 0.9 * iod  # head-mask pixels well above the brows
+    return np.stack([regions[name] & mask for name in REGIONS])
 
 
-def _render_features(code, R, t, K, size, gaze_head):
-    """Region features of renders of ``code`` at the given cameras (K already at ``size``)."""
-    import torch
+def region_features(image: np.ndarray, masks: np.ndarray):
+    """Mean colours of the regions. image (H, W, 3) float [0, 1]; masks (R, H, W) bool from region_masks.
+    Returns (R, 3) float64 and (R,) bool valid (at least 2 pixels)."""
+    count = masks.reshape(len(masks), -1).sum(1)
+    sums = masks.reshape(len(masks), -1).astype(np.float64) @ image.reshape(-1, 3)
+    return sums / np.maximum(count, 1)[:, None], count >= 2
 
-    from HeadNeRF.data.synthetic.render import render_view
 
-    out = render_view(code, torch.as_tensor(R, dtype=torch.float32), torch.as_tensor(t, dtype=torch.float32),
-                      torch.as_tensor(K, dtype=torch.float32), size, torch.as_tensor(gaze_head, dtype=torch.float32))
-    feats, valid = [], []
-    for b in range(len(R)):
-        f, v = region_features(out["image"][b].astype(np.float64) / 255.0, out["lm2d"][b], out["iris2d"][b],
-                               out["mask"][b] > 127)
-        feats.append(f)
-        valid.append(v)
-    return np.stack(feats), np.stack(valid)
+class AppearanceRenderer:
+    """Fast re-shading of fixed geometry: renders of one shape code under many appearance codes.
+
+    The synthetic renderer (``render_view``) rebuilds the mesh and the landmarks for every new code
+    (~0.4 s), too slow for finite differences. Geometry does not depend on albedo/illumination, so
+    the fragments are rasterised once (``render.rasterize_views``, same cameras and pixel
+    convention) and each appearance code only re-evaluates the head model's own albedo functions
+    (``head_model.skin_albedo`` / ``eyeball_albedo``) and the renderer's shading formula
+    (Lambert key + fill + ambient, Blinn specular, lid shadow, dark socket), restated here.
+    ``tests/test_face.py`` checks the images against ``render_view`` (same code, same cameras).
+    """
+
+    def __init__(self, code, R, t, K, size: int, gaze_head):
+        import torch
+
+        from HeadNeRF.data.synthetic import head_model as hm
+        from HeadNeRF.data.synthetic.render import _single_thread, mesh_for_code, rasterize_views, render_view
+        from HeadNeRF.geometry.cameras import camera_center
+        from HeadNeRF.geometry.gaze import pitch_yaw_to_vector
+
+        self.hm = hm
+        code = np.asarray(code, np.float32)
+        R, t, K = (torch.as_tensor(np.asarray(a), dtype=torch.float32) for a in (R, t, K))
+        gaze = torch.as_tensor(np.asarray(gaze_head), dtype=torch.float32).reshape(-1, 2).expand(len(R), 2)
+        ref = render_view(code, R, t, K, size, gaze)  # landmarks, masks and a reference image
+        self.reference, self.lm2d, self.iris2d, self.mask = ref["image"], ref["lm2d"], ref["iris2d"], ref["mask"] > 127
+        mesh = mesh_for_code(code)
+        self.eye_centers = mesh.params.eye_centers
+        P = mesh.params
+        verts, faces = torch.from_numpy(mesh.verts), torch.from_numpy(mesh.faces)
+        normals, face_part = torch.from_numpy(mesh.normals), torch.from_numpy(mesh.face_part)
+        B, S = len(R), int(size)
+        with _single_thread():
+            p2f, bary, _ = rasterize_views(verts, faces, R, t, K, S, cull_normals=torch.from_numpy(mesh.cull_normals))
+            fg = p2f[..., 0] >= 0
+            b_of_pix = torch.arange(B).view(B, 1, 1).expand(B, S, S)[fg]
+            f, w = p2f[fg], bary[fg]
+            fc = f.clamp(min=0)
+            pos = (verts[faces[fc]] * w.unsqueeze(-1)).sum(-2)
+            part = torch.where(f >= 0, face_part[fc], torch.full_like(f, -1))
+            is_skin = (part >= 0) & (part <= hm.PART_LEFT_EYE_REGION)
+            cut = is_skin & hm.in_eye_opening(pos.reshape(-1, 3), P).view_as(is_skin)
+            usable = (f >= 0) & ~cut
+            first = torch.where(usable.any(1), usable.float().argmax(1), torch.full_like(f[:, 0], f.shape[1] - 1))
+
+            def sel(x):
+                return x.gather(1, first.view(-1, *([1] * (x.dim() - 1))).expand(-1, 1, *x.shape[2:])).squeeze(1)
+
+            f1, w1, pos1, part1 = sel(fc), sel(w), sel(pos), sel(part)
+            n1 = torch.nn.functional.normalize((normals[faces[f1]] * w1.unsqueeze(-1)).sum(-2), dim=-1)
+            view = torch.nn.functional.normalize(camera_center(R, t)[b_of_pix] - pos1, dim=-1)
+            self.axis = pitch_yaw_to_vector(gaze)[b_of_pix]
+            self.is_eye = part1 >= hm.PART_RIGHT_EYEBALL
+            self.eye_k = (part1 - hm.PART_RIGHT_EYEBALL).clamp(0, 1)
+            self.interior = ~self.is_eye & (((n1 * view).sum(-1) < -0.05) | ~usable.any(1))
+            lid = torch.ones_like(pos1[:, 0])
+            if self.is_eye.any():
+                _, up, _, _ = hm._almond(pos1[:, 0], pos1[:, 1], P)
+                up_k = up.gather(0, self.eye_k.view(1, -1)).squeeze(0)
+                lid = torch.where(self.is_eye, 0.55 + 0.45 * hm._tsmooth(0.0, 0.03, up_k), lid)
+        self.pos, self.n, self.view, self.lid, self.fg, self.B, self.S = pos1, n1, view, lid, fg, B, S
+        self.regions = [region_masks((S, S), self.lm2d[b], self.iris2d[b], self.mask[b]) for b in range(B)]
+
+    def images(self, code) -> np.ndarray:
+        """(B, S, S, 3) float64 images in [0, 1] of the geometry under ``code``'s appearance."""
+        import dataclasses
+
+        import torch
+
+        hm = self.hm
+        P = dataclasses.replace(hm.decode(np.asarray(code, np.float64)), eye_centers=self.eye_centers)
+        eye_c = torch.tensor(P.eye_centers, dtype=torch.float32)
+        albedo = hm.skin_albedo(self.pos, P)
+        if self.is_eye.any():
+            albedo[self.is_eye] = hm.eyeball_albedo(self.pos[self.is_eye], eye_c[self.eye_k[self.is_eye]],
+                                                    self.axis[self.is_eye], P)
+        light = torch.tensor(P.light_dir, dtype=torch.float32)
+        fill = torch.tensor(P.fill_dir, dtype=torch.float32)
+        shade = P.ambient + P.diffuse * (self.n @ light).clamp(min=0) + P.fill * (self.n @ fill).clamp(min=0)
+        nh = (self.n * torch.nn.functional.normalize(light + self.view, dim=-1)).sum(-1).clamp(min=0)
+        spec = torch.where(self.is_eye, 0.9 * nh ** 120, P.specular * 0.25 * nh ** 16 * (1 - albedo.mean(-1)))
+        shade = shade * self.lid
+        rgb = albedo * shade.unsqueeze(-1) * torch.tensor(P.light_rgb, dtype=torch.float32) * P.exposure + spec.unsqueeze(-1)
+        rgb = torch.where(self.interior.unsqueeze(-1), albedo * 0.12, rgb)
+        img = torch.ones(self.B, self.S, self.S, 3)
+        img[self.fg] = rgb.clamp(0, 1)
+        return ((img * 255.0 + 0.5).floor() / 255.0).double().numpy()
+
+    def features(self, code):
+        """Region features (B, R, 3) and validity (B, R) of the images under ``code``."""
+        imgs = self.images(code)
+        out = [region_features(imgs[b], self.regions[b]) for b in range(self.B)]
+        return np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
 
 
 def _with_appearance(code_shape_full, app):
@@ -275,7 +352,7 @@ def fit_appearance(faces, code: np.ndarray, R, t, rows, size: int = 64, iters: i
     import cv2
     import torch
 
-    from HeadNeRF.geometry.gaze import rotate_pitch_yaw, vector_to_pitch_yaw
+    from HeadNeRF.geometry.gaze import vector_to_pitch_yaw
 
     targets, tvalid, Ks, gazes = [], [], [], []
     for i in rows:
@@ -284,33 +361,32 @@ def fit_appearance(faces, code: np.ndarray, R, t, rows, size: int = 64, iters: i
         s = size / S
         img = cv2.resize(f.face_patch, (size, size), interpolation=cv2.INTER_AREA).astype(np.float64) / 255.0
         m = cv2.resize(f.mask, (size, size), interpolation=cv2.INTER_AREA) > 127
-        ft, v = region_features(img, np.asarray(f.lm2d) * s, np.asarray(f.iris2d) * s, m)
+        ft, v = region_features(img, region_masks((size, size), np.asarray(f.lm2d) * s, np.asarray(f.iris2d) * s, m))
         targets.append(ft)
         tvalid.append(v)
         K = np.asarray(f.cam_K, np.float64).copy()
         K[:2] *= s
         Ks.append(K)
-        # head-frame gaze: the iris direction is unknown here; look at the camera
+        # head-frame gaze: unknown here; the eyes look at the camera (the iris is then centred)
         cam_c = -np.asarray(R[i]).T @ np.asarray(t[i])
         eye_mid = np.array([0.0, -0.12, -0.75])
         gazes.append(vector_to_pitch_yaw(torch.tensor(cam_c - eye_mid, dtype=torch.float32)).numpy())
-    _ = rotate_pitch_yaw
     T, TV = np.stack(targets), np.stack(tvalid)
-    Rr, tr, Kr, G = np.asarray(R)[rows], np.asarray(t)[rows], np.stack(Ks), np.stack(gazes)
+    model = AppearanceRenderer(code, np.asarray(R)[rows], np.asarray(t)[rows], np.stack(Ks), size, np.stack(gazes))
     a0, a1 = 22, len(code)
     app = np.zeros(a1 - a0)
-    eps = 0.25
+    eps = 0.2
+    sig = 0.03  # colour noise (fraction of full scale)
     for _ in range(iters):
-        F0, V0 = _render_features(_with_appearance(code, app), Rr, tr, Kr, size, G)
-        valid = TV & V0
-        r0 = ((F0 - T) * valid[..., None]).reshape(-1)
+        F0, V0 = model.features(_with_appearance(code, app))
+        valid = (TV & V0)[..., None]
+        r0 = ((F0 - T) * valid).reshape(-1)
         J = np.zeros((len(r0), len(app)))
         for k in range(len(app)):
             a = app.copy()
             a[k] += eps
-            Fk, _ = _render_features(_with_appearance(code, a), Rr, tr, Kr, size, G)
-            J[:, k] = (((Fk - F0) * valid[..., None]).reshape(-1)) / eps
-        sig = 0.03  # colour noise (fraction of full scale)
+            Fk, _ = model.features(_with_appearance(code, a))
+            J[:, k] = ((Fk - F0) * valid).reshape(-1) / eps
         H = J.T @ J / sig ** 2 + np.eye(len(app)) / PRIOR_STD ** 2
         g = J.T @ r0 / sig ** 2 + app / PRIOR_STD ** 2
         step = -np.linalg.solve(H, g)
