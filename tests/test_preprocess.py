@@ -152,27 +152,39 @@ def test_gazenerf_end_to_end(gazenerf_input, tmp_path):
     train_a_few_steps(out, str(tmp_path / "run"), tmp_path)
 
 
-def test_resume_skips_finished_and_replaces_partial(gazenerf_input, tmp_path):
-    from HeadNeRF.preprocess import PreprocessConfig, run
+KILLED_RUN = """
+import os, sys
+from HeadNeRF.preprocess import PreprocessConfig, run, runner
+count = [0]
+def on_image():  # dies like kill -9 (no cleanup at all) in the middle of the third subject
+    count[0] += 1
+    if count[0] == 8:
+        os._exit(9)
+runner._MAIN_PROGRESS.update_one = on_image
+run(PreprocessConfig(sys.argv[1], sys.argv[2], progress=False))
+"""
 
+
+def test_kill_during_a_subject_then_resume(gazenerf_input, tmp_path):
     src, _ = gazenerf_input
     out = str(tmp_path / "out")
-    run(PreprocessConfig(src, out, progress=False), log=lambda m: None)
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, src, out], check=False, capture_output=True,
+                            text=True, cwd=ROOT, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert killed.returncode == 9, killed.stderr[-1000:]
+    # Two finished subjects, the third only as its partial file.
+    assert sorted(os.listdir(out)) == ["subject0000.h5", "subject0001.h5", "subject0002.h5.partial"]
     done = os.path.join(out, "subject0000.h5")
     mtime = os.stat(done).st_mtime_ns
-    # A run killed while writing subject 2 leaves a partial file and no subject0002.h5.
-    os.remove(os.path.join(out, "subject0002.h5"))
-    with open(os.path.join(out, "subject0002.h5.partial"), "wb") as f:
-        f.write(b"half a file")
     res = preprocess("--img_dir", src, "--save_dir", out)
     assert res.returncode == 0, res.stderr
-    assert os.stat(done).st_mtime_ns == mtime
+    assert os.stat(done).st_mtime_ns == mtime  # finished subjects are not redone
     assert len(lines_with(res.stderr, "already done")) == 2
     assert len(lines_with(res.stderr, "left over")) == 1
     assert not os.path.exists(os.path.join(out, "subject0002.h5.partial"))
     with h5py.File(os.path.join(out, "subject0002.h5")) as f:
         validate_file(f)
     assert "1 written, 2 skipped" in res.stdout
+    assert read_json(os.path.join(out, "split.json"))["test_subjects"] == [2]
 
 
 def test_sb_se_semantics(gazenerf_input, tmp_path):
