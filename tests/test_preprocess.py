@@ -228,6 +228,18 @@ def test_bad_h5_files_one_line_each(gazenerf_input, tmp_path):
     assert sorted(n for n in os.listdir(out) if n.endswith(".h5")) == ["subject0000.h5", "subject0001.h5", "subject0002.h5"]
 
 
+def test_gazegaussian_codes(tmp_path):
+    from HeadNeRF.preprocess import PreprocessConfig, run
+
+    fixtures.write_gazenerf_fixture(str(tmp_path / "in"), rows=2, image_size=32, num_subjects=1, code_dim=144)
+    msgs = []
+    s = run(PreprocessConfig(str(tmp_path / "in"), str(tmp_path / "out"), progress=False), log=msgs.append)
+    assert s.written == [0] and len([m for m in msgs if "GazeGaussian codes" in m]) == 1
+    with h5py.File(tmp_path / "out" / "subject0000.h5") as f:
+        info = validate_file(f)
+        assert info["D"] == 146 and info["code_slices"]["expression"] == (80, 144)
+
+
 def test_num_workers_gives_the_same_files(gazenerf_input, tmp_path):
     src, _ = gazenerf_input
     from HeadNeRF.preprocess import PreprocessConfig, run

@@ -134,8 +134,10 @@ def write_xgaze_fixture(out_dir: str, rows: int = 3, image_size: int = 224, seed
 
 
 def write_gazenerf_fixture(out_dir: str, rows: int = 3, image_size: int = 64, seed: int = 1, num_subjects: int = 2,
-                           supersample: int = 1) -> dict:
-    """GazeNeRF-format files from synthetic renders in the synthetic training framing; returns the manifest."""
+                           supersample: int = 1, code_dim: int = 306) -> dict:
+    """GazeNeRF-format files from synthetic renders in the synthetic training framing; returns the manifest.
+
+    ``code_dim`` 144 writes GazeGaussian-style codes (identity 80 | expression 64)."""
     from HeadNeRF.data.synthetic import head_model as hm
     from HeadNeRF.data.synthetic import rig
 
@@ -162,7 +164,7 @@ def write_gazenerf_fixture(out_dir: str, rows: int = 3, image_size: int = 64, se
             _add(f, "left_eye_mask", out["right_eye_mask"])
             _add(f, "right_eye_mask", out["left_eye_mask"])
             _add(f, "facial_landmarks", (out["lm2d"] - 0.5).astype(np.float64))
-            _add(f, "latent_codes", rng.normal(0, 1, (rows, 306)).astype(np.float32))
+            _add(f, "latent_codes", rng.normal(0, 1, (rows, code_dim)).astype(np.float32))
             _add(f, "w2c_Rmat", R_nl.astype(np.float32))
             _add(f, "w2c_Tvec", t_nl.reshape(rows, 3, 1).astype(np.float32))
             _add(f, "c2w_Rmat", np.swapaxes(R_nl, 1, 2).astype(np.float32))

@@ -43,6 +43,8 @@ from .readers import InputError, PhotoLabel, list_photos, open_h5_subject, read_
 __all__ = ["GAZENERF_CODE_SLICES", "ProcessOptions", "SubjectRows", "process_gazenerf", "process_photos", "process_xgaze"]
 
 GAZENERF_CODE_SLICES = {"identity": (0, 100), "expression": (100, 179), "albedo": (179, 279), "illumination": (279, 306)}
+GAZEGAUSSIAN_CODE_DIM = 144
+GAZEGAUSSIAN_CODE_SLICES = {"identity": (0, 80), "expression": (80, 144), "albedo": (144, 145), "illumination": (145, 146)}
 PHOTO_DEFAULT_SIZE = 256
 MAX_PNP_DISAGREEMENT_DEG = 30.0  # xgaze: landmarks whose PnP pose is this far from the label = a bad detection
 
@@ -107,6 +109,8 @@ def _resize_image(img: np.ndarray, size: int) -> np.ndarray:
 
 def _resize_mask(m: np.ndarray, size: int) -> np.ndarray:
     m = np.asarray(m)
+    if m.ndim == 3:  # (S, S, 1) or (S, S, 3) masks: any channel
+        m = m.max(-1)
     m = (m.astype(np.float32) * (255.0 if m.max(initial=0) <= 1 else 1.0))
     if m.shape[0] != size:
         m = cv2.resize(m, (size, size), interpolation=cv2.INTER_AREA if m.shape[0] > size else cv2.INTER_LINEAR)
@@ -287,8 +291,14 @@ def process_gazenerf(path: str, subject_id: int, opts: ProcessOptions, on_image:
         S = int(opts.image_size or in_size)
         scale = S / in_size
         codes = src.read("latent_codes").astype(np.float32).reshape(n, -1)
-        if codes.shape[1] < GAZENERF_CODE_SLICES["illumination"][1]:
-            raise InputError(f"{path}: latent_codes must have 306 columns (100|79|100|27), found {codes.shape[1]}")
+        code_slices = dict(GAZENERF_CODE_SLICES)
+        if codes.shape[1] == GAZEGAUSSIAN_CODE_DIM:  # GazeGaussian: identity 80 | expression 64, no appearance
+            codes = np.concatenate([codes, np.zeros((n, 2), np.float32)], 1)
+            code_slices = dict(GAZEGAUSSIAN_CODE_SLICES)
+            notes.append(f"{path}: GazeGaussian codes (80|64): two zero columns appended as albedo|illumination")
+        elif codes.shape[1] != GAZENERF_CODE_SLICES["illumination"][1]:
+            raise InputError(f"{path}: latent_codes must have 306 columns (NL3DMM 100|79|100|27) or 144 (GazeGaussian "
+                             f"80|64), found {codes.shape[1]}")
         d = _alloc(n, S, codes.shape[1], image_store)
         d["subject_index"][:] = subject_id
         d["frame_index"], d["cam_index"] = src.read_index("frame_index"), src.read_index("cam_index")
@@ -356,7 +366,7 @@ def process_gazenerf(path: str, subject_id: int, opts: ProcessOptions, on_image:
             stats["head_pose_vs_file_deg_median"] = float(err.median())
     attrs = {"source_file": os.path.basename(path), "gaze_label_from": gaze_from, "nl3dmm_scale": s,
              "nl3dmm_offset": np.asarray(o, np.float64)}
-    return SubjectRows(d, dict(GAZENERF_CODE_SLICES), "gazenerf", attrs, notes, stats)
+    return SubjectRows(d, code_slices, "gazenerf", attrs, notes, stats)
 
 
 # -------------------------------------------------------------------------------------------- photos
