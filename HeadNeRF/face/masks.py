@@ -10,9 +10,12 @@ about the eye centre), dilated by ``max(2, S // 40)`` px.
   ``HAIR_MARGIN`` of the head size for hair volume, minus everything below the jaw line (neck,
   shoulders, long hair below the chin). Without a usable segmentation (e.g. a very small face) the
   head region itself is used.
-* **Eye masks**: the mesh's lid contour (16 points per eye) scaled 1.5x about its centre, filled,
-  dilated by ``max(2, S // 40)`` where S is the patch size the image stands
-  for (given, or inferred from the interocular distance of the training framing).
+* **Eye masks**: the mesh's lid contour (16 points per eye) scaled ``EYE_SCALE`` about its centre,
+  filled, dilated by ``max(2, S // 40)`` where S is the patch size the image stands
+  for (given, or inferred from the interocular distance of the training framing). The synthetic
+  region is the opening enlarged 1.5x *plus the lids*, and mediapipe's contour sits inside the
+  synthetic opening, so the factor that matches it best is 2.1 (median eye-mask IoU over 50
+  synthetic renders: 0.62 at 1.5, 0.69 at 1.7, 0.75 at 2.1, 0.72 at 2.3).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from .landmarks68 import FACE_OVAL, LEFT_EYE_CONTOUR, RIGHT_EYE_CONTOUR
 __all__ = ["EYE_SCALE", "HAIR_MARGIN", "face_masks", "head_silhouette"]
 
 HAIR_MARGIN = 0.10  # head region grows by this fraction of the head height
-EYE_SCALE = 1.5
+EYE_SCALE = 2.1  # mesh lid contour -> synthetic periocular region (calibrated: best IoU on 50 renders)
 # Interocular distance (eye centres) over the patch size in the training framing (measured on the
 # synthetic normalised views: 0.57 head units at focal 2.05 S from ~4.4 units).
 IOD_PER_PATCH = 0.262
@@ -70,7 +73,7 @@ def person_probability(image_rgb: np.ndarray) -> np.ndarray | None:
 
 
 def head_silhouette(R_w2c: np.ndarray, t_w2c: np.ndarray, K: np.ndarray, shape: tuple[int, int], code=None) -> np.ndarray:
-    """(H, W) bool silhouette of the synthetic head (mean code by default) seen by camera (R, t, K)."""
+    """(H, W) bool silhouette (convex hull) of the synthetic head (mean code by default) seen by camera (R, t, K)."""
     import cv2
 
     from HeadNeRF.data.synthetic import head_model as hm
@@ -80,11 +83,12 @@ def head_silhouette(R_w2c: np.ndarray, t_w2c: np.ndarray, K: np.ndarray, shape: 
     cam = mesh.verts.astype(np.float64) @ np.asarray(R_w2c, np.float64).T + np.asarray(t_w2c, np.float64)
     z = np.maximum(cam[:, 2:3], 1e-3)
     uv = (cam[:, :2] / z) * np.diag(K)[:2] + np.asarray(K)[:2, 2]
-    keep = mesh.face_part < hm.PART_RIGHT_EYEBALL
-    tris = uv[mesh.faces[keep]]  # (F, 3, 2) continuous px
+    # The head is close to convex: the convex hull of the projected vertices is its silhouette up
+    # to the notches between the ears and the skull (1 ms instead of 20 ms for all triangles).
+    pts = uv[mesh.vert_part < hm.PART_RIGHT_EYEBALL]
+    hull = cv2.convexHull(np.round((pts - 0.5) * 16).astype(np.int32))
     out = np.zeros(shape, np.uint8)
-    pts = np.round((tris - 0.5) * 16).astype(np.int32)  # pixel-index coordinates, 4 fractional bits
-    cv2.fillPoly(out, list(pts), 1, lineType=cv2.LINE_8, shift=4)
+    cv2.fillConvexPoly(out, hull, 1, lineType=cv2.LINE_8, shift=4)
     return out > 0
 
 
