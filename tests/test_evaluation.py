@@ -14,9 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import tiny_config_dict
-
 
 # ------------------------------------------------------------------------------------ fixtures
 
@@ -58,6 +56,19 @@ def base_config(dataset_dir: str, models, results_dir: str, **over) -> dict:
     return cfg
 
 
+def _text(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _json(path: str):
+    return json.loads(_text(path))
+
+
+def _jsonl(path: str) -> list:
+    return [json.loads(line) for line in _text(path).splitlines()]
+
+
 def run_cli(write_config, cfg: dict, *extra) -> int:
     import Evaluation
 
@@ -67,7 +78,12 @@ def run_cli(write_config, cfg: dict, *extra) -> int:
 # ---------------------------------------------------------------------------------------- pairs
 
 def test_pairs_are_deterministic_for_a_seed(tiny_dataset, tmp_path):
-    from HeadNeRF.evaluation.pairs import generate_pairs, load_pairs_file, read_subject_rows, write_pairs_file
+    from HeadNeRF.evaluation.pairs import (
+        generate_pairs,
+        load_pairs_file,
+        read_subject_rows,
+        write_pairs_file,
+    )
 
     rows = [read_subject_rows(tiny_dataset, 1)]
     a = generate_pairs(rows, 6, 2, seed=7)
@@ -172,9 +188,8 @@ def test_evaluation_end_to_end_writes_every_output(tiny_dataset, models, tmp_pat
     for name in ("per_pair.jsonl", "metrics.json", "report.md", "pairs.txt", "grid.png", "gaze_error_vs_redirection.png",
                  "controllability.png", "controllability.json"):
         assert os.path.isfile(os.path.join(out, name)), name
-    with open(os.path.join(out, "metrics.json")) as f:
-        result = json.load(f)
-    recs = [json.loads(line) for line in open(os.path.join(out, "per_pair.jsonl"))]
+    result = _json(os.path.join(out, "metrics.json"))
+    recs = _jsonl(os.path.join(out, "per_pair.jsonl"))
     assert len(recs) == 3 == result["aggregate"]["overall"]["pairs"]
     assert len(result["sha256"]["checkpoint"]) == 64 and result["config"]["finetune_steps"] == 1
     o = result["aggregate"]["overall"]
@@ -186,7 +201,11 @@ def test_evaluation_end_to_end_writes_every_output(tiny_dataset, models, tmp_pat
     assert result["controllability"]["mean_deg"] >= 0 and len(result["controllability"]["mean_map_deg"]) == 2
     # the floor is the estimator on the target against its label; the copy baseline scores the input image
     from HeadNeRF.data.dataset import GazeDataset
-    from HeadNeRF.evaluation.metrics import angle_error_deg, image_metrics, whiten_background
+    from HeadNeRF.evaluation.metrics import (
+        angle_error_deg,
+        image_metrics,
+        whiten_background,
+    )
 
     ds = GazeDataset(tiny_dataset, which="all", subjects=[1], image_size=16)
     idx = {(r.subject, r.row): i for i, r in enumerate(ds.rows)}
@@ -194,11 +213,13 @@ def test_evaluation_end_to_end_writes_every_output(tiny_dataset, models, tmp_pat
     tgt, inp = ds[idx[(1, r0["target_row"])]], ds[idx[(1, r0["input_row"])]]
     assert math.isclose(r0["floor"]["gaze_err_label"], angle_error_deg(r0["target_read"]["gaze"], tgt["gaze"].tolist()),
                         rel_tol=1e-6)
-    white = lambda item: whiten_background(item["image"][None], item["head_mask"][None])  # noqa: E731
+    def white(item):
+        return whiten_background(item["image"][None], item["head_mask"][None])
+
     ref = image_metrics(white(inp), white(tgt), tgt["head_mask"][None])
     assert math.isclose(r0["copy_input"]["psnr"], float(ref["psnr"][0]), rel_tol=1e-9)
     assert r0["requested_from"] == "label" and r0["requested_gaze"] == pytest.approx(tgt["gaze"].tolist())
-    report = open(os.path.join(out, "report.md")).read()
+    report = _text(os.path.join(out, "report.md"))
     assert "NOT the same data" in report and "GazeGaussian" in report and "copy the input" in report
     assert report.index("## Results") < report.index("NOT the same data")
 
@@ -211,20 +232,18 @@ def test_killed_and_rerun_continues_and_equals_an_uninterrupted_run(tiny_dataset
     assert run_cli(write_config, cfg, "--max_new_pairs", "2") == 0
     assert not os.path.exists(os.path.join(part, "metrics.json")) and not os.path.exists(os.path.join(part, "report.md"))
     log = os.path.join(part, "per_pair.jsonl")
-    first = open(log).read().splitlines()
+    first = _text(log).splitlines()
     assert len(first) == 2
     with open(log, "a") as f:  # a kill in the middle of writing the third record
         f.write('{"pair": 2, "key": "torn')
     assert run_cli(write_config, cfg) == 0
-    lines = open(log).read().splitlines()
+    lines = _text(log).splitlines()
     assert lines[:2] == first and len(lines) == 4  # the finished pairs were not redone, the torn line dropped
-    a = json.load(open(os.path.join(full, "metrics.json")))
-    b = json.load(open(os.path.join(part, "metrics.json")))
+    a, b = _json(os.path.join(full, "metrics.json")), _json(os.path.join(part, "metrics.json"))
     assert a["aggregate"] == b["aggregate"] and a["controllability"] == b["controllability"]
     def records(path):  # every value but the wall-clock fit time
         out = {}
-        for line in open(path):
-            r = json.loads(line)
+        for r in _jsonl(path):
             for c in ("codes", "finetune"):
                 r[c].pop("fit_seconds")
             out[r["pair"]] = json.dumps(r, sort_keys=True)
@@ -276,13 +295,13 @@ def test_unlabelled_xgaze_subject_gets_estimator_only_metrics_and_controllabilit
         f.create_dataset("gaze_valid", data=np.zeros(f["valid_mask"].shape[0], dtype=bool))
     out = str(tmp_path / "res")
     assert run_cli(write_config, base_config(str(d), models, out, regimes=["codes"])) == 0
-    result = json.load(open(os.path.join(out, "metrics.json")))
+    result = _json(os.path.join(out, "metrics.json"))
     o = result["aggregate"]["overall"]
     assert result["sources"] == {"1": "xgaze"} and o["pairs_with_gaze_label"] == 0
     assert isinstance(o["codes"]["gaze_err_est"], float) and isinstance(o["codes"]["head_err_est"], float)
     assert o["codes"]["gaze_err_label"] is None and o["floor"]["gaze_err_label"] is None  # no label: no number
     assert result["controllability"]["mean_deg"] >= 0
-    recs = [json.loads(line) for line in open(os.path.join(out, "per_pair.jsonl"))]
+    recs = _jsonl(os.path.join(out, "per_pair.jsonl"))
     assert all(r["requested_from"] == "estimator" and r["redirection_from"] == "estimator" for r in recs)
     assert recs[0]["requested_gaze"] == pytest.approx(recs[0]["target_read"]["gaze"])
 
@@ -300,3 +319,15 @@ def test_config_files_load():
         from HeadNeRF.evaluation import EvalConfig
 
         from_dict(EvalConfig, yaml.safe_load("regimes: [codes, everything]"))
+
+
+def test_help_documents_every_flag(capsys):
+    import Evaluation
+
+    with pytest.raises(SystemExit) as exc:
+        Evaluation.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--config_file_path", "--checkpoint", "--estimator_checkpoint", "--results_dir", "--device",
+                 "--max_new_pairs", "--no-progress"):
+        assert flag in out
