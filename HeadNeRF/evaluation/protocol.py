@@ -253,6 +253,9 @@ def fit_input(ctx: Context, subject: int, input_row: int, regimes, progress: boo
     ctx.model.load_state_dict(ctx.pristine)  # no fit ever depends on an earlier one (density grid, buffers)
     torch.manual_seed(seed)
     target = target_from_dataset_row(ctx.dataset, ctx.index_of[(subject, input_row)])
+    if not ctx.subjects[subject].gaze_valid[input_row]:  # no label: the fit estimates the gaze, from the estimator's reading
+        read = _row_reading(ctx, subject, input_row)
+        target = dataclasses.replace(target, gaze=torch.tensor([read["gaze"]], dtype=torch.float32), gaze_known=False)
     fits = {"codes": fit_image(ctx.model, target, fit_config_for(ctx.cfg, "codes", seed), progress=progress)}
     if "finetune" in regimes:
         ctx.model.load_state_dict(ctx.pristine)
