@@ -35,6 +35,7 @@ __all__ = ["FitOptions", "fit_latent_codes", "fit_shape", "landmark_error", "reg
 SIGMA_LM = 0.08  # landmark noise, fraction of the interocular distance (mediapipe vs the synthetic definition)
 PRIOR_STD = 0.8
 JAW_WEIGHT = 0.5
+CHUNK = 512  # rows per batched solve in the per-row stage
 
 
 @dataclasses.dataclass
@@ -105,12 +106,13 @@ def fit_shape(lm2d, R, t, K, identity_rows: int = 8, shape_iters: int = 6, row_i
     code = np.zeros((N, n_sh))
     R, t = R.copy(), t.copy()
 
-    def residual_and_jac(rows, code_rows):
+    def residual_and_jac(rows, code_rows, ks=slice(None)):
+        """Residuals (n, 68, 2) and Jacobians wrt the code columns ``ks`` and the pose (weighted)."""
         u = np.tanh(code_rows)
         X = L0 + np.einsum("nk,kpc->npc", u, B)
         uv, dP, P = _project_jac(X, R[rows], t[rows], K[rows])
         r = (uv - lm2d[rows]) * W[rows]  # (n, 68, 2)
-        RB = np.einsum("nij,kpj->nkpi", R[rows], B) * (1 - u ** 2)[:, :, None, None]  # d P / d c
+        RB = np.einsum("nij,kpj->nkpi", R[rows], B[ks]) * (1 - u[:, ks] ** 2)[:, :, None, None]  # d P / d c
         Jc = np.einsum("npab,nkpb->npak", dP, RB)  # (n, 68, 2, 22)
         Jw = np.einsum("npab,npbc->npac", dP, -_skew(P))  # P' = Exp(w) P + dt: rotation about the camera origin
         Jt = dP
@@ -157,21 +159,23 @@ def fit_shape(lm2d, R, t, K, identity_rows: int = 8, shape_iters: int = 6, row_i
             code[sub[i], n_id:] = np.clip(code[sub[i], n_id:] + d[o:o + 6], -2.5, 2.5)
         update_pose(sub, d[n_id:].reshape(n, 12)[:, 6:])
     code[:, :n_id] = ident
-    # Stage 2: every row's expression + pose with identity fixed (batched 12x12 solves).
-    rows = np.arange(N)
-    for _ in range(row_iters):
-        r, Jc, Jp = residual_and_jac(rows, code)
-        J = np.concatenate([Jc[..., n_id:], Jp], -1).reshape(N, 136, 12)
-        H = np.einsum("nri,nrj->nij", J, J)
-        g = np.einsum("nri,nr->ni", J, r.reshape(N, 136))
-        pw = np.r_[np.full(6, 1.0 / PRIOR_STD ** 2), np.zeros(6)]
-        H += np.diag(pw) + 1e-6 * np.eye(12)
-        g += pw * np.concatenate([code[:, n_id:], np.zeros((N, 6))], 1)
-        d = -np.linalg.solve(H, g[..., None])[..., 0]
-        code[:, n_id:] = np.clip(code[:, n_id:] + d[:, :6], -2.5, 2.5)
-        update_pose(rows, d[:, 6:])
-    r, _, _ = residual_and_jac(rows, code)
-    rms = np.sqrt(np.mean(np.sum((r / W) ** 2, -1), -1))
+    # Stage 2: every row's expression + pose with identity fixed (batched 12x12 solves, in chunks
+    # of CHUNK rows so that a 10K-row subject stays within a few tens of MB).
+    pw = np.r_[np.full(6, 1.0 / PRIOR_STD ** 2), np.zeros(6)]
+    rms = np.zeros(N)
+    for c0 in range(0, N, CHUNK):
+        rows = np.arange(c0, min(N, c0 + CHUNK))
+        n = len(rows)
+        for _ in range(row_iters):
+            r, Jc, Jp = residual_and_jac(rows, code[rows], slice(n_id, n_sh))
+            J = np.concatenate([Jc, Jp], -1).reshape(n, 136, 12)
+            H = np.einsum("nri,nrj->nij", J, J) + np.diag(pw) + 1e-6 * np.eye(12)
+            g = np.einsum("nri,nr->ni", J, r.reshape(n, 136)) + pw * np.concatenate([code[rows, n_id:], np.zeros((n, 6))], 1)
+            d = -np.linalg.solve(H, g[..., None])[..., 0]
+            code[rows, n_id:] = np.clip(code[rows, n_id:] + d[:, :6], -2.5, 2.5)
+            update_pose(rows, d[:, 6:])
+        r, _, _ = residual_and_jac(rows, code[rows], slice(0, 0))
+        rms[rows] = np.sqrt(np.mean(np.sum((r / W[rows]) ** 2, -1), -1))
     return code, R, t, rms
 
 
@@ -418,10 +422,14 @@ def fit_latent_codes(faces, code_dim_layout: str = "synthetic", options: FitOpti
     shape, Rf, tf, rms = fit_shape(lm, R, t, K, opt.identity_rows, opt.shape_iters, opt.row_iters)
     codes = np.zeros((len(faces), CODE_DIM), np.float32)
     codes[:, :22] = shape
+    rows = np.zeros(0, np.int64)
     if opt.fit_appearance:
+        # the most frontal rows (by |face_head_pose|, stable order) that still carry their image
         hp = np.stack([np.asarray(f.face_head_pose, np.float64) for f in faces])
-        order = np.argsort(np.abs(hp).sum(1))
-        rows = order[:max(1, min(opt.appearance_rows, len(faces)))]
+        order = [i for i in np.argsort(np.abs(hp).sum(1), kind="stable") if faces[i].face_patch is not None
+                 and faces[i].mask is not None]
+        rows = np.asarray(order[:max(1, opt.appearance_rows)], dtype=np.int64)
+    if opt.fit_appearance and len(rows):
         mean_shape = shape[rows].mean(0)
         base = np.zeros(CODE_DIM, np.float32)
         base[:22] = mean_shape
