@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -186,10 +187,13 @@ class PendingFaces(list):
                                                   right_eye_mask=None))
 
 
-def _finish_codes(d: dict, pending: list, opts: ProcessOptions) -> None:
-    """Fit the latent codes of the pending (row, NormalisedFace) pairs; a failing fit invalidates its rows."""
+def _finish_codes(d: dict, pending: list, opts: ProcessOptions) -> float:
+    """Fit the latent codes of the pending (row, NormalisedFace) pairs; a failing fit invalidates its rows.
+
+    Returns the seconds the fit took."""
     if not pending:
-        return
+        return 0.0
+    t0 = time.perf_counter()
     rows = [r for r, _ in pending]
     try:
         codes = _fit_codes([nf for _, nf in pending], opts)
@@ -206,6 +210,7 @@ def _finish_codes(d: dict, pending: list, opts: ProcessOptions) -> None:
             d["latent_code"][r] = codes[j]
             d["valid_mask"][r], d["invalid_reason"][r] = True, ""
     pending.clear()
+    return time.perf_counter() - t0
 
 
 # --------------------------------------------------------------------------------------------- xgaze
@@ -272,8 +277,9 @@ def process_xgaze(path: str, subject_id: int, opts: ProcessOptions, on_image: Ca
                     face_head_pose=d["face_head_pose"][i].copy(), warp=np.eye(3))
                 _store_face(d, i, nf, patch=False)  # the patch is already stored
                 pending.append((i, nf))
-        _finish_codes(d, pending, opts)
-    stats = {"pnp_vs_label_deg_median": float(np.median(disagreement)) if disagreement else float("nan")}
+        fit_s = _finish_codes(d, pending, opts)
+    stats = {"pnp_vs_label_deg_median": float(np.median(disagreement)) if disagreement else float("nan"),
+             "fit_s": fit_s}
     return SubjectRows(d, dict(hm.CODE_SLICES), "xgaze", {"source_file": os.path.basename(path)}, notes, stats)
 
 
@@ -472,11 +478,11 @@ def process_photos(folder: str, subject_id: int, opts: ProcessOptions, on_image:
                 head_err.append(float(angular_error_deg(head_pose_from_rotation(torch.from_numpy(R_phys)),
                                                         torch.tensor(label.head_pose, dtype=torch.float64))))
         pending.append((i, nf))
-    _finish_codes(d, pending, opts)
+    fit_s = _finish_codes(d, pending, opts)
     if len(sizes) > 1:
         notes.append(f"{folder}: photos of {len(sizes)} different sizes; each is normalised to {S} px")
     d["frame_index"] = np.arange(n, dtype=np.int64)
-    stats = {"head_pose_vs_label_deg_median": float(np.median(head_err)) if head_err else float("nan")}
+    stats = {"head_pose_vs_label_deg_median": float(np.median(head_err)) if head_err else float("nan"), "fit_s": fit_s}
     attrs = {"source_file": os.path.basename(os.path.normpath(folder)), "photo_names": "\n".join(names)}
     return SubjectRows(d, dict(hm.CODE_SLICES), "photo", attrs, notes, stats)
 
