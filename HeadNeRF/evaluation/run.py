@@ -137,7 +137,7 @@ def evaluate(cfg: EvalConfig, max_new_pairs: int | None = None, progress: bool =
                     records[p.index] = rec
                     new += 1
                     bar.update(1)
-                    if max_new_pairs is not None and new >= max_new_pairs:
+                    if max_new_pairs is not None and new >= max_new_pairs and len(records) < len(ctx.pairs):
                         log(f"[evaluation] stopped after {new} new pairs (--max_new_pairs); "
                             f"{len(ctx.pairs) - len(records)} left: run the same command again to continue")
                         return None
