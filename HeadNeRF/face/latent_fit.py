@@ -35,6 +35,8 @@ __all__ = ["FitOptions", "fit_latent_codes", "fit_shape", "landmark_error", "reg
 SIGMA_LM = 0.08  # landmark noise, fraction of the interocular distance (mediapipe vs the synthetic definition)
 PRIOR_STD = 0.8
 JAW_WEIGHT = 0.5
+COLOUR_SIGMA = 0.03  # colour noise of a region mean (fraction of full scale)
+ILLUMINATION_PRIOR_STD = 0.4  # tighter than the sampler (0.8): colours barely separate light from albedo
 CHUNK = 512  # rows per batched solve in the per-row stage
 
 
@@ -380,7 +382,6 @@ def fit_appearance(faces, code: np.ndarray, R, t, rows, size: int = 64, iters: i
     a0, a1 = 22, len(code)
     app = np.zeros(a1 - a0)
     eps = 0.2
-    sig = 0.03  # colour noise (fraction of full scale)
     for _ in range(iters):
         F0, V0 = model.features(_with_appearance(code, app))
         valid = (TV & V0)[..., None]
@@ -391,8 +392,9 @@ def fit_appearance(faces, code: np.ndarray, R, t, rows, size: int = 64, iters: i
             a[k] += eps
             Fk, _ = model.features(_with_appearance(code, a))
             J[:, k] = ((Fk - F0) * valid).reshape(-1) / eps
-        H = J.T @ J / sig ** 2 + np.eye(len(app)) / PRIOR_STD ** 2
-        g = J.T @ r0 / sig ** 2 + app / PRIOR_STD ** 2
+        prior = np.r_[np.full(12, 1.0 / PRIOR_STD ** 2), np.full(len(app) - 12, 1.0 / ILLUMINATION_PRIOR_STD ** 2)]
+        H = J.T @ J / COLOUR_SIGMA ** 2 + np.diag(prior)
+        g = J.T @ r0 / COLOUR_SIGMA ** 2 + app * prior
         step = -np.linalg.solve(H, g)
         app = np.clip(app + np.clip(step, -1.0, 1.0), -2.5, 2.5)
     return app
