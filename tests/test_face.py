@@ -80,6 +80,8 @@ def test_no_face():
     with pytest.raises(NoFaceError) as e:
         analyse_face(np.full((240, 320, 3), 255, np.uint8), name="blank.png")
     assert str(e.value) == "no face found in blank.png"
+    with pytest.raises(NoFaceError):  # a greyscale array is accepted (converted), still no face
+        analyse_face(np.zeros((60, 80), np.uint16), name="grey")
 
 
 def test_real_photo_astronaut():

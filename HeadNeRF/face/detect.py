@@ -187,7 +187,8 @@ def analyse_face(image_rgb: np.ndarray, face_index: int | None = None, name: str
     """Find the face and its landmarks in an (H, W, 3) uint8 RGB image.
 
     Args:
-        image_rgb: (H, W, 3) uint8 RGB. face_index: which face (0 = largest) when there are several;
+        image_rgb: (H, W, 3) uint8 RGB (grey, alpha, 16-bit or float arrays are converted as
+            ``load_image_rgb`` does). face_index: which face (0 = largest) when there are several;
         None takes the largest. name: used in the NoFaceError message.
     Returns:
         :class:`FaceAnalysis` in pixel coordinates of ``image_rgb``.
@@ -195,8 +196,12 @@ def analyse_face(image_rgb: np.ndarray, face_index: int | None = None, name: str
         NoFaceError: no face (or fewer than ``face_index + 1`` faces).
     """
     img = np.asarray(image_rgb)
-    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-        raise ValueError(f"analyse_face expects an (H, W, 3) uint8 RGB image, got {img.shape} {img.dtype}")
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 2, 3, 4)) or min(img.shape[:2]) < 1:
+        raise ValueError(f"analyse_face expects an (H, W, 3) RGB image, got shape {img.shape}")
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:  # grey, alpha, 16-bit, float
+        from .image_io import to_rgb_uint8
+
+        img = to_rgb_uint8(img)
     H, W = img.shape[:2]
     meshes = _run_mesh(img)
     small = bool(meshes) and max(np.sqrt(_box_area(m)) for m in meshes) < SMALL_FACE * min(H, W)
