@@ -241,3 +241,14 @@ def test_appearance_renderer_matches_render_view():
     other[22:] = hm.sample_code(rng)[22:]
     ref = render_view(other, out["cam_R_w2c"], out["cam_t_w2c"], out["cam_K"], 48, out["gaze_head"])["image"]
     assert np.abs(model.images(other) * 255 - ref).max() < 0.01
+
+
+def test_mesh_calibration_is_in_the_head_frame():
+    """The packaged dense model points lie on the synthetic head with the right sides."""
+    from HeadNeRF.face.pose import mesh_model_points
+
+    C, sel = mesh_model_points()
+    assert C.shape == (478, 3) and np.isfinite(C).all() and 200 < len(sel) <= 468
+    assert C[33, 0] < -0.2 < 0.2 < C[263, 0]  # subject's right eye corner at x < 0
+    assert C[1, 2] < C[33, 2] and C[1, 2] < -0.8  # nose tip in front of the eyes (face towards -z)
+    assert C[10, 1] < C[33, 1] < C[1, 1] < C[152, 1]  # forehead, eyes, nose, chin from top to bottom
