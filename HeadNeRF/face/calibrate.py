@@ -84,7 +84,10 @@ def choose_mapping(recs: list[dict], top: int = 12) -> list[tuple[int, ...]]:
     L = np.stack([r["lm478"][:, :2] for r in recs]).astype(np.float64)
     G = np.stack([r["lm2d"] for r in recs]).astype(np.float64)
     iod = _iod(G)
-    err = lambda p, i: float(np.median(np.linalg.norm(p - G[:, i], axis=1) / iod * 100))
+
+    def err(p, i):
+        return float(np.median(np.linalg.norm(p - G[:, i], axis=1) / iod * 100))
+
     table = []
     for i in range(68):
         med = np.median(np.linalg.norm(L - G[:, i:i + 1], axis=2) / iod[:, None] * 100, 0)

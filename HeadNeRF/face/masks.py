@@ -173,6 +173,9 @@ def face_masks(image_rgb: np.ndarray, analysis, K: np.ndarray | None = None, pos
         _poly(m, c + EYE_SCALE * (pts - c))
         m = _dilate(m > 0, radius)
         eyes.append(m)
-    u8 = lambda m: (np.asarray(m, bool).astype(np.uint8) * 255)
+
+    def u8(m):
+        return np.asarray(m, bool).astype(np.uint8) * 255
+
     return {"mask": u8(head), "right_eye_mask": u8(eyes[0]), "left_eye_mask": u8(eyes[1]),
             "eye_mask": u8(eyes[0] | eyes[1])}

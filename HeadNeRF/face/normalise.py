@@ -84,7 +84,10 @@ def normalising_camera(R_w2c: np.ndarray, t_w2c: np.ndarray, K_image: np.ndarray
 
 def warp_for_cv2(W: np.ndarray) -> np.ndarray:
     """Continuous-coordinate homography -> the matrix cv2.warpPerspective expects (pixel indices)."""
-    T = lambda s: np.array([[1, 0, s], [0, 1, s], [0, 0, 1.0]])
+
+    def T(s):
+        return np.array([[1, 0, s], [0, 1, s], [0, 0, 1.0]])
+
     return T(-0.5) @ W @ T(0.5)
 
 
