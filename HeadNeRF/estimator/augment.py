@@ -19,8 +19,10 @@ def _uniform(gen, n, lo, hi, device) -> torch.Tensor:
 
 
 def mirror_labels(labels: torch.Tensor) -> torch.Tensor:
-    """(B, 4) (gaze pitch, yaw, head pitch, yaw) of a mirrored image: yaws negated."""
-    return labels * labels.new_tensor([1.0, -1.0, 1.0, -1.0])
+    """(B, 2k) (pitch, yaw) pairs (gaze, head pose, eye in head) of a mirrored image: every yaw negated."""
+    sign = labels.new_ones(labels.shape[-1])
+    sign[1::2] = -1.0
+    return labels * sign
 
 
 def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -40,9 +42,9 @@ def augment_batch(images: torch.Tensor, labels: torch.Tensor, cfg: AugmentConfig
     """Random per-image mirror, zoom/shift, colour jitter, blur and noise.
 
     Args:
-        images: (B, 3, S, S) in [0, 1]. labels: (B, 4) radians (see model.OUTPUT_NAMES).
+        images: (B, 3, S, S) in [0, 1]. labels: (B, 2k) (pitch, yaw) pairs, radians (see model.OUTPUT_NAMES).
     Returns:
-        (images (B, 3, S, S) in [0, 1], labels (B, 4)).
+        (images (B, 3, S, S) in [0, 1], labels (B, 2k)).
     """
     B, _, S, _ = images.shape
     dev = images.device

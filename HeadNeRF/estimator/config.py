@@ -119,6 +119,7 @@ class EstimatorConfig:
     warmup_steps: int = 100  # linear warm-up, then cosine decay to lr * min_lr_ratio at the last step
     min_lr_ratio: float = 0.01
     head_pose_weight: float = 0.5  # weight of the head-pose L1 term (the gaze term has weight 1)
+    eye_weight: float = 1.0  # weight of the eye-in-head L1 term (gaze in the head frame: it makes the net read the eyes)
     val_every: int = 250  # steps between held-out evaluations (tensorboard only: nothing is selected on them)
     val_images: int = 256
     ckpt_every: int = 250
@@ -136,6 +137,7 @@ class EstimatorConfig:
         _check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
         _check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
         _check(self.head_pose_weight >= 0, "head_pose_weight", "must be >= 0")
+        _check(self.eye_weight >= 0, "eye_weight", "must be >= 0")
         _check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
         _check(self.num_threads >= 0, "num_threads", "must be >= 0")
         _check(self.device in ("cpu", "cuda") or self.device.startswith("cuda:"), "device",

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ..data.dataset import GazeDataset
 from ..data.layout import SPLIT_FILE, DataFormatError, subject_file_name
+from ..geometry.gaze import rotate_pitch_yaw
 
 __all__ = ["MARKER_FILE", "LabelledFaces", "make_estimator_dataset", "to_input"]
 
@@ -40,7 +41,10 @@ def to_input(patches: np.ndarray, size: int) -> torch.Tensor:
 
 
 class LabelledFaces(torch.utils.data.Dataset):
-    """Labelled rows of ``subjects``. Item: {"image": (3, s, s) uint8, "gaze": (2,), "head_pose": (2,), "subject": ()}.
+    """Labelled rows of ``subjects``.
+
+    Item: {"image": (3, s, s) uint8, "gaze": (2,), "head_pose": (2,), "eye_in_head": (2,), "subject": ()};
+    ``eye_in_head`` is the gaze in the head frame, ``rotate_pitch_yaw(gaze, R_w2c.T)``.
 
     Attributes:
         refs: list of (subject, row) per item. stored_size: image size in the files.
@@ -59,7 +63,7 @@ class LabelledFaces(torch.utils.data.Dataset):
         by_subject: dict[int, list] = {}
         for ref in base.rows:
             by_subject.setdefault(ref.subject, []).append(ref.row)
-        refs, gaze, head, images, self.skipped_unlabelled = [], [], [], [], 0
+        refs, gaze, head, eye, images, self.skipped_unlabelled = [], [], [], [], [], 0
         from tqdm import tqdm
 
         for sid in tqdm(list(by_subject), desc=desc, unit="subject", disable=not progress, leave=False):
@@ -67,22 +71,26 @@ class LabelledFaces(torch.utils.data.Dataset):
             with h5py.File(self.paths[sid], "r") as f:
                 g = np.asarray(f["face_gaze"][:], dtype=np.float32)[rows]
                 h = np.asarray(f["face_head_pose"][:], dtype=np.float32)[rows]
+                R = np.asarray(f["cam_R_w2c"][:], dtype=np.float32)[rows]
                 ok = np.isfinite(g).all(1) & np.isfinite(h).all(1)
                 if "gaze_valid" in f:
                     ok &= np.asarray(f["gaze_valid"][:], dtype=bool)[rows]
                 self.skipped_unlabelled += int((~ok).sum())
-                rows, g, h = rows[ok], g[ok], h[ok]
+                rows, g, h, R = rows[ok], g[ok], h[ok], R[ok]
                 if len(rows) and preload:
                     images.append(to_input(f["face_patch"][rows.tolist()], self.input_size))
             refs += [(int(sid), int(r)) for r in rows]
             gaze.append(g)
             head.append(h)
+            # the gaze in the head frame (the eyeball's rotation relative to the head), as training.py
+            eye.append(rotate_pitch_yaw(torch.from_numpy(g), torch.from_numpy(R).transpose(-1, -2)).numpy())
         if not refs:
             raise DataFormatError(f"{dataset_dir}: no rows with gaze labels among subjects {sorted(by_subject)} "
                                   f"({self.skipped_unlabelled} rows without a label)")
         self.refs = refs
         self.gaze = torch.from_numpy(np.concatenate(gaze))
         self.head_pose = torch.from_numpy(np.concatenate(head))
+        self.eye_in_head = torch.from_numpy(np.concatenate(eye)).float()
         self.subjects = torch.tensor([s for s, _ in refs])
         self.images = torch.cat(images) if preload else None
         self._files: dict = {}
@@ -104,7 +112,7 @@ class LabelledFaces(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return {"image": self.image(index), "gaze": self.gaze[index], "head_pose": self.head_pose[index],
-                "subject": self.subjects[index]}
+                "eye_in_head": self.eye_in_head[index], "subject": self.subjects[index]}
 
     def __getstate__(self):
         state = self.__dict__.copy()

@@ -30,15 +30,18 @@ __all__ = [
     "load_pretrained",
 ]
 
-OUTPUT_NAMES = ("gaze_pitch", "gaze_yaw", "head_pitch", "head_yaw")
+# gaze and head pose in the normalised camera frame, then the eyeball's rotation in the head frame
+# (the gaze relative to the head: an auxiliary target that no head-pose reading can satisfy, so the
+# network must look at the eyes; see docs/estimator.md)
+OUTPUT_NAMES = ("gaze_pitch", "gaze_yaw", "head_pitch", "head_yaw", "eye_pitch", "eye_yaw")
 _RESNETS = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34, 50: torchvision.models.resnet50}
 
 
 class GazeEstimator(torch.nn.Module):
-    """ResNet regressor. ``forward(images (B, 3, S, S) in [0, 1]) -> (B, 4)`` radians (see OUTPUT_NAMES)."""
+    """ResNet regressor. ``forward(images (B, 3, S, S) in [0, 1]) -> (B, num_outputs)`` radians (OUTPUT_NAMES)."""
 
     def __init__(self, depth: int = 18, input_size: int = 64, stem: str = "no_maxpool",
-                 mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)):
+                 mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), num_outputs: int = len(OUTPUT_NAMES)):
         super().__init__()
         self.depth, self.input_size, self.stem = int(depth), int(input_size), stem
         net = _RESNETS[self.depth](weights=None)
@@ -46,7 +49,7 @@ class GazeEstimator(torch.nn.Module):
             net.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         elif stem == "no_maxpool":
             net.maxpool = torch.nn.Identity()
-        net.fc = torch.nn.Linear(net.fc.in_features, len(OUTPUT_NAMES))
+        net.fc = torch.nn.Linear(net.fc.in_features, num_outputs)
         torch.nn.init.zeros_(net.fc.bias)
         torch.nn.init.normal_(net.fc.weight, std=0.01)  # start near the zero (frontal) prediction
         self.net = net
@@ -129,7 +132,8 @@ def load_estimator(path: str, device="cpu") -> tuple[GazeEstimator, EstimatorInf
         raise CheckpointError(f"{file}: not a gaze-estimator checkpoint (no 'estimator' entry; a NeRF checkpoint?); "
                               "train one with train_gaze_estimator.py")
     try:
-        model = GazeEstimator(meta["depth"], meta["input_size"], meta["stem"], meta["mean"], meta["std"])
+        model = GazeEstimator(meta["depth"], meta["input_size"], meta["stem"], meta["mean"], meta["std"],
+                              len(meta.get("outputs", OUTPUT_NAMES)))
         model.load_state_dict(state["model"])
     except (KeyError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{file}: estimator weights do not load ({str(exc).splitlines()[0][:200]})") from None
@@ -156,7 +160,8 @@ def estimate(model: GazeEstimator, images: torch.Tensor, batch_size: int = 256) 
     Args:
         images: (B, 3, S, S) float RGB in [0, 1], S == model.input_size, on the model's device.
     Returns:
-        {"gaze": (B, 2), "head_pose": (B, 2)} (pitch, yaw) radians.
+        {"gaze": (B, 2), "head_pose": (B, 2)} (pitch, yaw) radians, normalised camera frame, and, for
+        estimators with the auxiliary output, "eye_in_head" (B, 2): the gaze in the head frame.
     Raises:
         ValueError: one line, for a wrong shape or an input size other than the training one.
     """
@@ -170,7 +175,10 @@ def estimate(model: GazeEstimator, images: torch.Tensor, batch_size: int = 256) 
     model.eval()
     try:
         out = torch.cat([model(images[i:i + batch_size].float()) for i in range(0, len(images), batch_size)]) \
-            if len(images) else images.new_zeros(0, 4)
+            if len(images) else images.new_zeros(0, model.net.fc.out_features)
     finally:
         model.train(was_training)
-    return {"gaze": out[:, :2], "head_pose": out[:, 2:4]}
+    result = {"gaze": out[:, :2], "head_pose": out[:, 2:4]}
+    if out.shape[1] >= 6:
+        result["eye_in_head"] = out[:, 4:6]
+    return result

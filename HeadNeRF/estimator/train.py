@@ -37,7 +37,7 @@ from ..geometry.gaze import angular_error_deg
 from .augment import augment_batch
 from .config import EstimatorConfig
 from .data import LabelledFaces, make_estimator_dataset
-from .model import GazeEstimator, build_estimator, estimate
+from .model import OUTPUT_NAMES, GazeEstimator, build_estimator, estimate
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -87,17 +87,20 @@ def error_summary(errors: torch.Tensor) -> dict:
 def evaluate_heldout(model: GazeEstimator, faces: LabelledFaces, device, rows=None) -> dict:
     """Per-row gaze and head-pose angular errors (degrees) of ``model`` on ``faces`` rows (all by default).
 
-    Returns {"gaze": (N,), "head_pose": (N,), "subjects": (N,)} CPU tensors.
+    Returns {"gaze": (N,), "head_pose": (N,), "subjects": (N,), "eye_in_head": (N,) or None} CPU tensors.
     """
     rows = list(range(len(faces))) if rows is None else list(rows)
-    gaze_err, head_err = [], []
+    gaze_err, head_err, eye_err = [], [], []
     for i in range(0, len(rows), 256):
         idx = rows[i:i + 256]
         images = torch.stack([faces.image(j) for j in idx]).to(device).float() / 255.0
         out = estimate(model, images)
         gaze_err.append(angular_error_deg(out["gaze"].cpu(), faces.gaze[idx]))
         head_err.append(angular_error_deg(out["head_pose"].cpu(), faces.head_pose[idx]))
-    return {"gaze": torch.cat(gaze_err), "head_pose": torch.cat(head_err), "subjects": faces.subjects[rows]}
+        if "eye_in_head" in out:
+            eye_err.append(angular_error_deg(out["eye_in_head"].cpu(), faces.eye_in_head[idx]))
+    return {"gaze": torch.cat(gaze_err), "head_pose": torch.cat(head_err), "subjects": faces.subjects[rows],
+            "eye_in_head": torch.cat(eye_err) if eye_err else None}
 
 
 def _spread(n: int, count: int) -> list:
@@ -226,7 +229,7 @@ def train_estimator(cfg: EstimatorConfig, resume: str | None = None, dry_run: bo
     meta = {"depth": cfg.model.depth, "stem": cfg.model.stem, "input_size": cfg.model.input_size,
             "mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist(),
             "train_image_size": int(train_faces.stored_size or cfg.model.input_size),
-            "dataset_dir": cfg.data.dataset_dir, "outputs": ["gaze_pitch", "gaze_yaw", "head_pitch", "head_yaw"],
+            "dataset_dir": cfg.data.dataset_dir, "outputs": list(OUTPUT_NAMES),
             "frame": "normalised camera (layout face_gaze / face_head_pose), radians"}
 
     os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
@@ -264,15 +267,15 @@ def train_estimator(cfg: EstimatorConfig, resume: str | None = None, dry_run: bo
     try:
         for batch in loader:
             images = batch["image"].to(device).float() / 255.0
-            labels = torch.cat((batch["gaze"], batch["head_pose"]), 1).to(device)
+            labels = torch.cat((batch["gaze"], batch["head_pose"], batch["eye_in_head"]), 1).to(device)
             images, labels = augment_batch(images, labels, cfg.augment, gen)
             lr = lr_at(cfg, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             pred = model(images)
             err = (pred - labels).abs()
-            loss_gaze, loss_head = err[:, :2].mean(), err[:, 2:].mean()
-            loss = loss_gaze + cfg.head_pose_weight * loss_head
+            loss_gaze, loss_head, loss_eye = err[:, :2].mean(), err[:, 2:4].mean(), err[:, 4:6].mean()
+            loss = loss_gaze + cfg.head_pose_weight * loss_head + cfg.eye_weight * loss_eye
             optimizer.zero_grad(set_to_none=True)
             finite = bool(torch.isfinite(loss))
             if finite:
@@ -304,6 +307,7 @@ def train_estimator(cfg: EstimatorConfig, resume: str | None = None, dry_run: bo
                 writer.add_scalar("loss/total", loss.item(), step)
                 writer.add_scalar("loss/gaze_l1", loss_gaze.item(), step)
                 writer.add_scalar("loss/head_pose_l1", loss_head.item(), step)
+                writer.add_scalar("loss/eye_in_head_l1", loss_eye.item(), step)
                 writer.add_scalar("train/gaze_error_deg_augmented", gaze_deg, step)
                 writer.add_scalar("lr", lr, step)
             if val_rows and (step % cfg.val_every == 0 or step == cfg.steps):
@@ -312,7 +316,8 @@ def train_estimator(cfg: EstimatorConfig, resume: str | None = None, dry_run: bo
                 writer.add_scalar("heldout/gaze_error_deg", errs["gaze"].mean().item(), step)
                 writer.add_scalar("heldout/head_pose_error_deg", errs["head_pose"].mean().item(), step)
                 line = (f"[estimator] step {step}: held-out gaze error {errs['gaze'].mean().item():.2f} deg, "
-                        f"head pose {errs['head_pose'].mean().item():.2f} deg ({len(val_rows)} images)")
+                        f"head pose {errs['head_pose'].mean().item():.2f} deg, eye in head "
+                        f"{errs['eye_in_head'].mean().item():.2f} deg ({len(val_rows)} images)")
                 (bar.write if bar is not None else print)(line)
                 t_last = time.time()  # held-out scoring is not training time
             if step % cfg.ckpt_every == 0 or step == end:
@@ -360,6 +365,7 @@ def _report(cfg, model, train_faces, heldout, note, device, step, train_seconds,
     report.update(
         heldout_subjects=sorted(set(heldout.subjects.tolist())), heldout_images=len(heldout),
         gaze_error_deg=error_summary(errs["gaze"]), head_pose_error_deg=error_summary(errs["head_pose"]),
+        eye_in_head_error_deg=error_summary(errs["eye_in_head"]),
         per_subject_gaze_error_deg={str(s): errs["gaze"][errs["subjects"] == s].mean().item()
                                     for s in sorted(set(errs["subjects"].tolist()))},
         # context: always answering the training set's mean gaze
