@@ -23,6 +23,7 @@ returns per-image values so that the protocol can record each pair and aggregate
 
 import math
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -129,7 +130,8 @@ def build_lpips(net: str, weights_path: str, device="cpu"):
         backbone.load_state_dict(_load_state_dict(weights_path))
     except Exception as exc:  # noqa: BLE001  (any failure: a wrong file for this backbone)
         return None, f"skipped: {weights_path} is not a torchvision {_TV_BACKBONE[net]} state dict ({str(exc).splitlines()[0][:120]})"
-    with contextlib.redirect_stdout(io.StringIO()):  # lpips prints its setup
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # lpips prints, torchvision warns
+        warnings.simplefilter("ignore", UserWarning)
         model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
     features = backbone.features
     for sl in model.net.children():  # slice1..N hold features[i] under the name str(i)
@@ -141,12 +143,13 @@ def build_lpips(net: str, weights_path: str, device="cpu"):
         p.requires_grad_(False)
 
     def lpips_fn(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        pred, target = pred.to(device), target.to(device)
         with torch.no_grad():
             size = max(pred.shape[-1], 64)  # the AlexNet trunk needs >= 64 px
             if pred.shape[-1] != size:
                 pred = F.interpolate(pred, size=(size, size), mode="bilinear", align_corners=False)
                 target = F.interpolate(target, size=(size, size), mode="bilinear", align_corners=False)
-            return model(pred.float() * 2 - 1, target.float() * 2 - 1).reshape(-1).double()
+            return model(pred.float() * 2 - 1, target.float() * 2 - 1).reshape(-1).double().cpu()
 
     return lpips_fn, f"LPIPS-{net}, backbone weights {weights_path}"
 
@@ -231,7 +234,10 @@ class IdentityEmbedder:
 
     def __init__(self, size: int = 256):
         import dlib
-        import face_recognition_models as frm
+
+        with warnings.catch_warnings():  # face_recognition_models imports pkg_resources (deprecated)
+            warnings.simplefilter("ignore", UserWarning)
+            import face_recognition_models as frm
 
         self.size = size
         self.detector = dlib.get_frontal_face_detector()
