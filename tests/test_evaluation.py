@@ -20,11 +20,12 @@ from conftest import tiny_config_dict
 
 def _save_estimator(path: str, input_size: int) -> str:
     from HeadNeRF.checkpoint import save_checkpoint
-    from HeadNeRF.estimator import GazeEstimator
+    from HeadNeRF.estimator import OUTPUT_NAMES, GazeEstimator
 
     torch.manual_seed(0)
-    model = GazeEstimator(18, input_size, "small")
-    meta = {"depth": 18, "input_size": input_size, "stem": "small", "mean": [0.5] * 3, "std": [0.25] * 3}
+    model = GazeEstimator(18, input_size, "small")  # untrained: the tests check bookkeeping, not accuracy
+    meta = {"depth": 18, "input_size": input_size, "stem": "small", "mean": [0.5] * 3, "std": [0.25] * 3,
+            "outputs": list(OUTPUT_NAMES)}
     save_checkpoint({"model": model.state_dict(), "config": {"steps": 0}, "estimator": meta, "step": 0}, path)
     return path
 
