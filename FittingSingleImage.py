@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune_steps", type=int, default=0,
                    help="steps of per-subject network fine-tuning after the code fit (GazeNeRF-style; the gaze pathway "
                    "is frozen and the eye region left out, so the eyes still move); default 0")
-    p.add_argument("--steps", type=int, default=None, help="maximum steps of the code fit (default 200, early stop)")
+    p.add_argument("--steps", type=int, default=None, help="maximum steps of the code fit (default 100, early stop)")
     p.add_argument("--face_index", type=int, default=None,
                    help="which face when the photo has several (0 = largest; default: the largest)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")

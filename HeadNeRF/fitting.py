@@ -285,8 +285,8 @@ def target_from_normalised_face(face, code, info: ModelInfo, name: str = "image"
 class FitConfig:
     """Settings of :func:`fit_image` (defaults: the quickstart model on a CPU within the command's 60 s)."""
 
-    steps: int = 200  # codes stage, at most (early stop)
-    rays_per_step: int = 1024  # pixels per step for per-pixel models; 0 = whole images always
+    steps: int = 100  # codes stage, at most (early stop)
+    rays_per_step: int = 512  # pixels per step for per-pixel models; 0 = whole images always
     eye_ray_weight: float = 4.0  # eye pixels are this many times likelier to be drawn
     lr_shape: float = 0.05
     lr_appearance: float = 0.05
@@ -303,10 +303,11 @@ class FitConfig:
     code_reg: float = 1e-3  # weight of the mean square of the code offsets
     camera_reg: float = 1.0  # weight of the mean square of the camera refinement (rad, head units)
     gaze_reg: float = 1e-3
-    early_stop_patience: int = 40
+    early_stop_patience: int = 25
     early_stop_delta: float = 2e-3  # relative improvement of the smoothed loss that resets the patience
     finetune_steps: int = 0
-    finetune_lr: float = 5e-4
+    finetune_lr: float = 2e-3
+    finetune_triplane_lr_scale: float = 10.0  # tri-plane features take larger steps, as in training
     finetune_eye_weight: float = 0.0  # photometric weight of the eye region while fine-tuning (see module doc)
     freeze_gaze_pathway: bool = True
     seed: int = 0
@@ -490,11 +491,15 @@ def fit_image(model, target: FitTarget, cfg: FitConfig | None = None, progress: 
             t1 = time.perf_counter()
             net = copy.deepcopy(model)
             frozen = {id(p) for p in _gaze_param_modules(net)} if cfg.freeze_gaze_pathway else set()
-            train_params = [p for p in net.parameters() if id(p) not in frozen]
+            planes = {id(p) for n, p in net.named_parameters() if n.startswith("triplane.")}
             for p in net.parameters():
                 p.requires_grad_(id(p) not in frozen)
-            ft_groups = [{"params": train_params, "lr": cfg.finetune_lr}] + [
-                dict(g, lr=g["lr"] * 0.2) for g in groups]
+            ft_groups = [{"params": [p for p in net.parameters() if id(p) not in frozen | planes],
+                          "lr": cfg.finetune_lr}]
+            if planes:
+                ft_groups.append({"params": [p for p in net.parameters() if id(p) in planes],
+                                  "lr": cfg.finetune_lr * cfg.finetune_triplane_lr_scale})
+            ft_groups += [dict(g, lr=g["lr"] * 0.2) for g in groups]
             losses["finetune"] = run_stage("finetune", net, ft_groups, cfg.finetune_steps, cfg.finetune_eye_weight,
                                            True, clamp_gaze)
             steps_run["finetune"] = len(losses["finetune"])

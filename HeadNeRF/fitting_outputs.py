@@ -240,7 +240,7 @@ def write_png(path: str, rgb: np.ndarray) -> None:
     _atomic(path, lambda p: imageio.imwrite(p, rgb, format="png"))
 
 
-def write_animation(stem: str, frames: list, fps: float = 12.0, mp4: bool = True) -> list:
+def write_animation(stem: str, frames: list, fps: float = 8.0, mp4: bool = True) -> list:
     """``stem.gif`` (looping) and, with ``mp4``, ``stem.mp4`` (H.264 via imageio-ffmpeg). Returns the paths."""
     import imageio.v2 as imageio
 
@@ -259,7 +259,7 @@ def write_animation(stem: str, frames: list, fps: float = 12.0, mp4: bool = True
     return paths
 
 
-def gaze_sweep(result, targets: torch.Tensor | None = None, circle: int = 24, hold: int = 6,
+def gaze_sweep(result, targets: torch.Tensor | None = None, circle: int = 16, hold: int = 4,
                pitch: float = 0.3, yaw: float = 0.45, eye_code=None) -> tuple[list, torch.Tensor]:
     """Frames of the fitted view with the eyes going round a circle (camera-frame pitch ``pitch`` sin,
     yaw ``yaw`` cos), then holding each of ``targets (N, 2)`` for ``hold`` frames.
@@ -275,7 +275,7 @@ def gaze_sweep(result, targets: torch.Tensor | None = None, circle: int = 24, ho
     return frames, gazes
 
 
-def pose_sweep(result, count: int = 24, yaw: float = 0.5, pitch: float = 0.25, eye_code=None) -> tuple[list, torch.Tensor]:
+def pose_sweep(result, count: int = 16, yaw: float = 0.5, pitch: float = 0.25, eye_code=None) -> tuple[list, torch.Tensor]:
     """Frames with the head turning (ETH-XGaze head pose yaw ``yaw`` cos, pitch ``pitch`` sin: a loop around the
     fitted view's neighbourhood) while the eyes look at the camera (camera-frame gaze 0)."""
     a = torch.arange(count, dtype=torch.float32) * (2 * math.pi / count)
@@ -285,7 +285,7 @@ def pose_sweep(result, count: int = 24, yaw: float = 0.5, pitch: float = 0.25, e
     return frames, poses
 
 
-def interpolation(result, target_codes: dict, count: int = 16) -> list:
+def interpolation(result, target_codes: dict, count: int = 10) -> list:
     """Frames of the fitted view while the codes move linearly to ``target_codes`` and back."""
     w = torch.linspace(0, 1, count)
     w = torch.cat((w, w.flip(0)[1:-1]))[:, None]
@@ -457,7 +457,7 @@ def _estimate_sweep(est_model, est_info, result, gazes: torch.Tensor, targets: t
     size = int(getattr(est_info, "input_size", result.render.shape[-1]))
     if size != result.render.shape[-1]:
         return {"skipped": f"estimator takes {size} px images, the model renders {result.render.shape[-1]} px"}
-    asked = torch.cat((gazes[::6], targets.float())) if len(targets) else gazes[::6]
+    asked = torch.cat((gazes[:16:2], targets.float())) if len(targets) else gazes[:16:2]
     images = render_fit(result, gaze=asked)
     read = estimate(est_model, images)["gaze"].cpu()
     err = angular_error_deg(read, asked)
