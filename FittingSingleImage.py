@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--estimator", help="gaze estimator checkpoint (HeadNeRF/estimator.py): fit.json then reports the "
                    "gaze it reads from the redirected renders")
     p.add_argument("--seed", type=int, default=0, help="seed of the pixel draws (default 0)")
+    p.add_argument("--full_frames", action="store_true", help="render every gaze_sweep frame whole (default for "
+                   "per-pixel models: only the dilated eye region is re-rendered per gaze and pasted into the fit, "
+                   "about 6x faster; any gaze-dependent change the model makes elsewhere is then not shown)")
     p.add_argument("--no_mp4", action="store_true", help="write only the GIFs, not the .mp4 copies")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
     p.add_argument("--verbose", action="store_true", help="keep the native libraries' log lines (mediapipe/TFLite "
@@ -89,7 +92,8 @@ def main(argv=None) -> int:
                                   target_embedding=args.target_embedding, gaze_targets=args.gaze_targets,
                                   finetune_steps=args.finetune_steps, face_index=args.face_index, device=args.device,
                                   steps=args.steps, vgg_weights=args.vgg_weights, progress=not args.no_progress,
-                                  seed=args.seed, mp4=not args.no_mp4, estimator=args.estimator, args=vars(args))
+                                  seed=args.seed, mp4=not args.no_mp4, estimator=args.estimator, args=vars(args),
+                                  full_frames=args.full_frames)
     except NoFaceError as exc:
         print(str(exc), file=sys.stderr)
         return 1

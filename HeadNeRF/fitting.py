@@ -575,7 +575,8 @@ def eye_mask_for_view(R_w2c: torch.Tensor, t_w2c: torch.Tensor, K: torch.Tensor,
 
 def render_fit(result: FitResult, gaze: torch.Tensor | None = None, head_pose: torch.Tensor | None = None,
                camera: dict | None = None, codes: dict | None = None, eye_mask: torch.Tensor | None = None,
-               batch: int = 8, eye_code: np.ndarray | None = None, gaze_head: torch.Tensor | None = None) -> torch.Tensor:
+               batch: int = 8, eye_code: np.ndarray | None = None, gaze_head: torch.Tensor | None = None,
+               pixels: torch.Tensor | None = None) -> torch.Tensor:
     """Render the fitted subject.
 
     Args:
@@ -588,8 +589,9 @@ def render_fit(result: FitResult, gaze: torch.Tensor | None = None, head_pose: t
             the 43-d synthetic code for its eye landmarks, or the mean head).
         batch: images per forward.
         gaze_head: (B, 2) head-frame (eyeball) gaze instead of ``gaze``.
+        pixels: (K,) row-major pixel indices: render only those (per-pixel models), as (B, 3, 1, K) strips.
     Returns:
-        (B, 3, S, S) in [0, 1].
+        (B, 3, S, S) in [0, 1], or (B, 3, 1, K) with ``pixels``.
     """
     cam = camera or result.camera
     sizes = [x.shape[0] for x in (gaze, head_pose, gaze_head) if x is not None] + [cam["R_w2c"].shape[0]]
@@ -619,7 +621,9 @@ def render_fit(result: FitResult, gaze: torch.Tensor | None = None, head_pose: t
     with eval_mode(result.model):
         for i in range(0, B, batch):
             s = slice(i, i + batch)
-            out = result.model(shape[s], app[s], R[s], t[s], K[s], gaze_head=gaze_head[s], eye_mask=eye_mask[s])
+            px = None if pixels is None else pixels.to(dev).reshape(1, -1).expand(shape[s].shape[0], -1)
+            out = result.model(shape[s], app[s], R[s], t[s], K[s], gaze_head=gaze_head[s], eye_mask=eye_mask[s],
+                               pixels=px)
             images.append(out["image"].clamp(0, 1))
     return torch.cat(images)
 
