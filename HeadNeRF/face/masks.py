@@ -7,8 +7,8 @@ about the eye centre), dilated by ``max(2, S // 40)`` px.
 * **Head mask** = face oval of the mesh ∪ (person segmentation ∩ head region). The person
   segmentation is mediapipe's SelfieSegmentation (offline, one cached instance). The head region is
   the silhouette of the synthetic mean head placed by PnP (``head_pose_pnp``), grown by
-  ``HAIR_MARGIN`` of the head size for hair volume, minus everything below the jaw line (neck,
-  shoulders, long hair below the chin). Without a usable segmentation (e.g. a very small face) the
+  ``HAIR_MARGIN`` of the head size for hair volume, minus everything below the mesh's lower face
+  oval (neck, shoulders, long hair below the chin). Without a usable segmentation (e.g. a very small face) the
   head region itself is used.
 * **Eye masks**: the mesh's lid contour (16 points per eye) scaled ``EYE_SCALE`` about its centre,
   filled, dilated by ``max(2, S // 40)`` where S is the patch size the image stands
@@ -29,6 +29,8 @@ from .landmarks68 import FACE_OVAL, LEFT_EYE_CONTOUR, RIGHT_EYE_CONTOUR
 __all__ = ["EYE_SCALE", "HAIR_MARGIN", "face_masks", "head_silhouette"]
 
 HAIR_MARGIN = 0.10  # head region grows by this fraction of the head height
+JAW_FROM, JAW_TO = 323, 93  # FACE_OVAL stretch of the lower face (subject's left cheek -> chin -> right cheek)
+CHIN_MARGIN = 0.08  # the cut line runs this fraction of the head height below the mesh's chin
 EYE_SCALE = 2.1  # mesh lid contour -> synthetic periocular region (calibrated: best IoU on 50 renders)
 # Interocular distance (eye centres) over the patch size in the training framing (measured on the
 # synthetic normalised views: 0.57 head units at focal 2.05 S from ~4.4 units).
@@ -140,21 +142,27 @@ def face_masks(image_rgb: np.ndarray, analysis, K: np.ndarray | None = None, pos
     head_h = (ys.max() - ys.min() + 1) if len(ys) else float(np.ptp(lm[:, 1]))
     grow = max(1, int(round(HAIR_MARGIN * head_h)))
     region = _dilate(sil, grow)
-    # below the jaw line: the polygon jaw (lm68 2..14) extended to far below the face
-    jaw = np.asarray(analysis.lm68, np.float64)[1:16]
+    # Below the jaw: (1) the grown region stops at the jaw line (iBUG 1-15) extended sideways along
+    # the head's own "down" (shoulders, long hair); (2) the mean-head silhouette loses what lies
+    # straight under the mesh's lower face oval (cheek -> chin -> cheek), CHIN_MARGIN lower (the neck).
     far = 4.0 * head_h
+    jaw = np.asarray(analysis.lm68, np.float64)[1:16]
     side = (jaw[-1] - jaw[0]) / max(np.linalg.norm(jaw[-1] - jaw[0]), 1e-6)
-    down = np.array([-side[1], side[0]])  # the head's "down" in the image (rolled heads too)
+    down = np.array([-side[1], side[0]])
     below = np.concatenate([[jaw[0] - far * side], jaw, [jaw[-1] + far * side, jaw[-1] + far * (side + down)],
                             [jaw[0] + far * (down - side)]])
-    bl = np.zeros((H, W), np.uint8)
+    oval = list(FACE_OVAL)
+    chin = lm[oval[oval.index(JAW_FROM):oval.index(JAW_TO) + 1], :2][::-1] + CHIN_MARGIN * head_h * down
+    under_chin = np.concatenate([chin, chin[::-1] + far * down])
+    bl, uc = np.zeros((H, W), np.uint8), np.zeros((H, W), np.uint8)
     _poly(bl, below)
-    region &= ~(bl > 0) | sil
+    _poly(uc, under_chin)
+    region = (region & ~(bl > 0)) | (sil & ~(uc > 0))
     prob = person_probability(image_rgb)
     if prob is not None and (prob[face > 0] > 0.5).mean() > 0.5:
         head = (prob > 0.5) & region
     else:
-        head = sil.copy()
+        head = sil & ~(uc > 0)
     head |= face > 0
     # keep the component(s) touching the face
     n, lab = cv2.connectedComponents(head.astype(np.uint8), connectivity=8)
