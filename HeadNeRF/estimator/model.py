@@ -92,9 +92,12 @@ def load_pretrained(model: GazeEstimator, path: str) -> list:
     skipped = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
     loadable = {k: v for k, v in state.items() if k not in skipped}
     missing = [k for k in own if k not in loadable and not k.startswith("fc.") and not k.startswith("conv1.")]
-    if missing:
-        raise ConfigError(f"model.pretrained_path: {path} does not fit a ResNet-{model.depth} "
-                          f"({len(missing)} tensors missing, e.g. {missing[0]}); use weights of the same depth")
+    foreign = [k for k in skipped if not k.startswith("fc.") and not k.startswith("conv1.")]
+    if missing or foreign:
+        what = f"{len(missing)} tensors missing, e.g. {missing[0]}" if missing else \
+            f"{len(foreign)} tensors it does not have, e.g. {foreign[0]}"
+        raise ConfigError(f"model.pretrained_path: {path} does not fit a ResNet-{model.depth} ({what}); "
+                          "use weights of the same depth")
     model.net.load_state_dict(loadable, strict=False)
     return skipped
 

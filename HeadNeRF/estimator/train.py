@@ -66,6 +66,9 @@ def lr_at(cfg: EstimatorConfig, step: int) -> float:
 
 def resolve_subjects(cfg: EstimatorConfig) -> tuple[list, list]:
     """(training subjects, held-out subjects) from the config and ``split.json``."""
+    if not os.path.isdir(cfg.data.dataset_dir):
+        raise DataFormatError(f"{cfg.data.dataset_dir}: dataset directory not found (for the synthetic set: "
+                              "set data.generate_if_missing: true or run train_gaze_estimator.py --make_data_only)")
     split = Split.load(cfg.data.dataset_dir)
     heldout = list(cfg.data.heldout_subjects) or list(split.test_subjects)
     train = list(cfg.data.train_subjects) or [s for s in split.train_subjects + split.test_subjects if s not in heldout]
