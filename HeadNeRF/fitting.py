@@ -302,7 +302,7 @@ class FitConfig:
     vgg_weights_path: str = ""
     code_reg: float = 1e-3  # weight of the mean square of the code offsets
     camera_reg: float = 1.0  # weight of the mean square of the camera refinement (rad, head units)
-    gaze_reg: float = 1e-3
+    gaze_reg: float = 0.02  # prior towards looking at the camera (photos: the gaze is a free parameter)
     early_stop_patience: int = 25
     early_stop_delta: float = 2e-3  # relative improvement of the smoothed loss that resets the patience
     finetune_steps: int = 0
