@@ -54,7 +54,7 @@ class ControllabilityConfig:
 
     enabled: bool = True
     inputs_per_subject: int = 2  # the first inputs of each subject's pairs (their fits are reused)
-    pitch_range: list = dataclasses.field(default_factory=lambda: [-0.4, 0.4])  # radians, camera frame
+    pitch_range: list = dataclasses.field(default_factory=lambda: [-0.4, 0.4])  # radians, eye-in-head (head frame)
     yaw_range: list = dataclasses.field(default_factory=lambda: [-0.5, 0.5])
     resolution: list = dataclasses.field(default_factory=lambda: [5, 5])  # [pitch rows, yaw columns]
 

@@ -2,9 +2,12 @@
 
 Needs no target image, so it also runs on subjects without gaze labels (ETH-XGaze test
 subjects). For each selected input row, the ``codes`` fit (the same seeded fit the pairs
-use) is rendered from the input's own camera at every cell of a pitch × yaw grid of
-requested camera-frame gazes (``ControllabilityConfig``); the estimator reads each render,
-and the cell's error is the angle between the reading and the request. The map is the mean
+use) is rendered from the input's own camera at every cell of a pitch × yaw grid of requested
+**eye-in-head** gazes (``ControllabilityConfig``; head frame, so every view is asked for the
+same eyeball rotations, inside the range the model was trained on, whatever the camera). Each
+request is turned into the input camera's frame (``rotate_pitch_yaw(g, R_w2c)``), the estimator
+reads each render, and the cell's error is the angle between the reading and that camera-frame
+request. The map is the mean
 over the inputs (the per-subject maps are kept too), drawn as a heat map PNG with the mean
 error in the title.
 """
@@ -18,7 +21,7 @@ __all__ = ["controllability", "gaze_grid", "plot_controllability"]
 
 
 def gaze_grid(pitch_range, yaw_range, resolution) -> torch.Tensor:
-    """(rows, cols, 2) requested (pitch, yaw): pitch from high (top row) to low, yaw from low to high."""
+    """(rows, cols, 2) requested eye-in-head (pitch, yaw): pitch from high (top row) to low, yaw from low to high."""
     rows, cols = resolution
     pitch = torch.linspace(float(pitch_range[1]), float(pitch_range[0]), rows) if rows > 1 else \
         torch.tensor([(pitch_range[0] + pitch_range[1]) / 2.0])
@@ -36,6 +39,7 @@ def controllability(ctx, inputs: list[tuple[int, int]], fit_cache: dict, progres
     """
     from tqdm import tqdm
 
+    from ..geometry.gaze import rotate_pitch_yaw
     from .protocol import _item, _read, fit_input, render_at
 
     cc = ctx.cfg.controllability
@@ -48,9 +52,10 @@ def controllability(ctx, inputs: list[tuple[int, int]], fit_cache: dict, progres
             fit = fit_input(ctx, subject, row, ["codes"])["codes"]
         item = _item(ctx, subject, row)
         err = np.zeros((rows, cols))
+        requests = rotate_pitch_yaw(grid.reshape(-1, 2), item["R_w2c"][None]).reshape(rows, cols, 2)  # camera frame
         for i in range(rows):
             for j in range(cols):
-                req = grid[i, j]
+                req = requests[i, j]
                 read = _read(ctx, render_at(fit, item, req))
                 err[i, j] = M.angle_error_deg(read["gaze"], req.double().tolist())
         per_input.append({"subject": subject, "input_row": row, "errors_deg": err.tolist(), "mean_deg": float(err.mean())})
@@ -78,8 +83,8 @@ def plot_controllability(result: dict, path: str) -> None:
     im = ax.imshow(err, cmap="magma_r", vmin=0)
     ax.set_xticks(range(len(yaw)), [f"{y:.0f}" for y in yaw])
     ax.set_yticks(range(len(pitch)), [f"{p:.0f}" for p in pitch])
-    ax.set_xlabel("requested yaw (deg, camera frame)")
-    ax.set_ylabel("requested pitch (deg)")
+    ax.set_xlabel("requested eye-in-head yaw (deg)")
+    ax.set_ylabel("requested eye-in-head pitch (deg)")
     for i in range(err.shape[0]):
         for j in range(err.shape[1]):
             ax.text(j, i, f"{err[i, j]:.1f}", ha="center", va="center", fontsize=8,

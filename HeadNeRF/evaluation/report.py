@@ -244,7 +244,8 @@ def write_report_md(path: str, result: dict) -> None:
     ctrl = result.get("controllability")
     L += ["## Gaze controllability", ""]
     if ctrl and ctrl.get("inputs"):
-        L.append(f"Mean angular error between the requested gaze and the estimator's reading of the render: "
+        L.append("Mean angular error between the requested gaze (an eye-in-head grid, turned into each input's camera "
+                 f"frame) and the estimator's reading of the render: "
                  f"**{_fmt(ctrl['mean_deg'], 2)}°** over {len(ctrl['inputs'])} inputs × "
                  f"{len(ctrl['pitch'])}×{len(ctrl['yaw'])} requested gazes (pitch {_fmt(np.degrees(min(ctrl['pitch'])), 0)}…"
                  f"{_fmt(np.degrees(max(ctrl['pitch'])), 0)}°, yaw {_fmt(np.degrees(min(ctrl['yaw'])), 0)}…"

@@ -149,7 +149,8 @@ def evaluate(cfg: EvalConfig, max_new_pairs: int | None = None, progress: bool =
     ctrl = None
     if ctrl_inputs:
         ctrl_path = os.path.join(out_dir, "controllability.json")
-        ckey = {"run_key": key, "controllability": to_dict(cfg.controllability), "inputs": ctrl_inputs}
+        ckey = {"run_key": key, "controllability": to_dict(cfg.controllability), "inputs": ctrl_inputs,
+                "grid": "eye-in-head"}  # what the grid means (a cached map of another meaning is recomputed)
         if os.path.isfile(ctrl_path):
             with open(ctrl_path) as f:
                 cached = json.load(f)
