@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint
+from .data.codes import join_code, split_code
 from .config import ConfigError, ModelConfig, from_dict
 from .geometry.gaze import head_pose_from_rotation, rotate_pitch_yaw
 from .losses import VGGPerceptual, masked_error
@@ -113,28 +114,6 @@ class ModelInfo:
 def is_synthetic_layout(code_slices: dict) -> bool:
     """True when the code layout is the synthetic head model's 43-d one (the face package fits that)."""
     return {k: list(v) for k, v in code_slices.items()} == SYNTHETIC_CODE_SLICES
-
-
-def split_code(code: torch.Tensor, code_slices: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(..., D) latent code -> (shape (..., Ds) = identity ⊕ expression, appearance (..., Da) = albedo ⊕ illumination)."""
-    part = lambda name: code[..., code_slices[name][0]:code_slices[name][1]]
-    return (torch.cat((part("identity"), part("expression")), -1),
-            torch.cat((part("albedo"), part("illumination")), -1))
-
-
-def join_code(shape_code: torch.Tensor, appearance_code: torch.Tensor, code_slices: dict) -> torch.Tensor:
-    """Inverse of :func:`split_code`: (..., Ds), (..., Da) -> (..., D) in ``code_slices`` order."""
-    D = max(b for _, b in code_slices.values())
-    out = shape_code.new_zeros(*shape_code.shape[:-1], D)
-    offset = {"identity": 0, "expression": None, "albedo": 0, "illumination": None}
-    n_id = code_slices["identity"][1] - code_slices["identity"][0]
-    n_alb = code_slices["albedo"][1] - code_slices["albedo"][0]
-    offset["expression"], offset["illumination"] = n_id, n_alb
-    for name, src in (("identity", shape_code), ("expression", shape_code), ("albedo", appearance_code),
-                      ("illumination", appearance_code)):
-        a, b = code_slices[name]
-        out[..., a:b] = src[..., offset[name]:offset[name] + (b - a)]
-    return out
 
 
 def _metadata_from_dataset(config: dict) -> dict | None:
@@ -267,8 +246,12 @@ def target_from_normalised_face(face, code, info: ModelInfo, name: str = "image"
     patch = np.asarray(face.face_patch)
     if patch.shape[:2] != (S, S):
         raise ValueError(f"normalised face is {patch.shape[0]} px, the model needs {S} px")
-    f32 = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))
-    mask = lambda m: (f32(m) >= 128).float()[None, None]
+    def f32(a):
+        return torch.as_tensor(np.asarray(a, dtype=np.float32))
+
+    def mask(m):
+        return (f32(m) >= 128).float()[None, None]
+
     code = f32(code).reshape(-1)
     shape_code, app_code = split_code(code, info.code_slices)
     return FitTarget(image=f32(patch).permute(2, 0, 1)[None] / 255.0, head_mask=mask(face.mask),
@@ -599,7 +582,10 @@ def render_fit(result: FitResult, gaze: torch.Tensor | None = None, head_pose: t
         sizes.append(codes["shape_code"].shape[0])
     B = max(sizes)
     dev = result.shape_code.device
-    ex = lambda x: x.to(dev).expand(B, *x.shape[1:])
+
+    def ex(x):
+        return x.to(dev).expand(B, *x.shape[1:])
+
     R, t, K = ex(cam["R_w2c"]), ex(cam["t_w2c"]), ex(cam["K"])
     if head_pose is not None:
         R, t = camera_for_head_pose(R, t, ex(head_pose.float()))

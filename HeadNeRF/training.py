@@ -22,7 +22,6 @@ small and each does one thing.
   (gloo on CPU, nccl on CUDA); rank 0 alone validates, logs and writes files.
 """
 
-import dataclasses
 import json
 import math
 import os
@@ -34,7 +33,6 @@ import warnings
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 import yaml
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -232,11 +230,14 @@ def prepare(cfg: TrainConfig, resume: str | None = None):
     """
 
     loss_cfg = cfg.loss_config
+    # A gaze-conditioned model must not learn "unlabelled = gaze 0": rows without a gaze label
+    # (gaze_valid False, e.g. ETH-XGaze test files or unlabelled photos) train only the HeadNeRF baseline.
+    require_gaze = cfg.model.model_name != "HeadNeRF"
     train_ds = GazeDataset(cfg.data.dataset_dir, "train", subjects=cfg.data.subjects or None,
                            image_size=cfg.model.image_size, max_rows_per_subject=cfg.data.max_rows_per_subject,
-                           with_template=loss_cfg.template_eye > 0)
+                           with_template=loss_cfg.template_eye > 0, require_gaze=require_gaze)
     val_ds = GazeDataset(cfg.data.dataset_dir, "val", subjects=cfg.data.subjects or None,
-                         image_size=cfg.model.image_size)
+                         image_size=cfg.model.image_size, require_gaze=require_gaze)
     vgg = VGGPerceptual(loss_cfg.vgg_weights_path) if loss_cfg.vgg > 0 else None
     if loss_cfg.gaze_functional > 0:
         total_loss({}, {}, loss_cfg)  # raises the explanatory ConfigError

@@ -147,7 +147,10 @@ def report(results: list, fit_appearance: bool) -> str:
     row("photo folder: detection rate", lambda r: f"{r['photo_detected']}/{r['photo_rows']}")
     row("photo folder: normalised camera rotation error, median deg", lambda r: _pct(r["photo_rot_deg"]))
     row("photo folder: head-pose error, median deg", lambda r: _pct(r["photo_head_deg"]))
-    per = lambda t, n: f"{n / t:.1f}" if t > 0 else "n/a"
+
+    def per(t, n):
+        return f"{n / t:.1f}" if t > 0 else "n/a"
+
     row("images/s: detection (mediapipe 478 + iris)", lambda r: per(r["t_detect"], r["rows"]))
     row("images/s: PnP", lambda r: per(r["t_pnp"], r["detected"]))
     row("images/s: masks", lambda r: per(r["t_masks"], r["detected"]))

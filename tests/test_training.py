@@ -203,3 +203,27 @@ def test_report_rows_are_spread_over_the_held_out_set():
     assert len(picked) == 8 and len(set(picked)) == 8 and picked[0] == 100
     assert picked[-1] >= 170  # reaches the last block, not only the first rows
     assert all(b - a in (10, 11) for a, b in zip(picked, picked[1:]))
+
+
+@pytest.mark.parametrize("model_name,expect_kept", [("HeadNeRF_Gaze", False), ("HeadNeRF", True)])
+def test_rows_without_gaze_label_train_only_the_gaze_free_baseline(tiny_dataset, tmp_path, model_name, expect_kept):
+    import shutil
+
+    import h5py
+    import numpy as np
+
+    from HeadNeRF.training import prepare
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    with h5py.File(data / "subject0000.h5", "r+") as f:  # the training subject: first two rows unlabelled
+        gaze_valid = np.ones(len(f["valid_mask"]), dtype=bool)
+        gaze_valid[:2] = False
+        f["gaze_valid"] = gaze_valid
+    cfg = from_dict(TrainConfig, tiny_config_dict(str(data), str(tmp_path / "run"), model_name))
+    full = from_dict(TrainConfig, tiny_config_dict(tiny_dataset, str(tmp_path / "run"), model_name))
+    n_all = len(prepare(full)["train_ds"])
+    parts = prepare(cfg)
+    kept_rows = {r.row for r in parts["train_ds"].rows if r.subject == 0}
+    assert (0 in kept_rows and 1 in kept_rows) == expect_kept
+    assert len(parts["train_ds"]) == (n_all if expect_kept else n_all - 2)

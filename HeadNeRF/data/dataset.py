@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .codes import split_code
 from .layout import DataFormatError, Split, read_gaze_valid, subject_file_name, validate_file
 
 __all__ = ["GazeDataset", "RowRef", "open_validated"]
@@ -176,10 +177,7 @@ class GazeDataset(torch.utils.data.Dataset):
 
     def split_code(self, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(..., D) latent code -> (shape_code (..., Ds), appearance_code (..., Da))."""
-        s = self.code_slices
-        part = lambda name: code[..., s[name][0]:s[name][1]]
-        return (torch.cat((part("identity"), part("expression")), -1),
-                torch.cat((part("albedo"), part("illumination")), -1))
+        return split_code(code, self.code_slices)
 
     def _image(self, arr: np.ndarray) -> torch.Tensor:
         img = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float() / 255.0
