@@ -378,6 +378,9 @@ def _photometric(pred, tgt: dict, cfg: FitConfig, vgg, eye_weight: float, exclud
     return terms
 
 
+_MAX_BAD_STEPS = 5  # consecutive non-finite losses or gradients that end a fitting stage
+
+
 def fit_image(model, target: FitTarget, cfg: FitConfig | None = None, progress: bool = True) -> FitResult:
     """Fit ``model`` to ``target`` (see the module docstring); ``model`` itself is never modified."""
     cfg = cfg or FitConfig()
@@ -408,7 +411,7 @@ def fit_image(model, target: FitTarget, cfg: FitConfig | None = None, progress: 
         opt = torch.optim.Adam(params_groups)
         base = [g["lr"] for g in opt.param_groups]
         stop = _EarlyStop(cfg.early_stop_patience, cfg.early_stop_delta)
-        history = []
+        history, bad_steps = [], 0
         bar = None
         if progress:
             from tqdm import tqdm
@@ -434,7 +437,17 @@ def fit_image(model, target: FitTarget, cfg: FitConfig | None = None, progress: 
                     terms["gaze_reg"] = cfg.gaze_reg * gaze.square().mean()
                 loss = sum(terms.values())
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                finite = bool(torch.isfinite(loss))
+                if finite:
+                    loss.backward()
+                    finite = all(bool(torch.isfinite(p.grad).all()) for g in opt.param_groups for p in g["params"]
+                                 if p.grad is not None)
+                if not finite:  # never let one bad step poison the codes: skip it, give up after a few in a row
+                    bad_steps += 1
+                    if bad_steps >= _MAX_BAD_STEPS:
+                        break
+                    continue
+                bad_steps = 0
                 opt.step()
                 if on_step is not None:
                     on_step()

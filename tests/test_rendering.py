@@ -59,6 +59,17 @@ def test_ray_sphere_bounds_exact():
     torch.testing.assert_close(far, torch.tensor([[6.6, 5.0 + chord_half, 0.0, 1.1]]))  # inside: near = 0
 
 
+def test_ray_sphere_bounds_gradient_is_finite_for_missing_and_tangent_rays():
+    """A camera refinement is fitted through these bounds: a missed ray must give zero gradient, not NaN."""
+    origins = torch.tensor([[[0.0, 0.0, -5.0], [0.0, 2.0, -5.0], [0.0, 1.6, -5.0]]], requires_grad=True)
+    dirs = torch.tensor([[[0.0, 0.0, 1.0]] * 3])
+    near, far, hit = ray_sphere_bounds(origins, dirs, 1.6)
+    (near.sum() + far.sum()).backward()
+    assert hit.tolist() == [[True, False, False]]
+    assert torch.isfinite(origins.grad).all()
+    assert origins.grad[0, 1].abs().sum() == 0
+
+
 def test_ray_behind_camera_misses():
     near, far, hit = ray_sphere_bounds(torch.tensor([[[0.0, 0.0, -5.0]]]), torch.tensor([[[0.0, 0.0, -1.0]]]), 1.6)
     assert not hit.any() and near.item() == 0 and far.item() == 0

@@ -8,7 +8,8 @@ import pytest
 
 from conftest import ROOT
 
-SCRIPTS = ["train_headnerf.py", "Evaluation.py", "FittingSingleImage.py", "DataProcess/make_synthetic_dataset.py",
+SCRIPTS = ["train_headnerf.py", "train_gaze_estimator.py", "Evaluation.py", "FittingSingleImage.py",
+           "DataProcess/make_synthetic_dataset.py",
            "DataProcess/Gen_mask_lm_3DMM.py", "DataProcess/preview_grid.py"]
 
 

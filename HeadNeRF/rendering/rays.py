@@ -108,9 +108,12 @@ def ray_sphere_bounds(
     b = (origins * directions).sum(-1)  # (B, R) o·d
     c = (origins * origins).sum(-1) - radius * radius
     disc = b * b - c
-    root = disc.clamp_min(0.0).sqrt()
+    # sqrt only where disc > 0 (the double-where keeps the gradient finite: sqrt'(0) = inf would turn the
+    # zero gradient of a missing ray into NaN, e.g. when fitting a camera refinement)
+    inside = disc > 0
+    root = torch.where(inside, torch.where(inside, disc, torch.ones_like(disc)).sqrt(), torch.zeros_like(disc))
     far = -b + root
     near = (-b - root).clamp_min(0.0)
-    hit = (disc > 0) & (far > near)
+    hit = inside & (far > near)
     zero = torch.zeros_like(near)
     return torch.where(hit, near, zero), torch.where(hit, far, zero), hit
