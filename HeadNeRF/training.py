@@ -46,7 +46,7 @@ from .models import build_model, eval_mode
 from .rendering.rays import pixel_strip
 
 __all__ = ["train", "TrainingAborted", "gaze_in_head_frame", "PerImageOffsets", "StepBatchSampler", "prepare",
-           "sample_pixels", "gather_pixels", "data_metadata"]
+           "sample_pixels", "gather_pixels", "data_metadata", "backward_if_finite", "step_or_skip"]
 
 
 class TrainingAborted(RuntimeError):
@@ -60,6 +60,37 @@ class TrainingAborted(RuntimeError):
 def gaze_in_head_frame(gaze_cam: torch.Tensor, R_w2c: torch.Tensor) -> torch.Tensor:
     """(B,2) gaze label in the camera frame -> (B,2) gaze in the head (world) frame."""
     return rotate_pitch_yaw(gaze_cam, R_w2c.transpose(-1, -2))
+
+
+def backward_if_finite(loss: torch.Tensor, params: list) -> torch.Tensor:
+    """Backpropagate ``loss`` when it is finite. Returns a () float tensor: 1 when the loss and every
+    gradient are finite, else 0 (a tensor, so that DDP ranks can all-reduce it before deciding)."""
+    finite = torch.isfinite(loss).float()
+    if finite.item():
+        loss.backward()
+        grads = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+        finite = torch.stack(grads).all().float() if grads else finite
+    return finite
+
+
+def step_or_skip(finite: bool, loss: torch.Tensor, optimizer, params: list, grad_clip: float, bad_steps: int,
+                 max_bad_steps: int, step: int, run_dir: str, lr_key: str) -> int:
+    """Take the optimiser step when ``finite``; otherwise skip it with a warning and raise
+    TrainingAborted after ``max_bad_steps`` in a row (the last good checkpoint stays untouched).
+    Returns the new count of consecutive skipped steps."""
+    if finite:
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        return 0
+    bad_steps += 1
+    warnings.warn(f"step {step}: non-finite loss or gradient ({loss.item()}); step skipped "
+                  f"({bad_steps}/{max_bad_steps} in a row)")
+    if bad_steps >= max_bad_steps:
+        raise TrainingAborted(f"{bad_steps} consecutive non-finite losses at step {step}; aborting. "
+                              f"The last good checkpoint in {run_dir}/checkpoints is untouched; "
+                              f"lower {lr_key} or check the data")
+    return bad_steps
 
 
 class PerImageOffsets(torch.nn.Module):
@@ -493,25 +524,11 @@ def train(cfg: TrainConfig, resume: str | None = None, dry_run: bool = False, pr
                 batch = gather_pixels(batch, pixels)
             loss, terms = total_loss(out, batch, cfg.loss_config, parts["vgg"], lat, cam)
             optimizer.zero_grad(set_to_none=True)
-            finite = torch.isfinite(loss).float()
-            if finite.item():
-                loss.backward()
-                finite = torch.stack([torch.isfinite(p.grad).all() for p in params if p.grad is not None]).all().float()
+            finite = backward_if_finite(loss, params)
             if world > 1:  # every rank must agree to skip, or DDP would deadlock / diverge
                 dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-            if finite.item():
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                optimizer.step()
-                bad_steps = 0
-            else:
-                bad_steps += 1
-                warnings.warn(f"step {step}: non-finite loss or gradient ({loss.item()}); step skipped "
-                              f"({bad_steps}/{cfg.max_bad_steps} in a row)")
-                if bad_steps >= cfg.max_bad_steps:
-                    raise TrainingAborted(f"{bad_steps} consecutive non-finite losses at step {step}; aborting. "
-                                          f"The last good checkpoint in {run_dir}/checkpoints is untouched; "
-                                          "lower init_lr or check the data")
+            bad_steps = step_or_skip(bool(finite.item()), loss, optimizer, params, cfg.grad_clip, bad_steps,
+                                     cfg.max_bad_steps, step, run_dir, "init_lr")
             step += 1
             if bar is not None:
                 bar.update(1)

@@ -25,7 +25,6 @@ import os
 import signal
 import sys
 import time
-import warnings
 
 import torch
 import yaml
@@ -253,7 +252,9 @@ def train_estimator(cfg: EstimatorConfig, resume: str | None = None, dry_run: bo
         stop["signal"] = signum
 
     old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    from ..training import StepBatchSampler, TrainingAborted
+    from ..training import StepBatchSampler, backward_if_finite, step_or_skip
+
+    params = list(model.parameters())
 
     end = cfg.steps if stop_after is None else max(step, min(cfg.steps, stop_after))
     sampler = StepBatchSampler(train_faces, cfg.batch_size, cfg.seed, step, end)
@@ -280,23 +281,9 @@ def train_estimator(cfg: EstimatorConfig, resume: str | None = None, dry_run: bo
             loss_gaze, loss_head, loss_eye = err[:, :2].mean(), err[:, 2:4].mean(), err[:, 4:6].mean()
             loss = loss_gaze + cfg.head_pose_weight * loss_head + cfg.eye_weight * loss_eye
             optimizer.zero_grad(set_to_none=True)
-            finite = bool(torch.isfinite(loss))
-            if finite:
-                loss.backward()
-                finite = all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
-            if finite:
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                bad_steps = 0
-            else:
-                bad_steps += 1
-                warnings.warn(f"step {step}: non-finite loss or gradient ({loss.item()}); step skipped "
-                              f"({bad_steps}/{cfg.max_bad_steps} in a row)")
-                if bad_steps >= cfg.max_bad_steps:
-                    raise TrainingAborted(f"{bad_steps} consecutive non-finite losses at step {step}; aborting. "
-                                          f"The last good checkpoint in {run_dir}/checkpoints is untouched; "
-                                          "lower lr or check the data")
+            finite = bool(backward_if_finite(loss, params).item())
+            bad_steps = step_or_skip(finite, loss, optimizer, params, cfg.grad_clip, bad_steps, cfg.max_bad_steps,
+                                     step, run_dir, "lr")
             step += 1
             now = time.time()
             train_seconds += now - t_last
