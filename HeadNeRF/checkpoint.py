@@ -11,7 +11,7 @@ import tempfile
 
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "check_compatible"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_safely", "load_checkpoint", "check_compatible"]
 
 
 class CheckpointError(ValueError):
@@ -35,16 +35,33 @@ def save_checkpoint(state: dict, path: str) -> None:
         raise
 
 
+def load_safely(path: str, what: str = "checkpoint", map_location="cpu"):
+    """``torch.load(path, weights_only=True)`` with a one-line :class:`CheckpointError` on failure.
+
+    torch's own message for a refused pickle payload advises re-running with ``weights_only=False``;
+    that advice turns the safety off for an untrusted file, so it is never repeated here: the
+    message says whether the file is missing, corrupt or not a file this project wrote.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: {what} not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, pickle payloads refused by weights_only, text files, ...
+        text = str(exc)
+        if "weights_only" in text or "Unsupported global" in text or "Weights only load failed" in text:
+            reason = "it holds Python objects that a safe load refuses: not a file this project wrote"
+        elif "zip" in text.lower() or "central directory" in text or "EOF" in text or "magic number" in text:
+            reason = "the file is corrupt or truncated, or not a torch file"
+        else:
+            reason = f"not a torch file this project wrote ({text.splitlines()[0][:120] if text else type(exc).__name__})"
+        raise CheckpointError(f"{path}: cannot read this {what}: {reason}") from None
+
+
 def load_checkpoint(path: str, map_location="cpu") -> dict:
     """Load a checkpoint safely (no pickle). Raises CheckpointError with a one-line message."""
     if os.path.isdir(path):
         path = os.path.join(path, "checkpoints", "last.pt")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zip, pickle payloads refused by weights_only, ...
-        raise CheckpointError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:200]})") from None
+    state = load_safely(path, "checkpoint", map_location)
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path}: not a HeadNeRF checkpoint (expected keys 'model' and 'config')")
     return state
@@ -52,7 +69,12 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
 
 def check_compatible(state: dict, model_cfg: dict, path: str) -> None:
     """Refuse a checkpoint whose network differs from ``model_cfg`` (a dict of ModelConfig)."""
-    saved = state["config"].get("model", {})
+    saved = state["config"].get("model") if isinstance(state.get("config"), dict) else None
+    if not isinstance(saved, dict) or "model_name" not in saved:
+        kind = ("a gaze-estimator checkpoint (train_gaze_estimator.py)" if "estimator" in state
+                else "not a NeRF checkpoint")
+        raise CheckpointError(f"{path}: this file is {kind} (no 'model.model_name' in its config); "
+                              "pass a run of train_headnerf.py")
     if saved.get("model_name") != model_cfg.get("model_name"):
         raise CheckpointError(f"{path}: checkpoint is a {saved.get('model_name')!r} model, the config asks for "
                               f"{model_cfg.get('model_name')!r}; use a matching config or another checkpoint")

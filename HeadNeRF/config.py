@@ -248,7 +248,11 @@ def load_yaml(path: str, cls=TrainConfig):
         raise ConfigError(f"{path}: config file not found") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if raw is None:
+        raise ConfigError(f"{path}: empty config (no keys, or only comments); copy one from config/ and edit it")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config must be a YAML mapping of keys, got a {type(raw).__name__}")
     try:
-        return from_dict(cls, raw or {})
+        return from_dict(cls, raw)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None

@@ -91,3 +91,22 @@ def test_shipped_configs_load(path):
 def test_one_config_per_model_name():
     names = {load_yaml(p).model.model_name for p in SHIPPED if _is_training_config(p)}
     assert names == {"HeadNeRF", "HeadNeRF_Gaze", "GazeNeRF"}
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "\n\n"])
+def test_empty_config_is_refused_by_every_loader(tmp_path, text):
+    from HeadNeRF.estimator.config import EstimatorConfig
+    from HeadNeRF.evaluation.config import load_eval_config
+
+    path = tmp_path / "empty.yml"
+    path.write_text(text)
+    for load in (lambda p: load_yaml(p), lambda p: load_yaml(p, EstimatorConfig), load_eval_config):
+        with pytest.raises(ConfigError, match="empty config"):
+            load(str(path))
+
+
+def test_a_config_that_is_not_a_mapping_is_refused(tmp_path):
+    path = tmp_path / "list.yml"
+    path.write_text("- steps\n- 10\n")
+    with pytest.raises(ConfigError, match="must be a YAML mapping"):
+        load_yaml(str(path))

@@ -57,18 +57,6 @@ def angles(a, b):
     return angular_error_deg(torch.as_tensor(np.asarray(a, np.float64)), torch.as_tensor(np.asarray(b, np.float64))).numpy()
 
 
-def face_package_complete():
-    try:
-        import HeadNeRF.face.latent_fit  # noqa: F401
-        from HeadNeRF.face import analyse_and_normalise  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_face = pytest.mark.skipif(not face_package_complete(), reason="HeadNeRF.face (with latent_fit) not available yet")
-
-
 # ------------------------------------------------------------------------------------------ pure parts
 def test_camera_from_head_pose_reproduces_the_label():
     hp = np.array([[0.0, 0.0], [0.2, -0.3], [-0.25, 0.5], [0.4, 0.1]])
@@ -267,7 +255,6 @@ def test_xgaze_fixture_has_the_official_layout(xgaze_input):
         assert "face_gaze" not in f and "facial_landmarks" not in f
 
 
-@needs_face
 def test_xgaze_end_to_end(xgaze_input, tmp_path):
     src, manifest = xgaze_input
     split_file = tmp_path / "train_test_split.json"
@@ -310,7 +297,6 @@ def test_xgaze_end_to_end(xgaze_input, tmp_path):
     train_a_few_steps(out, str(tmp_path / "run"), tmp_path)
 
 
-@needs_face
 def test_xgaze_bad_files_and_mixed_sizes(xgaze_input, tmp_path):
     src, _ = xgaze_input
     d = tmp_path / "in"
@@ -339,7 +325,6 @@ def photo_input(tmp_path_factory):
     return str(d), manifest
 
 
-@needs_face
 def test_photo_folder_end_to_end(photo_input, tmp_path):
     src, manifest = photo_input
     out = str(tmp_path / "out")
