@@ -67,6 +67,9 @@ def main(argv=None) -> int:
     if not os.path.isdir(args.img_dir):
         print(f"error: {args.img_dir}: input folder not found", file=sys.stderr)
         return 2
+    if os.path.exists(args.save_dir) and not os.path.isdir(args.save_dir):
+        print(f"error: --save_dir {args.save_dir} is an existing file, not a folder; pass a folder path", file=sys.stderr)
+        return 2
     from HeadNeRF.preprocess import InputError, PreprocessConfig, run
 
     try:
@@ -90,7 +93,7 @@ def main(argv=None) -> int:
         print(line)
     if not summary.written and not summary.skipped:
         return 1
-    return 1 if summary.failed else 0
+    return 1 if summary.failed or summary.no_face else 0
 
 
 if __name__ == "__main__":

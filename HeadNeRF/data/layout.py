@@ -159,9 +159,14 @@ def validate_file(h5file, path: str | None = None) -> dict:
         if spec.value_range is not None and ds.shape[0] > 0:
             sample = np.asarray(ds[: min(ds.shape[0], 64)])
             lo, hi = spec.value_range
-            if not np.all(np.isfinite(sample)) or sample.min() < lo or sample.max() > hi:
+            finite = np.isfinite(sample)
+            if not np.all(finite):
+                rows = np.flatnonzero(~finite.reshape(finite.shape[0], -1).all(1))
                 raise _fail(path, key, f"finite values in [{lo:.4g}, {hi:.4g}]",
-                            f"range [{np.nanmin(sample):.4g}, {np.nanmax(sample):.4g}]")
+                            f"{int((~finite).sum())} NaN/inf values, first in row {int(rows[0])}")
+            if sample.min() < lo or sample.max() > hi:
+                raise _fail(path, key, f"finite values in [{lo:.4g}, {hi:.4g}]",
+                            f"range [{sample.min():.4g}, {sample.max():.4g}]")
     for key, spec in OPTIONAL_KEYS.items():
         if key not in h5file:
             continue

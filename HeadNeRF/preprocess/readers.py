@@ -65,7 +65,7 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
 
 
-def _number_in(name: str) -> int | None:
+def number_in(name: str) -> int | None:
     nums = re.findall(r"\d+", os.path.splitext(name)[0])
     return int(nums[-1]) if nums else None
 
@@ -108,7 +108,7 @@ def list_subjects(img_dir: str, fmt: str) -> list[SubjectSource]:
         entries = [n for n in names if n.endswith((".h5", ".hdf5")) and not n.startswith(".")]
     out, used = [], set()
     for pos, n in enumerate(entries):
-        sid = _number_in(n) if fmt != "images" else None
+        sid = number_in(n) if fmt != "images" else None
         if sid is None or sid in used:
             sid = pos
             while sid in used:
@@ -223,9 +223,11 @@ def read_labels_csv(path: str) -> dict[str, PhotoLabel]:
                     continue  # header
                 raise InputError(f"{path}:{lineno}: expected 'file, gaze_pitch, gaze_yaw[, head_pitch, head_yaw]', "
                                  f"got {','.join(row)}") from None
-            if len(vals) not in (2, 4) or not np.all(np.isfinite(vals)):
-                raise InputError(f"{path}:{lineno}: expected 2 or 4 finite angles (radians) after the file name, "
+            if len(vals) not in (2, 4):
+                raise InputError(f"{path}:{lineno}: expected 2 or 4 angles (radians) after the file name, "
                                  f"got {len(vals)}")
+            if not np.all(np.isfinite(vals)):
+                raise InputError(f"{path}:{lineno}: angles must be finite numbers (radians), got {','.join(row[1:])}")
             out[row[0]] = PhotoLabel((vals[0], vals[1]), (vals[2], vals[3]) if len(vals) == 4 else None)
     return out
 

@@ -3,10 +3,20 @@
 * ``--sb``/``--se`` index the input subjects in sorted name order, **``--se`` exclusive** (Python's
   ``range(sb, se)``, the seed's semantics); ``--se`` beyond the last subject is clamped with a note.
 * Resumable: a subject is written to ``subjectXXXX.h5.partial`` and renamed when complete
-  (``HeadNeRF.data.subject_file``). A finished ``subjectXXXX.h5`` is skipped on a re-run; a
-  leftover ``.partial`` (a killed run) is ignored and overwritten. ``kill -9`` therefore loses at
-  most the subjects in progress.
+  (``HeadNeRF.data.subject_file``). A finished ``subjectXXXX.h5`` is skipped on a re-run when it
+  reads back as a valid file *of the same input* (its ``source_file`` attribute); a truncated or
+  unreadable one is processed again, with a note. A leftover ``.partial`` (a killed run) is ignored
+  and overwritten. ``kill -9`` therefore loses at most the subjects in progress.
+* Outputs are keyed to their input: ``save_dir/subjects.json`` records which input name got
+  which subject id, so adding a new person's folder to a photo folder and re-running processes
+  the new person under a new id instead of shifting everyone's ids. A ``save_dir`` inside
+  ``img_dir`` is never read as an input subject; ``save_dir == img_dir`` is refused.
+* One run per save_dir: a second run into the same folder refuses in one line naming the first
+  (``HeadNeRF.run_lock``), so two runs never delete each other's ``.partial`` files.
 * ``num_workers > 1`` processes subjects in parallel processes (spawned, one torch thread each).
+  Workers die with the parent (``PR_SET_PDEATHSIG``), so ``kill -9`` of the parent leaves none.
+* A subject none of whose images has a usable face is named in the summary and makes the exit
+  code 1 (its file is still written, every row with ``valid_mask`` False).
 * Progress: a tqdm bar over subjects and one over images; every problem is one line on stderr;
   a summary at the end (rows written, rows invalid and why, seconds).
 """
@@ -14,18 +24,23 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
+import json
 import multiprocessing as mp
 import os
+import signal
 import sys
 import threading
 import time
 from collections import Counter
 
+import h5py
 from tqdm import tqdm
 
 from HeadNeRF.data import layout
 from HeadNeRF.data.subject_file import SubjectFileWriter, partial_path
+from HeadNeRF.run_lock import RunLock, RunLockError
 
 from . import readers
 from .readers import InputError, SubjectSource
@@ -65,6 +80,10 @@ class PreprocessConfig:
             raise ValueError(f"--chunk_rows must be >= 1, got {self.chunk_rows}")
         if self.input_format is not None and self.input_format not in readers.FORMATS:
             raise ValueError(f"--input_format must be one of {readers.FORMATS}, got {self.input_format!r}")
+        if os.path.exists(self.save_dir) and not os.path.isdir(self.save_dir):
+            raise ValueError(f"--save_dir {self.save_dir} is an existing file, not a folder; pass a folder path")
+        if os.path.realpath(self.save_dir) == os.path.realpath(self.img_dir):
+            raise ValueError(f"--save_dir must differ from --img_dir ({self.img_dir}): outputs would be read as inputs")
 
 
 @dataclasses.dataclass
@@ -72,6 +91,7 @@ class RunSummary:
     written: list = dataclasses.field(default_factory=list)  # subject ids written now
     skipped: list = dataclasses.field(default_factory=list)  # already finished
     failed: dict = dataclasses.field(default_factory=dict)  # name -> one-line reason
+    no_face: list = dataclasses.field(default_factory=list)  # input names with no usable face in any image
     rows: int = 0
     valid_rows: int = 0
     invalid: Counter = dataclasses.field(default_factory=Counter)
@@ -86,6 +106,8 @@ class RunSummary:
         out.append(f"rows written: {self.rows} ({self.valid_rows} valid, {inv} invalid"
                    + (": " + ", ".join(f"{n} {why}" for why, n in self.invalid.most_common()) if inv else "") + ")")
         out += [f"failed: {why}" for why in self.failed.values()]
+        out += [f"no usable face: {name} (every image of this subject was rejected; see the lines above)"
+                for name in self.no_face]
         rate = self.rows / self.seconds if self.seconds > 0 else 0.0
         out.append(f"time: {self.seconds:.1f} s ({rate:.2f} images/s)")
         if self.split is not None:
@@ -94,11 +116,74 @@ class RunSummary:
         return out
 
 
+MANIFEST = "subjects.json"
+
+
+def _output_source(path: str) -> str | None:
+    """The input name a finished output was written from (its ``source_file`` attribute), if readable."""
+    try:
+        with h5py.File(path, "r") as f:
+            return str(f.attrs.get("source_file", "")) or None
+    except OSError:
+        return None
+
+
+def _read_manifest(save_dir: str) -> dict[str, int]:
+    """{input name: subject id} of earlier runs: subjects.json, else the finished outputs' attributes."""
+    path = os.path.join(save_dir, MANIFEST)
+    if os.path.isfile(path):
+        try:
+            with open(path) as f:
+                raw = json.load(f)
+            return {str(k): int(v) for k, v in raw.items()}
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            raise InputError(f"{path}: unreadable subject manifest ({exc}); delete it to rebuild it from the outputs") \
+                from None
+    out = {}
+    if os.path.isdir(save_dir):
+        for name in sorted(os.listdir(save_dir)):
+            if name.startswith("subject") and name.endswith(".h5"):
+                src = _output_source(os.path.join(save_dir, name))
+                sid = readers.number_in(name)
+                if src and sid is not None:
+                    out.setdefault(src, sid)
+    return out
+
+
+def _key_to_manifest(subjects: list[SubjectSource], manifest: dict[str, int]) -> list[SubjectSource]:
+    """Give every input the id it had in earlier runs; new inputs get their proposed id if free, else the next."""
+    used = set(manifest.values())
+    out = []
+    for s in subjects:
+        sid = manifest.get(s.name)
+        if sid is None:
+            sid = s.subject_id
+            while sid in used:
+                sid += 1
+            manifest[s.name] = sid
+            used.add(sid)
+        out.append(dataclasses.replace(s, subject_id=sid))
+    return out
+
+
+def _write_manifest(save_dir: str, manifest: dict[str, int]) -> None:
+    path = os.path.join(save_dir, MANIFEST)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(dict(sorted(manifest.items(), key=lambda kv: kv[1])), f, indent=1)
+    os.replace(tmp, path)
+
+
 def select_subjects(cfg: PreprocessConfig, log) -> tuple[str, list[SubjectSource]]:
     fmt = cfg.input_format or readers.detect_format(cfg.img_dir)
     if not os.path.isdir(cfg.img_dir):
         raise InputError(f"{cfg.img_dir}: input folder not found")
-    subjects = readers.list_subjects(cfg.img_dir, fmt)
+    save_real = os.path.realpath(cfg.save_dir)
+    subjects = [s for s in readers.list_subjects(cfg.img_dir, fmt) if os.path.realpath(s.path) != save_real]
+    manifest = _read_manifest(cfg.save_dir)
+    subjects = _key_to_manifest(subjects, manifest)
+    if os.path.isdir(cfg.save_dir):
+        _write_manifest(cfg.save_dir, manifest)
     if not subjects:
         raise InputError(f"{cfg.img_dir}: no {fmt} subjects found")
     n = len(subjects)
@@ -111,14 +196,31 @@ def select_subjects(cfg: PreprocessConfig, log) -> tuple[str, list[SubjectSource
     return fmt, subjects[cfg.sb:se]
 
 
+def _finished_output_problem(out_path: str, src: SubjectSource) -> str | None:
+    """Why an existing output cannot count as this subject's finished result (None: it can)."""
+    try:
+        with h5py.File(out_path, "r") as f:
+            layout.validate_file(f, out_path)
+            source = str(f.attrs.get("source_file", "")) or None
+    except (OSError, layout.DataFormatError, ValueError, KeyError) as exc:
+        return f"unreadable ({str(exc).splitlines()[0][:160]})"
+    if source is not None and source != src.name:
+        return f"written from another input ({source!r}, not {src.name!r})"
+    return None
+
+
 def _process_one(task) -> dict:
     """Process and write one subject (runs in the main process or a worker). Never raises."""
-    src, save_dir, opts, overwrite, queue = task
+    src, save_dir, opts, overwrite = task
+    queue = _WORKER_QUEUE
     out_path = os.path.join(save_dir, layout.subject_file_name(src.subject_id))
     res = {"name": src.name, "subject_id": src.subject_id, "notes": [], "status": "written"}
     if os.path.exists(out_path) and not overwrite:
-        res["status"] = "skipped"
-        return res
+        problem = _finished_output_problem(out_path, src)
+        if problem is None:
+            res["status"] = "skipped"
+            return res
+        res["notes"].append(f"note: {out_path} is {problem}; processing {src.name} again")
     if os.path.exists(partial_path(out_path)):
         res["notes"].append(f"note: {partial_path(out_path)} is left over from an interrupted run; replacing it")
     on_image = (lambda: queue.put(1)) if queue is not None else _MAIN_PROGRESS.update_one
@@ -150,7 +252,21 @@ class _Progress:
 _MAIN_PROGRESS = _Progress()
 
 
-def _worker_init():
+_WORKER_QUEUE = None  # set in worker processes: image counts for the parent's progress bar
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (kill -9 of the run leaves no workers)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _worker_init(queue, parent_pid: int):
+    global _WORKER_QUEUE
+    _die_with_parent(parent_pid)
+    _WORKER_QUEUE = queue
     import torch
 
     torch.set_num_threads(1)
@@ -169,12 +285,24 @@ def _count_images(src: SubjectSource) -> int:
 
 
 def run(cfg: PreprocessConfig, log=None) -> RunSummary:
-    """Run the preprocessing; see the module docstring. Raises InputError only when nothing can be done."""
+    """Run the preprocessing; see the module docstring. Raises InputError only when nothing can be done
+    (including another run holding save_dir)."""
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    os.makedirs(cfg.save_dir, exist_ok=True)
+    try:
+        lock = RunLock(cfg.save_dir, "preprocessing run").acquire()
+    except RunLockError as exc:
+        raise InputError(str(exc)) from None
+    try:
+        return _run_locked(cfg, log)
+    finally:
+        lock.release()
+
+
+def _run_locked(cfg: PreprocessConfig, log) -> RunSummary:
     t0 = time.time()
     fmt, subjects = select_subjects(cfg, log)
     official = read_official_split(cfg.split_file) if cfg.split_file else None
-    os.makedirs(cfg.save_dir, exist_ok=True)
     opts = ProcessOptions(image_size=cfg.image_size, chunk_rows=cfg.chunk_rows,
                           photo_focal_factor=cfg.photo_focal_factor, fit_codes=cfg.fit_codes,
                           fit_appearance=cfg.fit_appearance)
@@ -211,6 +339,8 @@ def run(cfg: PreprocessConfig, log=None) -> RunSummary:
             log(f"error: {res['message']} (subject skipped)")
         else:
             summary.written.append(res["subject_id"])
+            if res["valid"] == 0:
+                summary.no_face.append(res["name"])
             summary.rows += res["rows"]
             summary.valid_rows += res["valid"]
             summary.invalid.update(res["invalid"])
@@ -222,13 +352,12 @@ def run(cfg: PreprocessConfig, log=None) -> RunSummary:
         try:
             for s in subjects:
                 sub_bar.set_postfix_str(s.name)
-                collect(_process_one((s, cfg.save_dir, opts, cfg.overwrite, None)))
+                collect(_process_one((s, cfg.save_dir, opts, cfg.overwrite)))
         finally:
             _MAIN_PROGRESS.bar = None
     else:
         ctx = mp.get_context("spawn")
-        manager = ctx.Manager()
-        queue = manager.Queue()
+        queue = ctx.Queue()  # handed to the workers at start-up (no manager process that could outlive us)
         stop = threading.Event()
 
         def drain():
@@ -241,14 +370,14 @@ def run(cfg: PreprocessConfig, log=None) -> RunSummary:
         th = threading.Thread(target=drain, daemon=True)
         th.start()
         try:
-            with ctx.Pool(cfg.num_workers, initializer=_worker_init) as pool:
-                tasks = [(s, cfg.save_dir, opts, cfg.overwrite, queue) for s in subjects]
+            with ctx.Pool(cfg.num_workers, initializer=_worker_init, initargs=(queue, os.getpid())) as pool:
+                tasks = [(s, cfg.save_dir, opts, cfg.overwrite) for s in subjects]
                 for res in pool.imap_unordered(_process_one, tasks):
                     collect(res)
         finally:
             stop.set()
             th.join(timeout=5)
-            manager.shutdown()
+            queue.close()
     sub_bar.close()
     img_bar.close()
     summary.split = build_split(cfg.save_dir, official, log=log)

@@ -63,7 +63,14 @@ def _subject_info(path: str) -> dict | None:
 
 def build_split(save_dir: str, official: dict[int, str] | None = None, log=print) -> layout.Split | None:
     """Write ``save_dir/split.json`` for the subject files there; returns it (None when there are none)."""
-    infos = [i for i in (_subject_info(p) for p in sorted(glob.glob(os.path.join(save_dir, "subject*.h5")))) if i]
+    infos = []
+    for path in sorted(glob.glob(os.path.join(save_dir, "subject*.h5"))):
+        info = _subject_info(path)
+        if info is None:
+            log(f"error: {path} is unreadable (truncated?) and is left out of split.json; "
+                "re-run the command to process it again")
+        else:
+            infos.append(info)
     if not infos:
         return None
     train, test = [], []
