@@ -6,23 +6,53 @@ directory, is flushed to disk, then ``os.replace``-d over the target: an interru
 write never leaves a half-written checkpoint under the real name.
 """
 
+import contextlib
 import os
 import tempfile
 
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_safely", "load_checkpoint", "check_compatible"]
+__all__ = ["CheckpointError", "remove_stale_temporaries", "save_checkpoint", "load_safely", "load_checkpoint", "check_compatible"]
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable or belongs to another model. One-line message."""
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: str) -> list[str]:
+    """Delete ``.tmp_<pid>_*.pt`` files of writers that are gone (a run killed mid-write leaves one,
+    up to the checkpoint's size). Temporaries of live processes are kept. Returns the removed paths."""
+    removed = []
+    if not os.path.isdir(directory):
+        return removed
+    for name in os.listdir(directory):
+        if not (name.startswith(".tmp_") and name.endswith(".pt")):
+            continue
+        head = name[len(".tmp_"):].split("_", 1)[0]
+        if head.isdigit() and _pid_alive(int(head)) and int(head) != os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(directory, name))
+            removed.append(os.path.join(directory, name))
+    return removed
+
+
 def save_checkpoint(state: dict, path: str) -> None:
-    """Atomically write ``state`` to ``path``."""
+    """Atomically write ``state`` to ``path`` (temporaries of killed earlier writers are removed first)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pt", dir=directory)
+    remove_stale_temporaries(directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp_{os.getpid()}_", suffix=".pt", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)

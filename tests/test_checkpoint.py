@@ -1,5 +1,6 @@
 """Checkpoint files: atomic writes and safe, one-line refusals of files this project did not write."""
 
+import os
 import pickle
 
 import pytest
@@ -59,3 +60,19 @@ def test_a_plain_pickle_is_refused_in_one_line(tmp_path):
     with pytest.raises(CheckpointError) as info:
         load_safely(str(path))
     assert "\n" not in str(info.value) and "weights_only" not in str(info.value)
+
+
+def test_a_killed_writers_temporary_is_removed_by_the_next_save(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".tmp_{int(dead.stdout)}_abc.pt"  # a writer that died mid-write
+    legacy = tmp_path / ".tmpxyz.pt"  # not ours: left alone
+    old_style = tmp_path / ".tmp_k3j2.pt"  # the earlier naming (no pid): removed
+    live = tmp_path / f".tmp_{os.getppid()}_def.pt"  # a live process (our parent) may still be writing it
+    for p in (stale, legacy, old_style, live):
+        p.write_bytes(b"partial")
+    save_checkpoint({"model": {}, "config": {}}, str(tmp_path / "last.pt"))
+    assert not stale.exists() and not old_style.exists()
+    assert legacy.exists() and live.exists() and (tmp_path / "last.pt").exists()

@@ -156,3 +156,29 @@ def test_kill_9_of_a_parallel_run_leaves_no_worker_behind(tmp_path, person):
         if proc.poll() is None:
             proc.kill()
     _ = np
+
+
+def test_nan_labels_are_named_as_nan(tmp_path):
+    from HeadNeRF.data.layout import DataFormatError, validate_file
+    from HeadNeRF.preprocess.readers import InputError, read_labels_csv
+
+    csv = tmp_path / "labels.csv"
+    csv.write_text("file,gaze_pitch,gaze_yaw\nimg0.png,nan,0.1\n")
+    with pytest.raises(InputError, match=r"labels.csv:2: angles must be finite numbers \(radians\), got nan,0.1"):
+        read_labels_csv(str(csv))
+    csv.write_text("img0.png,0.1\n")
+    with pytest.raises(InputError, match="expected 2 or 4 angles"):
+        read_labels_csv(str(csv))
+    # A processed file with a NaN gaze: the message names NaN and the row, not a finite "range".
+    src = tmp_path / "synthetic"
+    from HeadNeRF.data.synthetic.writer import generate_dataset
+
+    generate_dataset(str(src), num_subjects=1, num_cameras=1, num_frames=3, image_size=32, seed=0, progress=False,
+                     preview=False, supersample=1)
+    path = src / "subject0000.h5"
+    with h5py.File(path, "r+") as f:
+        gaze = f["face_gaze"][:]
+        gaze[1, 0] = np.nan
+        f["face_gaze"][...] = gaze
+    with h5py.File(path, "r") as f, pytest.raises(DataFormatError, match=r"face_gaze.*NaN/inf values, first in row 1"):
+        validate_file(f)
