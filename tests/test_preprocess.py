@@ -38,6 +38,11 @@ def read_json(path):
         return json.load(f)
 
 
+def outputs(save_dir):
+    """The data files of a save_dir (without the run's lock file and its subjects.json manifest)."""
+    return sorted(n for n in os.listdir(save_dir) if n not in (".lock", "subjects.json"))
+
+
 def lines_with(text, word):
     return [ln for ln in text.splitlines() if word in ln]
 
@@ -160,7 +165,7 @@ def test_kill_during_a_subject_then_resume(gazenerf_input, tmp_path):
                             text=True, cwd=ROOT, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert killed.returncode == 9, killed.stderr[-1000:]
     # Two finished subjects, the third only as its partial file.
-    assert sorted(os.listdir(out)) == ["subject0000.h5", "subject0001.h5", "subject0002.h5.partial"]
+    assert outputs(out) == ["subject0000.h5", "subject0001.h5", "subject0002.h5.partial"]
     done = os.path.join(out, "subject0000.h5")
     mtime = os.stat(done).st_mtime_ns
     res = preprocess("--img_dir", src, "--save_dir", out)
@@ -181,7 +186,7 @@ def test_sb_se_semantics(gazenerf_input, tmp_path):
     src, _ = gazenerf_input
     out = str(tmp_path / "a")
     s = run(PreprocessConfig(src, out, sb=1, se=2, progress=False), log=lambda m: None)
-    assert sorted(os.listdir(out)) == ["split.json", "subject0001.h5"] and s.written == [1]
+    assert outputs(out) == ["split.json", "subject0001.h5"] and s.written == [1]
     msgs = []
     out = str(tmp_path / "b")
     s = run(PreprocessConfig(src, out, sb=1, se=10, progress=False), log=msgs.append)
