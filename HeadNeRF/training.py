@@ -352,6 +352,7 @@ def redirection_report(model, val_ds: GazeDataset, device, max_sources: int = 16
             return None
         supersample = int(f.attrs.get("supersample", 1))  # render the target exactly as the stored images were
     from .data.synthetic import render_view
+    from .evaluation.readout import GazeReadout, readout_errors_deg, redirection_readout_summary
     from .fitting import is_synthetic_layout
 
     # The readout redraws a row from its code: only when the codes are the generator's own.
@@ -393,52 +394,17 @@ def redirection_report(model, val_ds: GazeDataset, device, max_sources: int = 16
             with eval_mode(model):
                 own = model(A["shape_code"][:1], A["appearance_code"][:1], A["R_w2c"][:1], A["t_w2c"][:1], A["K"][:1],
                             gaze_head=gaze_head_a, eye_mask=A["eye_mask"][:1])["image"]
-            _readout_errors(errors, code, a, val_ds.image_size, supersample, gaze_head_b,
-                            {"model": out["image"], "copy_input": A["image"][:1], "no_redirection": own,
-                             "floor": tgt_img})
+            ro = GazeReadout(code, a["R_w2c"], a["t_w2c"], a["K"], val_ds.image_size, supersample)
+            for name, imgs in (("model", out["image"]), ("copy_input", A["image"][:1]), ("no_redirection", own),
+                               ("floor", tgt_img)):
+                errors[name] += readout_errors_deg(ro, imgs, gaze_head_b)
     if not model_psnr:
         return None
     m, c = sum(model_psnr) / len(model_psnr), sum(copy_psnr) / len(copy_psnr)
     report = {"pairs": len(model_psnr), "eye_psnr_model": m, "eye_psnr_copy_input": c, "eye_psnr_gain_db": m - c}
     if readout:
-        report["readout"] = _readout_summary(errors)
+        report["readout"] = redirection_readout_summary(errors)
     return report
-
-
-def _readout_errors(errors: dict, code, a: dict, image_size: int, supersample: int, gaze_head_b: torch.Tensor,
-                    images: dict) -> None:
-    """Append to ``errors[name]`` the exact-readout gaze errors (deg) of ``images[name]`` (n, 3, S, S), or (1, 3, S, S)
-    for one image standing for every target, against the target gazes ``gaze_head_b`` (n, 2), all of row ``a``'s view."""
-    from .evaluation.readout import GazeReadout
-    from .geometry.gaze import angular_error_deg
-
-    ro = GazeReadout(code, a["R_w2c"], a["t_w2c"], a["K"], image_size, supersample)
-    for name, imgs in images.items():
-        reads = ro.read_batch(imgs.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu())
-        read = torch.stack([r["gaze_head"] for r in reads]).expand(len(gaze_head_b), 2)
-        errors[name] += angular_error_deg(read, gaze_head_b.cpu().float()).tolist()
-
-
-def _readout_summary(errors: dict) -> dict:
-    """Mean/median degrees per reading, and the check: the model's error at most half of both "ignore the
-    request" references (copying the input; the model itself rendered at the input's own gaze)."""
-    import numpy as np
-
-    out: dict = {}
-    for name, e in errors.items():
-        e = np.asarray(e, dtype=np.float64)
-        ok = e[np.isfinite(e)]
-        out[f"gaze_error_deg_{name}_mean"] = float(ok.mean()) if len(ok) else math.nan
-        out[f"gaze_error_deg_{name}_median"] = float(np.median(ok)) if len(ok) else math.nan
-        out[f"unreadable_{name}"] = int(len(e) - len(ok))  # no eye visible in that view
-    m, c, o, f = (out[f"gaze_error_deg_{k}_mean"] for k in ("model", "copy_input", "no_redirection", "floor"))
-    # A gaze-blind model renders the same eyes whatever it is asked: its error equals its no-redirection
-    # error, whatever the copy baseline happens to be on these pairs.
-    met = bool(m <= 0.5 * c and m <= 0.5 * o)  # NaN compares False: unreadable is not met
-    out["check"] = (f"{'met' if met else 'NOT met'}: redirection gaze error {m:.2f}° vs copy-input {c:.2f}° and "
-                    f"the model not redirected {o:.2f}° (needs ≤ 0.5 × both; readout floor {f:.2f}°)")
-    out["check_met"] = met
-    return out
 
 
 def _image_grid(model, val_ds: GazeDataset, device, n_sweep: int = 5) -> torch.Tensor:

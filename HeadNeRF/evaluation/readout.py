@@ -50,7 +50,8 @@ from HeadNeRF.geometry.cameras import camera_center, scale_intrinsics
 from HeadNeRF.geometry.gaze import angular_error_deg, vector_to_pitch_yaw
 
 __all__ = ["GazeReadout", "ReadoutConfig", "read_gaze", "readout_floor", "view_yaw_deg", "view_bin",
-           "views_from_dataset", "VIEW_BINS_DEG", "summarise_errors"]
+           "views_from_dataset", "VIEW_BINS_DEG", "summarise_errors", "readout_errors_deg",
+           "redirection_readout_summary"]
 
 # View bins by the camera's yaw seen from the face (degrees): frontal, moderate, turned.
 VIEW_BINS_DEG = ((0.0, 20.0), (20.0, 45.0), (45.0, 180.0))
@@ -363,6 +364,54 @@ def read_gaze(image, code, R_w2c, t_w2c, K, supersample: int = 2, **options) -> 
     if len(shape) != 3 or shape[-1] != 3 or shape[0] != shape[1]:
         raise _shape_error("image", "(S, S, 3)", shape)
     return GazeReadout(code, R_w2c, t_w2c, K, shape[0], supersample, **options).read(image)
+
+
+# ---------------------------------------------------------------------------------------------- redirection
+
+
+def readout_errors_deg(readout: GazeReadout, images: torch.Tensor, target_gazes: torch.Tensor) -> list[float]:
+    """Exact-readout gaze errors (degrees) of images of one view against requested gazes.
+
+    Args:
+        images: (n, 3, S, S) float renders, one per request, or (1, 3, S, S): one image standing for every
+            request (the unchanged input, a model not redirected). target_gazes: (n, 2) requested eye-in-head
+            gazes (pitch, yaw) rad.
+    Returns: n errors (NaN where no eye is visible).
+    """
+    n = len(target_gazes)
+    if images.dim() != 4 or images.shape[1] != 3 or len(images) not in (1, n):
+        raise _shape_error("images", f"({n} or 1, 3, S, S)", images.shape)
+    reads = readout.read_batch(images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu())
+    read = torch.stack([r["gaze_head"] for r in reads]).expand(n, 2)
+    return angular_error_deg(read, torch.as_tensor(target_gazes).detach().float().cpu()).tolist()
+
+
+def redirection_readout_summary(errors: dict) -> dict:
+    """Mean/median degrees per reading and the check of a redirection.
+
+    Args: errors {"model": [...], "copy_input": [...], "no_redirection": [...], "floor": [...]} (deg per pair;
+        "no_redirection" is the model rendered at the input's own gaze, optional).
+    Returns: ``gaze_error_deg_<name>_mean`` / ``_median``, ``unreadable_<name>`` (NaN count), ``check`` (one line)
+        and ``check_met``: the model's mean error at most half of each "ignore the request" reference present
+        (a gaze-blind model's error equals its no-redirection error, whatever the copy baseline is).
+    """
+    out: dict = {}
+    for name, e in errors.items():
+        e = np.asarray(e, dtype=np.float64)
+        ok = e[np.isfinite(e)]
+        out[f"gaze_error_deg_{name}_mean"] = float(ok.mean()) if len(ok) else math.nan
+        out[f"gaze_error_deg_{name}_median"] = float(np.median(ok)) if len(ok) else math.nan
+        out[f"unreadable_{name}"] = int(len(e) - len(ok))  # no eye visible in that view
+    m = out["gaze_error_deg_model_mean"]
+    refs = {k: out[f"gaze_error_deg_{k}_mean"] for k in ("copy_input", "no_redirection") if k in errors}
+    met = all(m <= 0.5 * v for v in refs.values())  # NaN compares False: unreadable is not met
+    names = {"copy_input": "copy-input", "no_redirection": "the model not redirected"}
+    f = out.get("gaze_error_deg_floor_mean", math.nan)
+    out["check"] = (f"{'met' if met else 'NOT met'}: redirection gaze error {m:.2f}° vs "
+                    + " and ".join(f"{names[k]} {v:.2f}°" for k, v in refs.items())
+                    + f" (needs ≤ 0.5 × {'both' if len(refs) > 1 else 'it'}; readout floor {f:.2f}°)")
+    out["check_met"] = bool(met)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- floor
