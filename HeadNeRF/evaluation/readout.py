@@ -64,7 +64,8 @@ class ReadoutConfig:
     normalize: str = "mean"  # "mean": subtract each eye's mean colour (robust to colour bias); "none": raw colours
     coarse_step: float = 0.04  # rad, coarse grid step
     range_margin: float = 1.3  # the coarse grid spans the dataset's gaze box times this
-    refine_levels: int = 6  # step halvings of the local 3x3 refinement
+    refine_levels: int = 5  # dense local grids, each (refine_points - 1) / 4 times finer
+    refine_points: int = 9  # points per side of a local grid
     starts: int = 3  # best distinct coarse cells refined (both eyes visible)
     starts_one_eye: int = 6  # ... when one eye is hidden
     blur_sigmas: tuple = (0.0, 0.5, 0.8, 1.2)  # px at 64 px (scaled with the size): candidate blurs tried
@@ -74,6 +75,8 @@ class ReadoutConfig:
     def __post_init__(self):
         if self.normalize not in ("mean", "none"):
             raise ValueError(f"normalize: 'mean' or 'none', got {self.normalize!r}")
+        if self.refine_points < 3:
+            raise ValueError(f"refine_points must be >= 3, got {self.refine_points}")
         if not self.blur_sigmas or min(self.blur_sigmas) < 0:
             raise ValueError(f"blur_sigmas: one or more values >= 0, got {self.blur_sigmas!r}")
         if self.coarse_step <= 0 or self.range_margin <= 0 or self.refine_levels < 0 or self.starts < 1:
@@ -324,37 +327,43 @@ class GazeReadout:
             out = []
             for i in range(len(imgs)):
                 blur = int(coarse[:, i].min(1).values.argmin())  # the candidate blur that fits this image best
-                order = torch.argsort(coarse[blur, i])
-                picked: list[torch.Tensor] = []
-                for j in order.tolist():  # best cells that are not neighbours of an already picked one
-                    if all((grid[j] - p).abs().max() > 1.5 * self.config.coarse_step for p in picked):
-                        picked.append(grid[j])
-                    if len(picked) == starts:
-                        break
-                best_g, best_r = None, math.inf
-                for g0 in picked:
-                    g, r = self._refine(targets[i:i + 1], w[i:i + 1], g0, blur)
-                    if r < best_r:
-                        best_g, best_r = g, r
+                picked = _distinct_best(grid, coarse[blur, i], starts, 1.5 * self.config.coarse_step)
+                best_g, best_r = self._refine(targets[i:i + 1], w[i:i + 1], picked, blur)
                 out.append({"gaze_head": best_g.clone(), "residual": float(best_r), "eyes_visible": visible,
                             "blur_px": float(self.config.blur_sigmas[blur]) * self.S / 64.0})
         return out
 
-    def _refine(self, target: torch.Tensor, w: torch.Tensor, g0: torch.Tensor, blur: int) -> tuple[torch.Tensor, float]:
-        """Local search: 3×3 grids around the best so far (moving while an edge is better), step halved each level."""
-        offsets = torch.cartesian_prod(torch.tensor([-1.0, 0.0, 1.0]), torch.tensor([-1.0, 0.0, 1.0]))  # (9, 2)
-        best, h = g0.clone(), self.config.coarse_step / 2
-        best_r = float(self._residuals(target, w, self._eye_values(best[None], False), blur)[0, 0])
+    def _refine(self, target: torch.Tensor, w: torch.Tensor, starts: list, blur: int) -> tuple[torch.Tensor, float]:
+        """Beam search of dense local grids: each level evaluates a window around each of the ``len(starts)``
+        best points so far, keeps the best distinct ones, and narrows the windows to two cells.
+
+        The residual is rough at small scales (iris and pupil edges cross sub-pixel centres one at a
+        time), so whole windows are evaluated and several basins kept, not one local slope followed."""
+        points, best, best_r = list(starts), starts[0].clone(), math.inf
+        half, k = 1.5 * self.config.coarse_step, self.config.refine_points
+        ticks01 = torch.linspace(-1.0, 1.0, k)
+        window = torch.cartesian_prod(ticks01, ticks01)  # (k², 2)
         for _ in range(self.config.refine_levels):
-            for _ in range(3):
-                cand = best + h * offsets
-                r = self._residuals(target, w, self._eye_values(cand, False), blur)[0]
-                j = int(torch.argmin(r))
-                if float(r[j]) >= best_r:
-                    break
+            cand = torch.cat([p + half * window for p in points])
+            r = self._residuals(target, w, self._eye_values(cand, False), blur)[0]
+            j = int(torch.argmin(r))
+            if float(r[j]) < best_r:
                 best, best_r = cand[j].clone(), float(r[j])
-            h /= 2
+            cell = 2 * half / (k - 1)
+            points = _distinct_best(cand, r, len(starts), cell)
+            half = 2 * cell  # the next windows span two cells of this level on each side
         return best, best_r
+
+
+def _distinct_best(points: torch.Tensor, residuals: torch.Tensor, count: int, min_sep: float) -> list:
+    """The ``count`` lowest-residual points of (G, 2) ``points`` that are more than ``min_sep`` apart (max-norm)."""
+    picked: list[torch.Tensor] = []
+    for j in torch.argsort(residuals).tolist():
+        if all(float((points[j] - p).abs().max()) > min_sep for p in picked):
+            picked.append(points[j])
+            if len(picked) == count:
+                break
+    return picked
 
 
 def read_gaze(image, code, R_w2c, t_w2c, K, supersample: int = 2, **options) -> dict:
@@ -470,7 +479,7 @@ def readout_floor(views, image_size: int, gazes_per_view: int = 8, supersample: 
 
 def views_from_dataset(dataset_dir: str, split: str = "test", max_views: int | None = None,
                        cams: list[int] | None = None) -> tuple[list, int, int]:
-    """Distinct views (code, R_w2c, t_w2c, K) of a synthetic dataset's split, spread over its rows.
+    """Views (code, R_w2c, t_w2c, K) of a synthetic dataset's split (``max_views``: a fixed random subset).
 
     Returns (views, image_size, supersample). Raises ValueError when the dataset is not synthetic.
     """
@@ -480,8 +489,9 @@ def views_from_dataset(dataset_dir: str, split: str = "test", max_views: int | N
 
     ds = GazeDataset(dataset_dir, split)
     rows = [r for r in ds.rows if cams is None or r.cam in cams]
-    if max_views is not None and len(rows) > max_views:
-        rows = [rows[(i * len(rows)) // max_views] for i in range(max_views)]
+    if max_views is not None and len(rows) > max_views:  # a fixed random subset: rows are frame-major, a stride
+        keep = np.sort(np.random.default_rng(0).permutation(len(rows))[:max_views])  # would pick one camera
+        rows = [rows[i] for i in keep]
     views, image_size, supersample = [], None, None
     for r in rows:
         with h5py.File(ds.paths[r.subject], "r") as f:
