@@ -70,6 +70,19 @@ def test_blurred_render_reads_close(readouts):
     assert float(angular_error_deg(read["gaze_head"], gaze)) < 2.5 and read["blur_px"] > 0
 
 
+def test_large_image_compared_at_work_size():
+    """Images above max_work_size are compared box-filtered (f = 2 here); .render stays full size and exact."""
+    code = hm.sample_code(np.random.default_rng([0, 4]))
+    R, t, K = rig.normalized_cameras([1], np.zeros((1, 2), np.float32), 128)
+    ro = GazeReadout(code, R[0], t[0], K[0], 128, supersample=2, max_work_size=64)
+    assert ro.work_factor == 2
+    gaze = torch.tensor([[0.3, 0.2]])
+    ref = render_view(code, R, t, K, 128, gaze, supersample=2)["image"][0]
+    assert np.array_equal((ro.render(gaze)[0] * 255).round().to(torch.uint8).numpy(), ref)
+    read = ro.read(ref, weight=np.ones((128, 128)))
+    assert float(angular_error_deg(read["gaze_head"], gaze[0])) < 0.5
+
+
 def test_uint8_input_and_read_gaze(views):
     code, R, t, K = views[0]
     gaze = torch.tensor([[-0.15, 0.45]])

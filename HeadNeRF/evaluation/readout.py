@@ -70,6 +70,7 @@ class ReadoutConfig:
     starts_one_eye: int = 6  # ... when one eye is hidden
     blur_sigmas: tuple = (0.0, 0.5, 0.8, 1.2)  # px at 64 px (scaled with the size): candidate blurs tried
     min_eye_pixels: float = 1.5  # an eye is "visible" with at least this many low-res pixels' worth of eyeball
+    max_work_size: int = 128  # larger images are compared at S / f <= this (box filter of the image and candidates)
     max_chunk: int = 400_000  # candidate-pixels per albedo call (memory bound at 256 px)
 
     def __post_init__(self):
@@ -81,6 +82,14 @@ class ReadoutConfig:
             raise ValueError(f"blur_sigmas: one or more values >= 0, got {self.blur_sigmas!r}")
         if self.coarse_step <= 0 or self.range_margin <= 0 or self.refine_levels < 0 or self.starts < 1:
             raise ValueError("coarse_step, range_margin > 0, refine_levels >= 0 and starts >= 1 required")
+
+
+def _work_factor(S: int, max_work_size: int) -> int:
+    """Smallest integer f dividing S with S / f <= max_work_size (1 when S is small or nothing divides)."""
+    for f in range(max(1, math.ceil(S / max(max_work_size, 1))), S + 1):
+        if S % f == 0:
+            return f if S // f >= 16 else 1  # an eye needs pixels: never read below 16 px
+    return 1
 
 
 def _shape_error(name: str, expected: str, actual) -> ValueError:
@@ -138,6 +147,16 @@ class GazeReadout:
         if S < 1 or n < 1:
             raise ValueError(f"image_size and supersample must be >= 1, got {image_size}, {supersample}")
         self.S, self.n, self.code, self.R, self.t, self.K = S, n, code_t.numpy(), R, t, K
+        self.work_factor = _work_factor(S, self.config.max_work_size)
+        if self.work_factor > 1:
+            # Large images are read at S / f (their box filter), drawn by the generator at that size: the
+            # candidates' cost grows with the eyeball sub-pixels. .render prepares the full size on demand.
+            f = self.work_factor
+            self._work = GazeReadout(self.code, R, t, scale_intrinsics(K[None], 1.0 / f)[0], S // f, n * f,
+                                     config=self.config)  # n*f: the same sub-pixels, so the same box filter
+            self._full: GazeReadout | None = None
+            self.eye_visible, self.prepare_seconds = self._work.eye_visible, self._work.prepare_seconds
+            return
         t0 = time.perf_counter()
         with _single_thread():
             prep = prepare_view(self.code, R[None], t[None], scale_intrinsics(K[None], n), S * n)
@@ -232,6 +251,13 @@ class GazeReadout:
         """(G, 2) or (2,) eye-in-head gazes (pitch, yaw) rad -> (G, S, S, 3) float [0, 1] generator images.
 
         ``quantize=True`` reproduces ``render_view(..., supersample)``'s uint8 image exactly (/255)."""
+        if self.work_factor > 1:
+            if self._full is None:
+                import dataclasses
+
+                full_cfg = dataclasses.replace(self.config, max_work_size=self.S)
+                self._full = GazeReadout(self.code, self.R, self.t, self.K, self.S, self.n, config=full_cfg)
+            return self._full.render(gaze_head, quantize)
         g = torch.as_tensor(gaze_head, dtype=torch.float32).reshape(-1, 2) if not torch.is_tensor(gaze_head) \
             else gaze_head.detach().float().cpu().reshape(-1, 2)
         with _single_thread():
@@ -253,14 +279,17 @@ class GazeReadout:
             raise _shape_error(name, f"({self.S}, {self.S}, 3) (H, W, RGB; float in [0, 1] or uint8)", img.shape)
         return img.cpu()
 
+    def _check_weight(self, weight) -> torch.Tensor:
+        wt = torch.as_tensor(np.asarray(weight) if not torch.is_tensor(weight) else weight.detach()).float().cpu()
+        if tuple(wt.shape) != (self.S, self.S):
+            raise _shape_error("weight", f"({self.S}, {self.S})", wt.shape)
+        return wt
+
     def _pixel_weight(self, weight) -> torch.Tensor:
         """(C,) weight of the compared pixels: 0 for pixels of a hidden eye, times the caller's (S, S) weight."""
         w = self.eye_visible[self._cmp_eye].float()
         if weight is not None:
-            wt = torch.as_tensor(np.asarray(weight) if not torch.is_tensor(weight) else weight.detach()).float().cpu()
-            if tuple(wt.shape) != (self.S, self.S):
-                raise _shape_error("weight", f"({self.S}, {self.S})", wt.shape)
-            w = w * wt.reshape(-1)[self.compare_pixels]
+            w = w * self._check_weight(weight).reshape(-1)[self.compare_pixels]
         return w
 
     def _normalise(self, values: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -312,6 +341,15 @@ class GazeReadout:
         imgs = [self._as_image(im, f"images[{i}]") for i, im in enumerate(images)]
         if weights is not None and len(weights) != len(imgs):
             raise ValueError(f"weights: expected {len(imgs)} (one per image), got {len(weights)}")
+        if self.work_factor > 1:
+            f, s = self.work_factor, self.S // self.work_factor
+            small = [im.reshape(s, f, s, f, 3).mean((1, 3)) for im in imgs]
+            small_w = None if weights is None else [
+                self._check_weight(wt).reshape(s, f, s, f).mean((1, 3)) for wt in weights]
+            reads = self._work.read_batch(small, small_w)
+            for r in reads:
+                r["blur_px"] = r["blur_px"] * f
+            return reads
         visible = int(self.eye_visible.sum())
         if visible == 0 or not imgs:
             return [{"gaze_head": torch.full((2,), math.nan), "residual": math.nan, "eyes_visible": visible,
@@ -322,12 +360,17 @@ class GazeReadout:
                                    for i, im in enumerate(imgs)])  # (N, C, 3)
             grid = self._coarse_grid()
             grid_values = self._eye_values(grid, quantize=False)
-            coarse = torch.stack([self._residuals(targets, w, grid_values, b) for b in range(len(self._ops))])  # (B, N, G)
+            # The candidate blur that fits each image best, chosen on every other coarse candidate.
+            sparse = torch.arange(0, len(grid), 2)
+            blur_fit = torch.stack([self._residuals(targets, w, grid_values[sparse], b).min(1).values
+                                    for b in range(len(self._ops))])  # (B, N)
+            blurs = blur_fit.argmin(0).tolist()
+            coarse = {b: self._residuals(targets, w, grid_values, b) for b in set(blurs)}  # (N, G) each
             starts = self.config.starts if visible == 2 else self.config.starts_one_eye
             out = []
             for i in range(len(imgs)):
-                blur = int(coarse[:, i].min(1).values.argmin())  # the candidate blur that fits this image best
-                picked = _distinct_best(grid, coarse[blur, i], starts, 1.5 * self.config.coarse_step)
+                blur = blurs[i]
+                picked = _distinct_best(grid, coarse[blur][i], starts, 1.5 * self.config.coarse_step)
                 best_g, best_r = self._refine(targets[i:i + 1], w[i:i + 1], picked, blur)
                 out.append({"gaze_head": best_g.clone(), "residual": float(best_r), "eyes_visible": visible,
                             "blur_px": float(self.config.blur_sigmas[blur]) * self.S / 64.0})
