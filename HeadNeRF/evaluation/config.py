@@ -11,9 +11,10 @@ import dataclasses
 
 from ..config import ConfigError, from_dict, load_yaml
 
-__all__ = ["REGIMES", "ControllabilityConfig", "EvalConfig", "MetricsConfig", "fit_config_for", "load_eval_config"]
+__all__ = ["CODE_INITS", "REGIMES", "ControllabilityConfig", "EvalConfig", "MetricsConfig", "fit_config_for", "load_eval_config"]
 
 REGIMES = ("codes", "finetune")  # latent codes only | codes + network fine-tuning for finetune_steps
+CODE_INITS = ("mean", "dataset")  # the fit's starting code: the checkpoint's mean code | the row's stored code
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -87,6 +88,10 @@ class EvalConfig:
     same_camera: bool = False  # targets from the input's camera only (gaze redirection without head-pose change)
     seed: int = 0  # pairs and per-input fitting seeds derive from it
     regimes: list = dataclasses.field(default_factory=lambda: list(REGIMES))
+    # Where each input's fit starts: "mean" = the checkpoint's mean code, as a photo would (the headline);
+    # "dataset" = the row's stored latent code. On synthetic data that code is the generator's, shared with the
+    # target row of the same subject: privileged information a photo never has (the report says so).
+    code_init: str = "mean"
     finetune_steps: int = 75  # network fine-tuning steps of the "finetune" regime (GazeNeRF's README: 75)
     fit: dict = dataclasses.field(default_factory=dict)  # HeadNeRF.fitting.FitConfig fields (not finetune_steps)
     metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
@@ -102,6 +107,7 @@ class EvalConfig:
         _check(self.inputs_per_subject >= 0, "inputs_per_subject", "must be >= 0 (0 = one input per pair)")
         _check(bool(self.regimes) and all(r in REGIMES for r in self.regimes) and len(set(self.regimes)) == len(self.regimes),
                "regimes", f"must be a non-empty subset of {list(REGIMES)}, got {self.regimes}")
+        _check(self.code_init in CODE_INITS, "code_init", f"must be one of {list(CODE_INITS)}, got {self.code_init!r}")
         _check(self.finetune_steps >= 1 or "finetune" not in self.regimes, "finetune_steps",
                "must be >= 1 when the 'finetune' regime is on")
         _check(all(isinstance(s, int) and not isinstance(s, bool) for s in self.subjects), "subjects",

@@ -10,6 +10,12 @@ reads each render, and the cell's error is the angle between the reading and tha
 request. The map is the mean
 over the inputs (the per-subject maps are kept too), drawn as a heat map PNG with the mean
 error in the title.
+
+Beside it, the **ignore-the-request** references: the same error for an answer that never
+looks at the request, (a) the input's own gaze (its label, else the estimator's reading of the
+input) and (b) the grid's centre, each compared with every cell's camera-frame request. A map
+whose mean is near these says nothing about control: the requests span only some tens of
+degrees, so even a constant answer scores "only" about half of that span.
 """
 
 import numpy as np
@@ -40,11 +46,12 @@ def controllability(ctx, inputs: list[tuple[int, int]], fit_cache: dict, progres
     from tqdm import tqdm
 
     from ..geometry.gaze import rotate_pitch_yaw
-    from .protocol import _item, _read, fit_input, render_at
+    from .protocol import _item, _read, _row_reading, fit_input, render_at
 
     cc = ctx.cfg.controllability
     grid = gaze_grid(cc.pitch_range, cc.yaw_range, cc.resolution)
     rows, cols = grid.shape[:2]
+    centre = torch.tensor([[(cc.pitch_range[0] + cc.pitch_range[1]) / 2.0, (cc.yaw_range[0] + cc.yaw_range[1]) / 2.0]])
     per_input = []
     for subject, row in tqdm(inputs, desc="controllability", disable=not progress, dynamic_ncols=True):
         fit = fit_cache.get((subject, row), {}).get("codes")
@@ -58,12 +65,20 @@ def controllability(ctx, inputs: list[tuple[int, int]], fit_cache: dict, progres
                 req = requests[i, j]
                 read = _read(ctx, render_at(fit, item, req))
                 err[i, j] = M.angle_error_deg(read["gaze"], req.double().tolist())
-        per_input.append({"subject": subject, "input_row": row, "errors_deg": err.tolist(), "mean_deg": float(err.mean())})
+        own = item["gaze"].tolist() if ctx.subjects[subject].gaze_valid[row] else _row_reading(ctx, subject, row)["gaze"]
+        centre_cam = rotate_pitch_yaw(centre, item["R_w2c"][None])[0].double().tolist()
+        flat = requests.reshape(-1, 2).double().tolist()
+        per_input.append({"subject": subject, "input_row": row, "errors_deg": err.tolist(), "mean_deg": float(err.mean()),
+                          "ignore_request": {"input_gaze_deg": float(np.mean([M.angle_error_deg(own, q) for q in flat])),
+                                             "grid_centre_deg": float(np.mean([M.angle_error_deg(centre_cam, q)
+                                                                               for q in flat]))}})
     out = {"pitch": grid[:, 0, 0].tolist(), "yaw": grid[0, :, 1].tolist(), "inputs": per_input}
     if per_input:
         maps = np.array([p["errors_deg"] for p in per_input])
         out["mean_map_deg"] = maps.mean(0).tolist()
         out["mean_deg"] = float(maps.mean())
+        out["ignore_request"] = {k: float(np.mean([p["ignore_request"][k] for p in per_input]))
+                                 for k in ("input_gaze_deg", "grid_centre_deg")}
         out["per_subject_mean_deg"] = {
             str(s): float(np.mean([p["mean_deg"] for p in per_input if p["subject"] == s]))
             for s in sorted({p["subject"] for p in per_input})}
@@ -89,8 +104,11 @@ def plot_controllability(result: dict, path: str) -> None:
         for j in range(err.shape[1]):
             ax.text(j, i, f"{err[i, j]:.1f}", ha="center", va="center", fontsize=8,
                     color="white" if err[i, j] > 0.6 * max(err.max(), 1e-9) else "black")
+    ign = result.get("ignore_request") or {}
+    ref = (f"; ignoring the request: {ign['input_gaze_deg']:.1f}° (input's gaze), {ign['grid_centre_deg']:.1f}° (centre)"
+           if ign else "")
     ax.set_title(f"gaze controllability: estimator vs request\nmean {result['mean_deg']:.2f}° over "
-                 f"{len(result['inputs'])} inputs")
+                 f"{len(result['inputs'])} inputs{ref}", fontsize=9)
     fig.colorbar(im, ax=ax, label="angular error (deg)")
     fig.tight_layout()
     tmp = path + ".tmp.png"

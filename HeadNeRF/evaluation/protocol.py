@@ -19,9 +19,18 @@ For every pair (``pairs.py``) of a test subject:
 3. **Score** the render against the target image (whitened outside the target's head mask):
    SSIM, PSNR (whole and head), L1, LPIPS, identity, and gaze / head-pose angular errors of
    the estimator on the render against the estimator on the target ("as the papers measure
-   it") and against the target's labels where the row has them. Two baselines are scored the
-   same way: **copy_input** (the input image itself as the answer) and the **floor** (the
-   estimator on the target against the target's label).
+   it") and against the target's labels where the row has them. Baselines are scored the
+   same way: **copy_input** (the input image itself as the answer), **no redirection** (per
+   regime: the same fit rendered from the target camera with the input's eye-in-head gaze kept:
+   the head pose comes free with the target camera, so only beating this row shows that the
+   eyes moved) and the **floor** (the estimator on the target against the target's label).
+   Identity gets two reference rows: the same subject from the target camera at another gaze
+   (what the metric gives the right person) and another subject from the same camera (what it
+   gives the wrong person); without a clear gap between them the metric says nothing here.
+
+Each input's fit starts from the checkpoint's mean code (``code_init: mean``, as a photo
+would) or from the row's stored code (``code_init: dataset``: on synthetic data the
+generator's code, which the target row shares).
 
 Determinism (a re-run continues where the last stopped and ends with the same numbers):
 the model's state is restored from a pristine copy before each fit; each input's fit seed is
@@ -43,6 +52,13 @@ from ..config import ConfigError, to_dict
 from ..data.layout import DataFormatError
 from . import metrics as M
 from .config import EvalConfig, fit_config_for
+from .guards import (
+    check_training_subjects,
+    code_version,
+    dataset_fingerprint,
+    training_subjects_of_estimator,
+    training_subjects_of_nerf,
+)
 from .pairs import (
     Pair,
     PairsError,
@@ -54,9 +70,20 @@ from .pairs import (
     read_subject_rows,
 )
 
-__all__ = ["CANDIDATES", "Context", "EvaluationError", "fit_input", "input_seed", "prepare", "score_pair"]
+__all__ = ["Context", "EvaluationError", "candidates", "fit_input", "input_seed", "no_redirection", "prepare",
+           "score_pair"]
 
-CANDIDATES = ("codes", "finetune", "copy_input")  # what is scored against the target (regimes + the copy baseline)
+NO_REDIRECTION = "_no_redirection"  # suffix of a regime's no-redirection row ("codes_no_redirection")
+
+
+def no_redirection(regime: str) -> str:
+    """The record key of a regime's no-redirection baseline."""
+    return regime + NO_REDIRECTION
+
+
+def candidates(regimes) -> list[str]:
+    """What is scored against the target, in table order: each regime, its no-redirection row, copy the input."""
+    return [c for r in regimes for c in (r, no_redirection(r))] + ["copy_input"]
 
 
 class EvaluationError(ValueError):
@@ -108,6 +135,7 @@ class Context:
     estimator_file: str
     sha256: dict
     device: str
+    training_check: dict = dataclasses.field(default_factory=dict)  # {"nerf": note, "estimator": note}
     cache: dict = dataclasses.field(default_factory=dict)  # per-row estimator readings / embeddings / features
 
     @property
@@ -152,6 +180,7 @@ def prepare(cfg: EvalConfig, progress: bool = True) -> Context:
     if dataset.shape_code_dim != info.code_dims[0] or dataset.appearance_code_dim != info.code_dims[1]:
         raise EvaluationError(f"{cfg.dataset_dir}: latent codes are {dataset.shape_code_dim}+{dataset.appearance_code_dim}-d, "
                               f"the model {ckpt} takes {info.code_dims[0]}+{info.code_dims[1]}")
+    training_check = _check_training_subjects(cfg, ckpt, est_ckpt, subjects)
     skipped = {}
     lpips_fn, skipped["lpips"] = M.build_lpips(cfg.metrics.lpips_net, cfg.metrics.lpips_weights, device)
     fid, skipped["fid"] = M.build_fid_features(cfg.metrics.fid_backbone, cfg.metrics.fid_weights, device)
@@ -170,17 +199,43 @@ def prepare(cfg: EvalConfig, progress: bool = True) -> Context:
     return Context(cfg=cfg, model=model, info=info, pristine=pristine, estimator=estimator, est_info=est_info,
                    dataset=dataset, index_of=index_of, subjects=subjects, pairs=pairs, lpips=lpips_fn, fid=fid,
                    identity=identity, skipped=skipped, checkpoint_file=ckpt, estimator_file=est_ckpt, sha256=shas,
-                   device=device)
+                   device=device, training_check=training_check)
+
+
+def _check_training_subjects(cfg: EvalConfig, ckpt: str, est_ckpt: str, subjects: dict) -> dict:
+    """Refuse a NeRF or estimator trained on a labelled evaluated subject (``guards``); notes for the report."""
+    from ..checkpoint import load_checkpoint
+
+    labelled = [s for s, r in subjects.items() if r.gaze_valid.any()]
+    notes = {}
+    for what, file, reader in (("NeRF", ckpt, training_subjects_of_nerf),
+                               ("estimator", est_ckpt, training_subjects_of_estimator)):
+        try:
+            state = load_checkpoint(file)
+        except CheckpointError as exc:
+            raise EvaluationError(str(exc)) from None
+        train_dir, train_subjects = reader(state, file)
+        del state
+        notes[what] = check_training_subjects(what, file, train_dir, train_subjects, cfg.dataset_dir, labelled) \
+            if labelled else "no labelled evaluated subject: nothing to check"
+    return notes
 
 
 def run_key(ctx: Context) -> dict:
     """What the per-pair records depend on; a results dir holding records of another key is refused."""
     cfg = to_dict(ctx.cfg)
+    rows: dict = {}
+    for p in ctx.pairs:
+        rows.setdefault(p.subject, set()).update((p.input_row, p.target_row))
     return {
+        "code_version": code_version(),
         "checkpoint_sha256": ctx.sha256["checkpoint"],
         "estimator_sha256": ctx.sha256["estimator_checkpoint"],
+        "metric_weights_sha256": {k: v for k, v in ctx.sha256.items() if k in ("lpips_weights", "fid_weights")},
         "dataset_dir": os.path.abspath(ctx.cfg.dataset_dir),
+        "dataset_content": dataset_fingerprint(ctx.cfg.dataset_dir, rows),
         "pairs": pairs_digest(ctx.pairs),
+        "code_init": cfg["code_init"],
         "regimes": cfg["regimes"],
         "finetune_steps": cfg["finetune_steps"] if "finetune" in cfg["regimes"] else None,
         "fit": cfg["fit"],
@@ -253,6 +308,12 @@ def fit_input(ctx: Context, subject: int, input_row: int, regimes, progress: boo
     ctx.model.load_state_dict(ctx.pristine)  # no fit ever depends on an earlier one (density grid, buffers)
     torch.manual_seed(seed)
     target = target_from_dataset_row(ctx.dataset, ctx.index_of[(subject, input_row)])
+    if ctx.cfg.code_init == "mean":  # start where a photo would: the checkpoint's mean code, not the row's own
+        from ..data.codes import split_code
+
+        shape_code, app_code = split_code(ctx.info.code_mean, ctx.info.code_slices)
+        target = dataclasses.replace(target, shape_code=shape_code[None].clone(), appearance_code=app_code[None].clone(),
+                                     code_init="mean")
     if not ctx.subjects[subject].gaze_valid[input_row]:  # no label: the fit estimates the gaze, from the estimator's reading
         read = _row_reading(ctx, subject, input_row)
         target = dataclasses.replace(target, gaze=torch.tensor([read["gaze"]], dtype=torch.float32), gaze_known=False)
@@ -270,12 +331,15 @@ def fit_input(ctx: Context, subject: int, input_row: int, regimes, progress: boo
 
 
 def render_at(fit, item: dict, gaze) -> torch.Tensor:
-    """Render a fit from a row's camera (with its eye mask) at a camera-frame gaze (2,). -> (1, 3, S, S)."""
+    """Render a fit from a row's camera (with its eye mask) at a camera-frame gaze (2,). -> (1, 3, S, S).
+
+    ``gaze`` None keeps the fit's own eyeball direction (its eye-in-head gaze, the input's): the no-redirection row.
+    """
     from ..fitting import render_fit
 
     cam = {"R_w2c": item["R_w2c"][None], "t_w2c": item["t_w2c"][None], "K": item["K"][None],
            "eye_mask": item["eye_mask"][None]}
-    g = torch.as_tensor(gaze, dtype=torch.float32).reshape(1, 2)
+    g = None if gaze is None else torch.as_tensor(gaze, dtype=torch.float32).reshape(1, 2)
     return render_fit(fit, gaze=g, camera=cam).detach().cpu()
 
 
@@ -334,17 +398,101 @@ def score_pair(ctx: Context, pair: Pair, fits: dict) -> tuple[dict, dict, dict]:
     if ctx.fid is not None:
         feats["target"] = _row_features(ctx, pair.subject, pair.target_row)
     for regime, fit in fits.items():
-        pred = render_at(fit, tgt, requested)
-        images[regime] = pred
-        record[regime], f = _score_image(ctx, pred, t_img, t_mask, t_read, t_label, t_emb)
+        for name, gaze in ((regime, requested), (no_redirection(regime), None)):
+            pred = render_at(fit, tgt, gaze)
+            images[name] = pred
+            record[name], f = _score_image(ctx, pred, t_img, t_mask, t_read, t_label, t_emb)
+            if f is not None:
+                feats[name] = f
         record[regime]["fit_psnr_head"] = float(fit.psnr_head)
         record[regime]["fit_seconds"] = float(fit.seconds.get("total", math.nan))
-        if f is not None:
-            feats[regime] = f
+    record["id_reference"] = identity_references(ctx, pair.subject, pair.target_row) if ctx.identity is not None else None
     record["copy_input"], f = _score_image(ctx, images["input"], t_img, t_mask, t_read, t_label, t_emb)
     if f is not None:
         feats["copy_input"] = f
     return record, images, feats
+
+
+# ------------------------------------------------------------------------------ identity references
+
+def _other_subjects(ctx: Context, subject: int) -> list[int]:
+    """Subjects of the dataset dir (its subject files) other than ``subject``, sorted."""
+    import re
+
+    key = ("other_subjects",)
+    if key not in ctx.cache:
+        ids = []
+        for name in os.listdir(ctx.cfg.dataset_dir):
+            m = re.fullmatch(r"subject(\d+)\.h5", name)
+            if m:
+                ids.append(int(m.group(1)))
+        ctx.cache[key] = sorted(ids)
+    return [s for s in ctx.cache[key] if s != subject]
+
+
+def _reference_item(ctx: Context, subject: int, row: int) -> dict | None:
+    """A row of any subject of the dataset dir at the model's size (evaluated subjects use the main index)."""
+    from ..data.dataset import GazeDataset
+
+    if (subject, row) in ctx.index_of:
+        return _item(ctx, subject, row)
+    key = ("ref_ds", subject)
+    if key not in ctx.cache:
+        try:
+            ds = GazeDataset(ctx.cfg.dataset_dir, which="all", subjects=[subject], image_size=ctx.image_size)
+            ctx.cache[key] = (ds, {r.row: i for i, r in enumerate(ds.rows)})
+        except (DataFormatError, OSError, ValueError):
+            ctx.cache[key] = None
+    if ctx.cache[key] is None or row not in ctx.cache[key][1]:
+        return None
+    ds, idx = ctx.cache[key]
+    return ds[idx[row]]
+
+
+def _reference_rows(ctx: Context, subject: int, target_row: int) -> dict:
+    """{"same_subject": (subject, row) | None, "other_subject": (subject, row) | None} for one target row.
+
+    Same subject: the target's camera, another frame (another gaze). Other subject: the target's camera, the
+    same frame index when it has one. Drawn from (seed, subject, target_row): independent of the other pairs.
+    """
+    rows = ctx.subjects[subject]
+    cam, frame = rows.cams[target_row], rows.frames[target_row]
+    rng = np.random.default_rng([int(ctx.cfg.seed), int(subject), int(target_row), 7])
+    same = np.flatnonzero(rows.valid & (rows.cams == cam) & (rows.frames != frame))
+    out = {"same_subject": (subject, int(rng.choice(same))) if len(same) else None, "other_subject": None}
+    others = _other_subjects(ctx, subject)
+    for s in [others[i] for i in rng.permutation(len(others))]:
+        try:
+            o = ctx.subjects[s] if s in ctx.subjects else read_subject_rows(ctx.cfg.dataset_dir, s)
+        except PairsError:
+            continue
+        cand = np.flatnonzero(o.valid & (o.cams == cam) & (o.frames == frame))
+        if not len(cand):
+            cand = np.flatnonzero(o.valid & (o.cams == cam))
+        if len(cand):
+            out["other_subject"] = (s, int(rng.choice(cand)))
+            break
+    return out
+
+
+def identity_references(ctx: Context, subject: int, target_row: int) -> dict:
+    """The identity metric between the target and (a) the same subject from the same camera at another gaze,
+    (b) another subject from the same camera: {"same_subject"|"other_subject": {"subject", "row", "id_sim",
+    "id_face_found"} or None}. If (a) and (b) score alike, the metric measures the view, not the person."""
+    key = ("id_ref", subject, target_row)
+    if key not in ctx.cache:
+        t_emb = _row_embedding(ctx, subject, target_row)[0]
+        out = {}
+        for name, sr in _reference_rows(ctx, subject, target_row).items():
+            item = _reference_item(ctx, *sr) if sr is not None else None
+            if item is None:
+                out[name] = None
+                continue
+            emb, found = ctx.identity(_whitened(ctx, item)[0])
+            out[name] = {"subject": sr[0], "row": sr[1], "id_sim": M.identity_similarity(emb, t_emb),
+                         "id_face_found": bool(found)}
+        ctx.cache[key] = out
+    return ctx.cache[key]
 
 
 def check_inputs_readable(ctx: Context) -> None:
