@@ -76,7 +76,9 @@ class EvalConfig:
     """One evaluation run. Paths are relative to the working directory."""
 
     checkpoint: str = "runs/quickstart"  # NeRF run dir (its checkpoints/last.pt) or a .pt file
-    estimator_checkpoint: str = "runs/gaze_estimator_quickstart"  # estimator run dir or .pt (train_gaze_estimator.py)
+    # estimator run dir or .pt (train_gaze_estimator.py). "" = none: allowed on synthetic data with labels only, where
+    # the exact gaze readout measures gaze (the estimator-based gaze/head columns are then empty).
+    estimator_checkpoint: str = "runs/gaze_estimator_quickstart"
     dataset_dir: str = "data/synthetic"
     subjects: list = dataclasses.field(default_factory=list)  # subject ids to evaluate; empty = split.json's test_subjects
     results_dir: str = "runs/evaluation"
@@ -101,7 +103,7 @@ class EvalConfig:
     num_threads: int = 0  # torch CPU threads; 0 = torch's default. Results are reproducible for a fixed value.
 
     def __post_init__(self):
-        for k in ("checkpoint", "estimator_checkpoint", "dataset_dir", "results_dir"):
+        for k in ("checkpoint", "dataset_dir", "results_dir"):
             _check(bool(getattr(self, k)), k, "must not be empty")
         _check(self.pairs_per_subject >= 1, "pairs_per_subject", f"must be >= 1, got {self.pairs_per_subject}")
         _check(self.inputs_per_subject >= 0, "inputs_per_subject", "must be >= 0 (0 = one input per pair)")

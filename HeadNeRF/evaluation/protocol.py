@@ -44,6 +44,7 @@ import hashlib
 import math
 import os
 
+import h5py
 import numpy as np
 import torch
 
@@ -121,8 +122,8 @@ class Context:
     model: torch.nn.Module
     info: object  # fitting.ModelInfo
     pristine: dict  # the model's state_dict, restored before every fit
-    estimator: torch.nn.Module
-    est_info: object  # estimator.EstimatorInfo
+    estimator: torch.nn.Module | None  # None: no estimator (synthetic data, exact readout only)
+    est_info: object  # estimator.EstimatorInfo or None
     dataset: object  # GazeDataset over the evaluated subjects at the model's image size
     index_of: dict  # (subject, row) -> dataset index
     subjects: dict  # subject -> SubjectRows
@@ -135,7 +136,8 @@ class Context:
     estimator_file: str
     sha256: dict
     device: str
-    training_check: dict = dataclasses.field(default_factory=dict)  # {"nerf": note, "estimator": note}
+    training_check: dict = dataclasses.field(default_factory=dict)  # {"NeRF": note, "estimator": note}
+    readout: dict = dataclasses.field(default_factory=dict)  # {subject: readout supersample}: synthetic subjects only
     cache: dict = dataclasses.field(default_factory=dict)  # per-row estimator readings / embeddings / features
 
     @property
@@ -154,14 +156,15 @@ def prepare(cfg: EvalConfig, progress: bool = True) -> Context:
         torch.set_num_threads(cfg.num_threads)
     ckpt = _checkpoint_file(cfg.checkpoint, "checkpoint", "train one with train_headnerf.py, or fix `checkpoint`")
     est_ckpt = _checkpoint_file(cfg.estimator_checkpoint, "estimator_checkpoint",
-                                "train one with train_gaze_estimator.py, or fix `estimator_checkpoint`")
+                                "train one with train_gaze_estimator.py, fix `estimator_checkpoint`, or set it to \"\" "
+                                "on synthetic data (the exact readout measures gaze)") if cfg.estimator_checkpoint else ""
     try:
         model, info = load_trained_model(ckpt, device=device)
-        estimator, est_info = load_estimator(est_ckpt, device=device)
+        estimator, est_info = load_estimator(est_ckpt, device=device) if est_ckpt else (None, None)
     except CheckpointError as exc:
         raise EvaluationError(str(exc)) from None
     S = int(info.image_size)
-    if int(est_info.input_size) != S:
+    if est_info is not None and int(est_info.input_size) != S:
         raise EvaluationError(
             f"estimator {est_ckpt} was trained on {est_info.input_size} px images, the NeRF renders {S} px; "
             f"train an estimator with input_size {S} (the evaluation never resizes renders for the estimator)")
@@ -180,8 +183,22 @@ def prepare(cfg: EvalConfig, progress: bool = True) -> Context:
     if dataset.shape_code_dim != info.code_dims[0] or dataset.appearance_code_dim != info.code_dims[1]:
         raise EvaluationError(f"{cfg.dataset_dir}: latent codes are {dataset.shape_code_dim}+{dataset.appearance_code_dim}-d, "
                               f"the model {ckpt} takes {info.code_dims[0]}+{info.code_dims[1]}")
+    readout, readout_note = _readout_subjects(cfg.dataset_dir, subjects, dataset.code_slices, S)
+    if estimator is None:
+        if not readout:
+            raise EvaluationError(f"estimator_checkpoint is empty and {cfg.dataset_dir} is not synthetic data (no exact "
+                                  "gaze readout): nothing would measure gaze; give an estimator checkpoint")
+        unlabelled = sorted({(p.subject, r) for p in pairs for r in (p.input_row, p.target_row)
+                             if not subjects[p.subject].gaze_valid[r]})
+        if unlabelled:
+            raise EvaluationError(f"estimator_checkpoint is empty, but {len(unlabelled)} evaluated rows have no gaze label "
+                                  f"(e.g. subject {unlabelled[0][0]} row {unlabelled[0][1]}): their gaze comes from the "
+                                  "estimator; give one")
     training_check = _check_training_subjects(cfg, ckpt, est_ckpt, subjects)
-    skipped = {}
+    skipped = {"estimator": (f"gaze/head-pose estimator {est_ckpt} ({est_info.input_size} px)" if estimator is not None
+                             else "skipped: estimator_checkpoint is empty (gaze is measured by the exact readout only; "
+                                  "no estimator-based gaze/head columns)"),
+               "readout": readout_note}
     lpips_fn, skipped["lpips"] = M.build_lpips(cfg.metrics.lpips_net, cfg.metrics.lpips_weights, device)
     fid, skipped["fid"] = M.build_fid_features(cfg.metrics.fid_backbone, cfg.metrics.fid_weights, device)
     identity = None
@@ -191,7 +208,7 @@ def prepare(cfg: EvalConfig, progress: bool = True) -> Context:
                                "the whole image is the face box when dlib's HOG detector finds no face")
     else:
         skipped["identity"] = "skipped: metrics.identity is false"
-    shas = {"checkpoint": sha256_file(ckpt), "estimator_checkpoint": sha256_file(est_ckpt)}
+    shas = {"checkpoint": sha256_file(ckpt), "estimator_checkpoint": sha256_file(est_ckpt) if est_ckpt else None}
     for k, p in (("lpips_weights", cfg.metrics.lpips_weights), ("fid_weights", cfg.metrics.fid_weights)):
         if p and os.path.isfile(p):
             shas[k] = sha256_file(p)
@@ -199,7 +216,36 @@ def prepare(cfg: EvalConfig, progress: bool = True) -> Context:
     return Context(cfg=cfg, model=model, info=info, pristine=pristine, estimator=estimator, est_info=est_info,
                    dataset=dataset, index_of=index_of, subjects=subjects, pairs=pairs, lpips=lpips_fn, fid=fid,
                    identity=identity, skipped=skipped, checkpoint_file=ckpt, estimator_file=est_ckpt, sha256=shas,
-                   device=device, training_check=training_check)
+                   device=device, training_check=training_check, readout=readout)
+
+
+def _readout_subjects(dataset_dir: str, subjects: dict, code_slices: dict, image_size: int) -> tuple[dict, str]:
+    """({subject: supersample of the readout at the model's size} for the subjects the exact readout can read, note).
+
+    Only synthetic subjects: the readout re-renders the row with the generator, which needs the generator's
+    code (``source == "synthetic"`` and the synthetic code layout). The dataset's images are box-filtered
+    ``supersample`` times; resized by an integer factor f (area) they are box-filtered ``supersample * f`` times.
+    """
+    from ..fitting import is_synthetic_layout
+
+    if not is_synthetic_layout(code_slices):
+        return {}, "skipped: the dataset's latent codes are not the synthetic generator's (real data: estimator only)"
+    out, approx = {}, []
+    for s, rows in subjects.items():
+        if rows.source != "synthetic":
+            continue
+        with h5py.File(rows.path, "r") as f:
+            ss, stored = int(f.attrs.get("supersample", 1)), int(f["face_patch"].shape[1])
+        if stored % image_size:
+            approx.append(s)
+        out[s] = max(1, ss * stored // image_size)
+    if not out:
+        return {}, "skipped: no evaluated subject is synthetic (real data: estimator only)"
+    note = (f"exact gaze readout (HeadNeRF.evaluation.readout: the generator re-rendered at each candidate gaze, eye "
+            f"pixels compared) for subjects {sorted(out)}")
+    if approx:
+        note += f"; subjects {approx} are stored at a size that is not a multiple of {image_size} px: approximate"
+    return out, note
 
 
 def _check_training_subjects(cfg: EvalConfig, ckpt: str, est_ckpt: str, subjects: dict) -> dict:
@@ -210,14 +256,19 @@ def _check_training_subjects(cfg: EvalConfig, ckpt: str, est_ckpt: str, subjects
     notes = {}
     for what, file, reader in (("NeRF", ckpt, training_subjects_of_nerf),
                                ("estimator", est_ckpt, training_subjects_of_estimator)):
+        if not file:
+            notes[what] = "none used"
+            continue
+        if not labelled:
+            notes[what] = "no labelled evaluated subject: nothing to check"
+            continue
         try:
             state = load_checkpoint(file)
         except CheckpointError as exc:
             raise EvaluationError(str(exc)) from None
         train_dir, train_subjects = reader(state, file)
         del state
-        notes[what] = check_training_subjects(what, file, train_dir, train_subjects, cfg.dataset_dir, labelled) \
-            if labelled else "no labelled evaluated subject: nothing to check"
+        notes[what] = check_training_subjects(what, file, train_dir, train_subjects, cfg.dataset_dir, labelled)
     return notes
 
 
@@ -236,6 +287,7 @@ def run_key(ctx: Context) -> dict:
         "dataset_content": dataset_fingerprint(ctx.cfg.dataset_dir, rows),
         "pairs": pairs_digest(ctx.pairs),
         "code_init": cfg["code_init"],
+        "readout": {str(k): v for k, v in sorted(ctx.readout.items())},  # subjects read exactly, their supersample
         "regimes": cfg["regimes"],
         "finetune_steps": cfg["finetune_steps"] if "finetune" in cfg["regimes"] else None,
         "fit": cfg["fit"],
@@ -268,6 +320,8 @@ def _read(ctx: Context, image: torch.Tensor) -> dict:
     """Estimator reading of one (1, 3, S, S) image: {"gaze": [p, y], "head_pose": [p, y]} (float64 lists)."""
     from ..estimator import estimate
 
+    if ctx.estimator is None:  # no estimator (synthetic data, exact readout only): no reading, NaN metrics
+        return {"gaze": None, "head_pose": None}
     out = estimate(ctx.estimator, image.to(ctx.device).float())
     return {"gaze": out["gaze"][0].double().cpu().tolist(), "head_pose": out["head_pose"][0].double().cpu().tolist()}
 
@@ -291,6 +345,44 @@ def _row_features(ctx: Context, subject: int, row: int) -> np.ndarray:
     if key not in ctx.cache:
         ctx.cache[key] = ctx.fid(_whitened(ctx, _item(ctx, subject, row)))[0]
     return ctx.cache[key]
+
+
+# ---------------------------------------------------------------------------------- exact readout
+
+def _readout(ctx: Context, subject: int, row: int):
+    """The exact readout of one synthetic row's view (generator code, camera at the model's size), cached."""
+    from .readout import GazeReadout
+
+    key = ("readout", subject, row)
+    if key not in ctx.cache:
+        with h5py.File(ctx.subjects[subject].path, "r") as f:
+            code = np.asarray(f["latent_code"][row], dtype=np.float32)
+        item = _item(ctx, subject, row)
+        ctx.cache[key] = GazeReadout(code, item["R_w2c"], item["t_w2c"], item["K"], ctx.image_size,
+                                     supersample=ctx.readout[subject])
+    return ctx.cache[key]
+
+
+def eye_in_head(gaze_cam, R_w2c: torch.Tensor) -> list[float]:
+    """A camera-frame (pitch, yaw) of a view with rotation R_w2c (3, 3) -> the head-frame (eye-in-head) gaze."""
+    from ..geometry.gaze import rotate_pitch_yaw
+
+    g = torch.as_tensor(gaze_cam, dtype=torch.float64).reshape(1, 2)
+    return rotate_pitch_yaw(g, R_w2c.double().reshape(1, 3, 3).transpose(-1, -2))[0].tolist()
+
+
+def read_exact(ctx: Context, subject: int, row: int, image: torch.Tensor, requested_head) -> dict:
+    """Exact readout of a (1, 3, S, S) image as seen in row's view, against a requested eye-in-head gaze (2,).
+
+    Returns {"gaze_readout": [p, y] head frame, "gaze_readout_residual", "gaze_err_readout": degrees} (NaN when
+    no eye is visible in that view).
+    """
+    r = _readout(ctx, subject, row).read(image[0].permute(1, 2, 0).clamp(0, 1))
+    g = [float(x) for x in r["gaze_head"]]
+    ok = r["eyes_visible"] > 0
+    return {"gaze_readout": g if ok else None, "gaze_readout_residual": float(r["residual"]),
+            "gaze_err_readout": M.angle_error_deg(g, requested_head) if ok else math.nan,
+            "eyes_visible": int(r["eyes_visible"])}
 
 
 def label(rows: SubjectRows, row: int) -> dict:
@@ -410,6 +502,15 @@ def score_pair(ctx: Context, pair: Pair, fits: dict) -> tuple[dict, dict, dict]:
     record["copy_input"], f = _score_image(ctx, images["input"], t_img, t_mask, t_read, t_label, t_emb)
     if f is not None:
         feats["copy_input"] = f
+    if pair.subject in ctx.readout:  # synthetic: what gaze does the generator need to draw each answer?
+        req_head = eye_in_head(requested, tgt["R_w2c"])
+        record["requested_gaze_head"] = req_head
+        for name in candidates(list(fits)):
+            if name == "copy_input":  # another view: read in its own (input) view, i.e. the input's eye-in-head gaze
+                record[name].update(read_exact(ctx, pair.subject, pair.input_row, images["input"], req_head))
+            else:
+                record[name].update(read_exact(ctx, pair.subject, pair.target_row, images[name], req_head))
+        record["floor"].update(read_exact(ctx, pair.subject, pair.target_row, t_img, req_head))
     return record, images, feats
 
 

@@ -197,8 +197,8 @@ def _evaluate_locked(ctx, t0: float, max_new_pairs: int | None, progress: bool, 
         "checkpoint_file": ctx.checkpoint_file, "estimator_file": ctx.estimator_file,
         "sha256": ctx.sha256,
         "model": {"model_name": ctx.info.model_name, "image_size": ctx.image_size, "step": ctx.info.step},
-        "estimator_input_size": int(ctx.est_info.input_size),
-        "estimator_report": ctx.est_info.report,
+        "estimator_input_size": int(ctx.est_info.input_size) if ctx.est_info is not None else None,
+        "estimator_report": ctx.est_info.report if ctx.est_info is not None else None,
         "aggregate": agg,
         "controllability": ctrl,
         "metric_notes": notes,
@@ -214,6 +214,12 @@ def _evaluate_locked(ctx, t0: float, max_new_pairs: int | None, progress: bool, 
     o = agg["overall"]
     for r in regimes:
         c = agg["checks"][r]
+        ro = c.get("readout")
+        if ro:
+            log(f"[evaluation] {R.NAMES[r]}: exact readout {R._fmt(ro['gaze_err'], 2)}° (median "
+                f"{R._fmt(ro['gaze_err_median'], 2)}°), no redirection {R._fmt(ro['no_redirection_gaze_err'], 2)}° "
+                f"(ratio {R._fmt(ro['ratio_to_no_redirection'], 2)}: {R._met(ro['at_most_half_of_no_redirection'])}), "
+                f"floor {R._fmt(ro['floor'], 2)}° (bound {R._fmt(ro['floor_bound'], 2)}°: {R._met(ro['within_floor_bound'])})")
         log(f"[evaluation] {R.NAMES[r]}: gaze {R._fmt(o[r]['gaze_err_est'])}° vs estimator on target, "
             f"{R._fmt(o[r]['gaze_err_label'])}° vs label (no redirection {R._fmt(c['no_redirection_gaze_err'])}°: "
             f"ratio {R._fmt(c['ratio_to_no_redirection'], 2)}, goal <= 0.5 {R._met(c['at_most_half_of_no_redirection'])}; "
@@ -224,10 +230,11 @@ def _evaluate_locked(ctx, t0: float, max_new_pairs: int | None, progress: bool, 
         log(f"[evaluation] identity: ours {', '.join(R._fmt(o[r]['id_sim'], 1) for r in regimes)}; same subject "
             f"{R._fmt(ref['same_subject'], 1)}, another subject from the same camera {R._fmt(ref['other_subject'], 1)}"
             f" -> {'informative' if ref['informative'] else 'NOT informative on this data'}")
-    if ctrl:
+    if ctrl and ctrl.get("inputs"):
         ign = ctrl.get("ignore_request") or {}
-        log(f"[evaluation] controllability: mean {ctrl['mean_deg']:.2f}° over {len(ctrl['inputs'])} inputs "
-            f"(ignoring the request: {R._fmt(ign.get('input_gaze_deg'), 2)}° with the input's gaze, "
-            f"{R._fmt(ign.get('grid_centre_deg'), 2)}° with the grid centre)")
+        ro = ctrl.get("readout") or {}
+        log(f"[evaluation] controllability over {len(ctrl['inputs'])} inputs: exact readout {R._fmt(ro.get('mean_deg'), 2)}°, "
+            f"estimator {R._fmt(ctrl.get('mean_deg'), 2)}° (ignoring the request: {R._fmt(ign.get('input_gaze_deg'), 2)}° "
+            f"with the input's gaze, {R._fmt(ign.get('grid_centre_deg'), 2)}° with the grid centre)")
     log(f"[evaluation] wrote {os.path.join(out_dir, 'report.md')} and metrics.json")
     return result
