@@ -7,9 +7,12 @@ head pose, score against the target), plus a gaze-controllability map.
 
 Writes into the config's results_dir: per_pair.jsonl (appended as pairs finish; running the same
 command again continues where the last run stopped), and at the end metrics.json, report.md,
-pairs.txt, grid.png, gaze_error_vs_redirection.png, controllability.png. Bad input (a missing
-checkpoint, an estimator of another input size, a pairs file naming missing rows, a subject without
-valid rows, a config typo) ends with one line on stderr and exit code 2.
+pairs.txt, grid.png, gaze_error_vs_redirection.png, controllability.png. On synthetic data the
+exact gaze readout measures gaze beside the estimator (which is then optional). Bad input (a missing
+checkpoint, an estimator of another input size, a NeRF or estimator trained on an evaluated subject,
+a pairs file naming missing rows, a subject without valid rows, a config typo, a results dir of
+another configuration or with a damaged per_pair.jsonl line, a results dir another evaluation is
+writing into) ends with one line on stderr and exit code 2.
 """
 
 import argparse
