@@ -502,8 +502,7 @@ def plot_gaze_vs_redirection(records: list[dict], regimes: list[str], path: str)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     x = np.array([r["redirection_deg"] for r in records], dtype=float)
     use_readout = bool(records) and all(r.get("requested_gaze_head") is not None for r in records)
-    use_label = all(r["gaze_labelled"] for r in records) and (use_readout or records[0]["copy_input"].get(
-        "gaze_err_label") is not None)
+    use_label = all(r["gaze_labelled"] for r in records)
     key = "gaze_err_readout" if use_readout else "gaze_err_label" if use_label else "gaze_err_est"
     colors = {"codes": "tab:blue", "finetune": "tab:green", "copy_input": "tab:gray",
               "codes_no_redirection": "tab:orange", "finetune_no_redirection": "tab:red"}
