@@ -527,3 +527,29 @@ def test_fits_start_from_the_mean_code_unless_told_otherwise(tiny_dataset, model
     cam = {k: tgt[k][None] for k in ("R_w2c", "t_w2c", "K", "eye_mask")}
     assert torch.allclose(kept, render_fit(fit, gaze_head=input_in_head, camera=cam), atol=1e-5)
     assert not torch.allclose(kept, render_at(fit, tgt, tgt["gaze"]), atol=1e-4)  # the requested gaze moves the eyes
+
+
+def test_checks_say_met_only_when_the_eyes_beat_the_no_redirection_row():
+    """The aggregate's checks on hand-made records: a model that lands near the request passes, frozen eyes do not."""
+    from HeadNeRF.evaluation import report as R
+
+    def rec(i, ours, frozen, floor):
+        row = {"gaze_err_label": ours, "gaze_err_est": ours, "gaze_err_readout": ours}
+        nr = {"gaze_err_label": frozen, "gaze_err_est": frozen, "gaze_err_readout": frozen}
+        return {"pair": i, "subject": 1, "gaze_labelled": True, "codes": row, "codes_no_redirection": nr,
+                "copy_input": dict(nr), "floor": {"gaze_err_label": floor, "head_err_label": 1.0, "gaze_err_readout": 0.5},
+                "id_reference": {"same_subject": {"id_sim": 90.0 + i}, "other_subject": {"id_sim": 70.0 + i}}}
+
+    good = R.aggregate([rec(i, 4.0 + i, 30.0, 3.0) for i in range(4)], ["codes"])
+    c = good["checks"]["codes"]
+    assert c["at_most_half_of_no_redirection"] and c["readout"]["at_most_half_of_no_redirection"]
+    assert c["readout"]["within_floor_bound"] and c["readout"]["floor_bound"] == 6.5  # mean 5.5° <= 3 x 0.5° + 5°
+    assert good["overall"]["id_reference"]["informative"]  # a constant 20-point gap is clear
+    frozen = R.aggregate([rec(i, 30.0, 30.0 + i % 2, 3.0) for i in range(4)], ["codes"])
+    c = frozen["checks"]["codes"]
+    assert not c["at_most_half_of_no_redirection"] and not c["readout"]["at_most_half_of_no_redirection"]
+    assert not c["readout"]["within_floor_bound"]
+    same = [rec(i, 4.0, 30.0, 3.0) for i in range(4)]
+    for i, r in enumerate(same):
+        r["id_reference"]["other_subject"]["id_sim"] = 90.0 + (i % 2)  # another subject scores like the same one
+    assert not R.aggregate(same, ["codes"])["overall"]["id_reference"]["informative"]
