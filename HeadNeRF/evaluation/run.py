@@ -220,6 +220,8 @@ def _evaluate_locked(ctx, t0: float, max_new_pairs: int | None, progress: bool, 
                 f"{R._fmt(ro['gaze_err_median'], 2)}°), no redirection {R._fmt(ro['no_redirection_gaze_err'], 2)}° "
                 f"(ratio {R._fmt(ro['ratio_to_no_redirection'], 2)}: {R._met(ro['at_most_half_of_no_redirection'])}), "
                 f"floor {R._fmt(ro['floor'], 2)}° (bound {R._fmt(ro['floor_bound'], 2)}°: {R._met(ro['within_floor_bound'])})")
+        if not c["estimator"]:
+            continue
         log(f"[evaluation] {R.NAMES[r]}: gaze {R._fmt(o[r]['gaze_err_est'])}° vs estimator on target, "
             f"{R._fmt(o[r]['gaze_err_label'])}° vs label (no redirection {R._fmt(c['no_redirection_gaze_err'])}°: "
             f"ratio {R._fmt(c['ratio_to_no_redirection'], 2)}, goal <= 0.5 {R._met(c['at_most_half_of_no_redirection'])}; "
