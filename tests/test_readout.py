@@ -70,6 +70,19 @@ def test_blurred_render_reads_close(readouts):
     assert float(angular_error_deg(read["gaze_head"], gaze)) < 2.5 and read["blur_px"] > 0
 
 
+def test_large_image_compared_at_work_size():
+    """Images above max_work_size are compared box-filtered (f = 2 here); .render stays full size and exact."""
+    code = hm.sample_code(np.random.default_rng([0, 4]))
+    R, t, K = rig.normalized_cameras([1], np.zeros((1, 2), np.float32), 128)
+    ro = GazeReadout(code, R[0], t[0], K[0], 128, supersample=2, max_work_size=64)
+    assert ro.work_factor == 2
+    gaze = torch.tensor([[0.3, 0.2]])
+    ref = render_view(code, R, t, K, 128, gaze, supersample=2)["image"][0]
+    assert np.array_equal((ro.render(gaze)[0] * 255).round().to(torch.uint8).numpy(), ref)
+    read = ro.read(ref, weight=np.ones((128, 128)))
+    assert float(angular_error_deg(read["gaze_head"], gaze[0])) < 0.5
+
+
 def test_uint8_input_and_read_gaze(views):
     code, R, t, K = views[0]
     gaze = torch.tensor([[-0.15, 0.45]])
@@ -106,3 +119,58 @@ def test_hidden_eye_view_is_counted():
 
 def _view_args(ro: GazeReadout):
     return ro.code, ro.R, ro.t, ro.K, ro.S, ro.n
+
+
+# ---------------------------------------------------------------------------------------------- training report
+
+
+def _val_set_and_model(tiny_dataset, tmp_path, size: int = 32):
+    from conftest import tiny_config_dict
+    from HeadNeRF.config import TrainConfig, from_dict
+    from HeadNeRF.training import prepare
+
+    d = tiny_config_dict(tiny_dataset, str(tmp_path / "run"), "HeadNeRF", steps=1)
+    d["model"]["image_size"] = size
+    p = prepare(from_dict(TrainConfig, d))
+    return p["val_ds"], p["model"]
+
+
+class _ExactRenderModel(torch.nn.Module):
+    """A perfect redirector: the generator's own render of the requested gaze (one subject)."""
+
+    def __init__(self, code, image_size: int):
+        super().__init__()
+        self.code, self.image_size = code, image_size
+
+    def forward(self, shape_code, appearance_code, R_w2c, t_w2c, K, gaze_head=None, eye_mask=None):
+        img = render_view(self.code, R_w2c, t_w2c, K, self.image_size, gaze_head, supersample=2)["image"]
+        return {"image": torch.as_tensor(img).float().div(255).permute(0, 3, 1, 2)}
+
+
+def test_report_gaze_blind_model_not_met(tiny_dataset, tmp_path):
+    """The HeadNeRF baseline ignores the gaze: its readout error equals its no-redirection error -> NOT met."""
+    from HeadNeRF.training import redirection_report
+
+    val_ds, model = _val_set_and_model(tiny_dataset, tmp_path)
+    rep = redirection_report(model, val_ds, "cpu")
+    assert {"pairs", "eye_psnr_model", "eye_psnr_copy_input", "eye_psnr_gain_db"} <= set(rep)
+    r = rep["readout"]
+    assert abs(r["gaze_error_deg_model_mean"] - r["gaze_error_deg_no_redirection_mean"]) < 0.5
+    assert r["gaze_error_deg_model_mean"] > 5.0  # the targets are far from whatever it draws
+    assert r["gaze_error_deg_floor_mean"] < 1.0
+    assert r["check_met"] is False and r["check"].startswith("NOT met")
+
+
+def test_report_exact_redirector_met(tiny_dataset, tmp_path):
+    import h5py
+
+    from HeadNeRF.training import redirection_report
+
+    val_ds, _ = _val_set_and_model(tiny_dataset, tmp_path)
+    (sid,) = {r.subject for r in val_ds.rows}  # the tiny dataset has one training subject
+    with h5py.File(val_ds.paths[sid], "r") as f:
+        code = np.asarray(f["latent_code"][0])
+    rep = redirection_report(_ExactRenderModel(code, val_ds.image_size), val_ds, "cpu")
+    r = rep["readout"]
+    assert r["gaze_error_deg_model_mean"] < 1.0 and r["gaze_error_deg_copy_input_mean"] > 5.0
+    assert r["check_met"] is True and r["check"].startswith("met")

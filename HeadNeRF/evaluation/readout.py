@@ -23,15 +23,43 @@ Method
   all). An optional (S, S) weight multiplies the per-pixel terms.
 * **Search.** The two eyes share one gaze (the generator's ``gaze_head`` is one pitch/yaw). A
   coarse grid (``coarse_step``, 0.04 rad ≈ 2.3°) over the gaze box (the dataset's ranges
-  ±0.45 / ±0.6 rad widened by ``range_margin``), then the ``starts`` best distinct coarse cells
-  are refined by 3×3 local grids with the step halved ``refine_levels`` times (to ≈ 0.04°), the
-  best refined candidate wins. Views with one eye hidden get more starts.
+  ±0.45 / ±0.6 rad widened by ``range_margin``), then a beam search from the ``starts`` best
+  distinct coarse cells: each level evaluates a dense 9×9 window around each kept point, keeps
+  the best distinct ones and narrows 4× (5 levels: cells of ≈ 0.05°). The residual is rough at
+  small scales (iris edges cross sub-pixel centres one at a time), so following a local slope
+  (tried first: 3×3 descent) got stuck 1-6° away on ~5% of reads. Views with one eye hidden get
+  more starts.
+* **Blur.** A model's render is softer than the generator's; compared sharp, a 3×3 box blur read
+  8.6° off on average. Candidates are also seen through Gaussian blurs (``blur_sigmas``, a linear
+  map of the eye-pixel values onto the eye pixels and a ring around them); the blur that fits an
+  image best (on every other coarse candidate) is used for its search.
+* **Large images** (above ``max_work_size``) are compared box-filtered by f, against candidates
+  drawn with supersample n·f (the same sub-pixels, so the same filter): the compared pixels and
+  the blur maps shrink f² times.
 
 Floor and speed
 ---------------
-Measured by ``readout_floor`` (exact renders, uint8 as stored, at random gazes in the dataset's
-ranges, read back against their labels) — the numbers are filled in in ``docs/evaluation.md``
-("Exact gaze readout"), where the command that produced them is given.
+``readout_floor``: exact renders (uint8, as stored) at random gazes in the dataset's box, read
+back against their labels. On the quickstart dataset (64 px, supersample 2; 64 random views of
+its 4 subjects × 8 cameras × 24 frames, 3 gazes each, all with both eyes visible):
+
+=====================  =====  =========  ========  ======
+view (camera |yaw|)    reads  mean (°)   median    max
+=====================  =====  =========  ========  ======
+0-20°                  84     0.043      0.044     0.11
+20-45°                 72     0.049      0.044     0.14
+>45°                   36     0.087      0.063     0.31
+=====================  =====  =========  ========  ======
+
+Views with one eye hidden (rig cameras at ±55-65° with the head turned away, 75-85° from the
+face; 5 such views, 30 reads): 1.08° mean, 0.28° median, 12° max: the visible eye is a sliver
+of a few sub-pixels, and several gazes draw it identically (the residual at the found gaze
+equals the one at the label), so this is the readout's real floor there, not a search failure.
+
+A colour bias (0.85·x + 0.08) reads within ~1°, a 3×3 box blur within ~1° mean (8.6° without
+the candidate blurs). Time (one thread, busy 2-core machine): 64 px 0.15-0.3 s per read after
+0.15-0.35 s preparation per view; 256 px (compared at 128) 1.3-1.8 s per read after 1-2 s
+preparation; ``read_batch`` shares the coarse candidates between the images of one view.
 """
 
 from __future__ import annotations
@@ -50,7 +78,8 @@ from HeadNeRF.geometry.cameras import camera_center, scale_intrinsics
 from HeadNeRF.geometry.gaze import angular_error_deg, vector_to_pitch_yaw
 
 __all__ = ["GazeReadout", "ReadoutConfig", "read_gaze", "readout_floor", "view_yaw_deg", "view_bin",
-           "views_from_dataset", "VIEW_BINS_DEG", "summarise_errors"]
+           "views_from_dataset", "VIEW_BINS_DEG", "summarise_errors", "readout_errors_deg",
+           "redirection_readout_summary"]
 
 # View bins by the camera's yaw seen from the face (degrees): frontal, moderate, turned.
 VIEW_BINS_DEG = ((0.0, 20.0), (20.0, 45.0), (45.0, 180.0))
@@ -63,20 +92,32 @@ class ReadoutConfig:
     normalize: str = "mean"  # "mean": subtract each eye's mean colour (robust to colour bias); "none": raw colours
     coarse_step: float = 0.04  # rad, coarse grid step
     range_margin: float = 1.3  # the coarse grid spans the dataset's gaze box times this
-    refine_levels: int = 6  # step halvings of the local 3x3 refinement
+    refine_levels: int = 5  # dense local grids, each (refine_points - 1) / 4 times finer
+    refine_points: int = 9  # points per side of a local grid
     starts: int = 3  # best distinct coarse cells refined (both eyes visible)
     starts_one_eye: int = 6  # ... when one eye is hidden
     blur_sigmas: tuple = (0.0, 0.5, 0.8, 1.2)  # px at 64 px (scaled with the size): candidate blurs tried
     min_eye_pixels: float = 1.5  # an eye is "visible" with at least this many low-res pixels' worth of eyeball
+    max_work_size: int = 128  # larger images are compared at S / f <= this (box filter of the image and candidates)
     max_chunk: int = 400_000  # candidate-pixels per albedo call (memory bound at 256 px)
 
     def __post_init__(self):
         if self.normalize not in ("mean", "none"):
             raise ValueError(f"normalize: 'mean' or 'none', got {self.normalize!r}")
+        if self.refine_points < 3:
+            raise ValueError(f"refine_points must be >= 3, got {self.refine_points}")
         if not self.blur_sigmas or min(self.blur_sigmas) < 0:
             raise ValueError(f"blur_sigmas: one or more values >= 0, got {self.blur_sigmas!r}")
         if self.coarse_step <= 0 or self.range_margin <= 0 or self.refine_levels < 0 or self.starts < 1:
             raise ValueError("coarse_step, range_margin > 0, refine_levels >= 0 and starts >= 1 required")
+
+
+def _work_factor(S: int, max_work_size: int) -> int:
+    """Smallest integer f dividing S with S / f <= max_work_size (1 when S is small or nothing divides)."""
+    for f in range(max(1, math.ceil(S / max(max_work_size, 1))), S + 1):
+        if S % f == 0:
+            return f if S // f >= 16 else 1  # an eye needs pixels: never read below 16 px
+    return 1
 
 
 def _shape_error(name: str, expected: str, actual) -> ValueError:
@@ -134,6 +175,16 @@ class GazeReadout:
         if S < 1 or n < 1:
             raise ValueError(f"image_size and supersample must be >= 1, got {image_size}, {supersample}")
         self.S, self.n, self.code, self.R, self.t, self.K = S, n, code_t.numpy(), R, t, K
+        self.work_factor = _work_factor(S, self.config.max_work_size)
+        if self.work_factor > 1:
+            # Large images are read at S / f (their box filter), drawn by the generator at that size: the
+            # candidates' cost grows with the eyeball sub-pixels. .render prepares the full size on demand.
+            f = self.work_factor
+            self._work = GazeReadout(self.code, R, t, scale_intrinsics(K[None], 1.0 / f)[0], S // f, n * f,
+                                     config=self.config)  # n*f: the same sub-pixels, so the same box filter
+            self._full: GazeReadout | None = None
+            self.eye_visible, self.prepare_seconds = self._work.eye_visible, self._work.prepare_seconds
+            return
         t0 = time.perf_counter()
         with _single_thread():
             prep = prepare_view(self.code, R[None], t[None], scale_intrinsics(K[None], n), S * n)
@@ -228,6 +279,13 @@ class GazeReadout:
         """(G, 2) or (2,) eye-in-head gazes (pitch, yaw) rad -> (G, S, S, 3) float [0, 1] generator images.
 
         ``quantize=True`` reproduces ``render_view(..., supersample)``'s uint8 image exactly (/255)."""
+        if self.work_factor > 1:
+            if self._full is None:
+                import dataclasses
+
+                full_cfg = dataclasses.replace(self.config, max_work_size=self.S)
+                self._full = GazeReadout(self.code, self.R, self.t, self.K, self.S, self.n, config=full_cfg)
+            return self._full.render(gaze_head, quantize)
         g = torch.as_tensor(gaze_head, dtype=torch.float32).reshape(-1, 2) if not torch.is_tensor(gaze_head) \
             else gaze_head.detach().float().cpu().reshape(-1, 2)
         with _single_thread():
@@ -249,14 +307,17 @@ class GazeReadout:
             raise _shape_error(name, f"({self.S}, {self.S}, 3) (H, W, RGB; float in [0, 1] or uint8)", img.shape)
         return img.cpu()
 
+    def _check_weight(self, weight) -> torch.Tensor:
+        wt = torch.as_tensor(np.asarray(weight) if not torch.is_tensor(weight) else weight.detach()).float().cpu()
+        if tuple(wt.shape) != (self.S, self.S):
+            raise _shape_error("weight", f"({self.S}, {self.S})", wt.shape)
+        return wt
+
     def _pixel_weight(self, weight) -> torch.Tensor:
         """(C,) weight of the compared pixels: 0 for pixels of a hidden eye, times the caller's (S, S) weight."""
         w = self.eye_visible[self._cmp_eye].float()
         if weight is not None:
-            wt = torch.as_tensor(np.asarray(weight) if not torch.is_tensor(weight) else weight.detach()).float().cpu()
-            if tuple(wt.shape) != (self.S, self.S):
-                raise _shape_error("weight", f"({self.S}, {self.S})", wt.shape)
-            w = w * wt.reshape(-1)[self.compare_pixels]
+            w = w * self._check_weight(weight).reshape(-1)[self.compare_pixels]
         return w
 
     def _normalise(self, values: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -308,6 +369,15 @@ class GazeReadout:
         imgs = [self._as_image(im, f"images[{i}]") for i, im in enumerate(images)]
         if weights is not None and len(weights) != len(imgs):
             raise ValueError(f"weights: expected {len(imgs)} (one per image), got {len(weights)}")
+        if self.work_factor > 1:
+            f, s = self.work_factor, self.S // self.work_factor
+            small = [im.reshape(s, f, s, f, 3).mean((1, 3)) for im in imgs]
+            small_w = None if weights is None else [
+                self._check_weight(wt).reshape(s, f, s, f).mean((1, 3)) for wt in weights]
+            reads = self._work.read_batch(small, small_w)
+            for r in reads:
+                r["blur_px"] = r["blur_px"] * f
+            return reads
         visible = int(self.eye_visible.sum())
         if visible == 0 or not imgs:
             return [{"gaze_head": torch.full((2,), math.nan), "residual": math.nan, "eyes_visible": visible,
@@ -318,42 +388,53 @@ class GazeReadout:
                                    for i, im in enumerate(imgs)])  # (N, C, 3)
             grid = self._coarse_grid()
             grid_values = self._eye_values(grid, quantize=False)
-            coarse = torch.stack([self._residuals(targets, w, grid_values, b) for b in range(len(self._ops))])  # (B, N, G)
+            # The candidate blur that fits each image best, chosen on every other coarse candidate.
+            sparse = torch.arange(0, len(grid), 2)
+            blur_fit = torch.stack([self._residuals(targets, w, grid_values[sparse], b).min(1).values
+                                    for b in range(len(self._ops))])  # (B, N)
+            blurs = blur_fit.argmin(0).tolist()
+            coarse = {b: self._residuals(targets, w, grid_values, b) for b in set(blurs)}  # (N, G) each
             starts = self.config.starts if visible == 2 else self.config.starts_one_eye
             out = []
             for i in range(len(imgs)):
-                blur = int(coarse[:, i].min(1).values.argmin())  # the candidate blur that fits this image best
-                order = torch.argsort(coarse[blur, i])
-                picked: list[torch.Tensor] = []
-                for j in order.tolist():  # best cells that are not neighbours of an already picked one
-                    if all((grid[j] - p).abs().max() > 1.5 * self.config.coarse_step for p in picked):
-                        picked.append(grid[j])
-                    if len(picked) == starts:
-                        break
-                best_g, best_r = None, math.inf
-                for g0 in picked:
-                    g, r = self._refine(targets[i:i + 1], w[i:i + 1], g0, blur)
-                    if r < best_r:
-                        best_g, best_r = g, r
+                blur = blurs[i]
+                picked = _distinct_best(grid, coarse[blur][i], starts, 1.5 * self.config.coarse_step)
+                best_g, best_r = self._refine(targets[i:i + 1], w[i:i + 1], picked, blur)
                 out.append({"gaze_head": best_g.clone(), "residual": float(best_r), "eyes_visible": visible,
                             "blur_px": float(self.config.blur_sigmas[blur]) * self.S / 64.0})
         return out
 
-    def _refine(self, target: torch.Tensor, w: torch.Tensor, g0: torch.Tensor, blur: int) -> tuple[torch.Tensor, float]:
-        """Local search: 3×3 grids around the best so far (moving while an edge is better), step halved each level."""
-        offsets = torch.cartesian_prod(torch.tensor([-1.0, 0.0, 1.0]), torch.tensor([-1.0, 0.0, 1.0]))  # (9, 2)
-        best, h = g0.clone(), self.config.coarse_step / 2
-        best_r = float(self._residuals(target, w, self._eye_values(best[None], False), blur)[0, 0])
+    def _refine(self, target: torch.Tensor, w: torch.Tensor, starts: list, blur: int) -> tuple[torch.Tensor, float]:
+        """Beam search of dense local grids: each level evaluates a window around each of the ``len(starts)``
+        best points so far, keeps the best distinct ones, and narrows the windows to two cells.
+
+        The residual is rough at small scales (iris and pupil edges cross sub-pixel centres one at a
+        time), so whole windows are evaluated and several basins kept, not one local slope followed."""
+        points, best, best_r = list(starts), starts[0].clone(), math.inf
+        half, k = 1.5 * self.config.coarse_step, self.config.refine_points
+        ticks01 = torch.linspace(-1.0, 1.0, k)
+        window = torch.cartesian_prod(ticks01, ticks01)  # (k², 2)
         for _ in range(self.config.refine_levels):
-            for _ in range(3):
-                cand = best + h * offsets
-                r = self._residuals(target, w, self._eye_values(cand, False), blur)[0]
-                j = int(torch.argmin(r))
-                if float(r[j]) >= best_r:
-                    break
+            cand = torch.cat([p + half * window for p in points])
+            r = self._residuals(target, w, self._eye_values(cand, False), blur)[0]
+            j = int(torch.argmin(r))
+            if float(r[j]) < best_r:
                 best, best_r = cand[j].clone(), float(r[j])
-            h /= 2
+            cell = 2 * half / (k - 1)
+            points = _distinct_best(cand, r, len(starts), cell)
+            half = 2 * cell  # the next windows span two cells of this level on each side
         return best, best_r
+
+
+def _distinct_best(points: torch.Tensor, residuals: torch.Tensor, count: int, min_sep: float) -> list:
+    """The ``count`` lowest-residual points of (G, 2) ``points`` that are more than ``min_sep`` apart (max-norm)."""
+    picked: list[torch.Tensor] = []
+    for j in torch.argsort(residuals).tolist():
+        if all(float((points[j] - p).abs().max()) > min_sep for p in picked):
+            picked.append(points[j])
+            if len(picked) == count:
+                break
+    return picked
 
 
 def read_gaze(image, code, R_w2c, t_w2c, K, supersample: int = 2, **options) -> dict:
@@ -363,6 +444,54 @@ def read_gaze(image, code, R_w2c, t_w2c, K, supersample: int = 2, **options) -> 
     if len(shape) != 3 or shape[-1] != 3 or shape[0] != shape[1]:
         raise _shape_error("image", "(S, S, 3)", shape)
     return GazeReadout(code, R_w2c, t_w2c, K, shape[0], supersample, **options).read(image)
+
+
+# ---------------------------------------------------------------------------------------------- redirection
+
+
+def readout_errors_deg(readout: GazeReadout, images: torch.Tensor, target_gazes: torch.Tensor) -> list[float]:
+    """Exact-readout gaze errors (degrees) of images of one view against requested gazes.
+
+    Args:
+        images: (n, 3, S, S) float renders, one per request, or (1, 3, S, S): one image standing for every
+            request (the unchanged input, a model not redirected). target_gazes: (n, 2) requested eye-in-head
+            gazes (pitch, yaw) rad.
+    Returns: n errors (NaN where no eye is visible).
+    """
+    n = len(target_gazes)
+    if images.dim() != 4 or images.shape[1] != 3 or len(images) not in (1, n):
+        raise _shape_error("images", f"({n} or 1, 3, S, S)", images.shape)
+    reads = readout.read_batch(images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu())
+    read = torch.stack([r["gaze_head"] for r in reads]).expand(n, 2)
+    return angular_error_deg(read, torch.as_tensor(target_gazes).detach().float().cpu()).tolist()
+
+
+def redirection_readout_summary(errors: dict) -> dict:
+    """Mean/median degrees per reading and the check of a redirection.
+
+    Args: errors {"model": [...], "copy_input": [...], "no_redirection": [...], "floor": [...]} (deg per pair;
+        "no_redirection" is the model rendered at the input's own gaze, optional).
+    Returns: ``gaze_error_deg_<name>_mean`` / ``_median``, ``unreadable_<name>`` (NaN count), ``check`` (one line)
+        and ``check_met``: the model's mean error at most half of each "ignore the request" reference present
+        (a gaze-blind model's error equals its no-redirection error, whatever the copy baseline is).
+    """
+    out: dict = {}
+    for name, e in errors.items():
+        e = np.asarray(e, dtype=np.float64)
+        ok = e[np.isfinite(e)]
+        out[f"gaze_error_deg_{name}_mean"] = float(ok.mean()) if len(ok) else math.nan
+        out[f"gaze_error_deg_{name}_median"] = float(np.median(ok)) if len(ok) else math.nan
+        out[f"unreadable_{name}"] = int(len(e) - len(ok))  # no eye visible in that view
+    m = out["gaze_error_deg_model_mean"]
+    refs = {k: out[f"gaze_error_deg_{k}_mean"] for k in ("copy_input", "no_redirection") if k in errors}
+    met = all(m <= 0.5 * v for v in refs.values())  # NaN compares False: unreadable is not met
+    names = {"copy_input": "copy-input", "no_redirection": "the model not redirected"}
+    f = out.get("gaze_error_deg_floor_mean", math.nan)
+    out["check"] = (f"{'met' if met else 'NOT met'}: redirection gaze error {m:.2f}° vs "
+                    + " and ".join(f"{names[k]} {v:.2f}°" for k, v in refs.items())
+                    + f" (needs ≤ 0.5 × {'both' if len(refs) > 1 else 'it'}; readout floor {f:.2f}°)")
+    out["check_met"] = bool(met)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- floor
@@ -421,7 +550,7 @@ def readout_floor(views, image_size: int, gazes_per_view: int = 8, supersample: 
 
 def views_from_dataset(dataset_dir: str, split: str = "test", max_views: int | None = None,
                        cams: list[int] | None = None) -> tuple[list, int, int]:
-    """Distinct views (code, R_w2c, t_w2c, K) of a synthetic dataset's split, spread over its rows.
+    """Views (code, R_w2c, t_w2c, K) of a synthetic dataset's split (``max_views``: a fixed random subset).
 
     Returns (views, image_size, supersample). Raises ValueError when the dataset is not synthetic.
     """
@@ -431,8 +560,9 @@ def views_from_dataset(dataset_dir: str, split: str = "test", max_views: int | N
 
     ds = GazeDataset(dataset_dir, split)
     rows = [r for r in ds.rows if cams is None or r.cam in cams]
-    if max_views is not None and len(rows) > max_views:
-        rows = [rows[(i * len(rows)) // max_views] for i in range(max_views)]
+    if max_views is not None and len(rows) > max_views:  # a fixed random subset: rows are frame-major, a stride
+        keep = np.sort(np.random.default_rng(0).permutation(len(rows))[:max_views])  # would pick one camera
+        rows = [rows[i] for i in keep]
     views, image_size, supersample = [], None, None
     for r in rows:
         with h5py.File(ds.paths[r.subject], "r") as f:
