@@ -7,9 +7,12 @@ head pose, score against the target), plus a gaze-controllability map.
 
 Writes into the config's results_dir: per_pair.jsonl (appended as pairs finish; running the same
 command again continues where the last run stopped), and at the end metrics.json, report.md,
-pairs.txt, grid.png, gaze_error_vs_redirection.png, controllability.png. Bad input (a missing
-checkpoint, an estimator of another input size, a pairs file naming missing rows, a subject without
-valid rows, a config typo) ends with one line on stderr and exit code 2.
+pairs.txt, grid.png, gaze_error_vs_redirection.png, controllability.png. On synthetic data the
+exact gaze readout measures gaze beside the estimator (which is then optional). Bad input (a missing
+checkpoint, an estimator of another input size, a NeRF or estimator trained on an evaluated subject,
+a pairs file naming missing rows, a subject without valid rows, a config typo, a results dir of
+another configuration or with a damaged per_pair.jsonl line, a results dir another evaluation is
+writing into) ends with one line on stderr and exit code 2.
 """
 
 import argparse
@@ -25,7 +28,8 @@ def main(argv=None) -> int:
                         help="YAML evaluation config (config/quickstart_evaluation.yml, config/full_evaluation.yml)")
     parser.add_argument("--checkpoint", default=None, help="override the config's NeRF checkpoint (run dir or .pt)")
     parser.add_argument("--estimator_checkpoint", default=None,
-                        help="override the config's gaze-estimator checkpoint (run dir or .pt)")
+                        help="override the config's gaze-estimator checkpoint (run dir or .pt); \"\" = none "
+                             "(synthetic data: the exact gaze readout alone measures gaze)")
     parser.add_argument("--results_dir", default=None, help="override the config's results_dir")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="override the config's device")
     parser.add_argument("--max_new_pairs", type=int, default=None,
@@ -40,9 +44,11 @@ def main(argv=None) -> int:
 
     try:
         cfg = load_eval_config(args.config_file_path)
-        for k in ("checkpoint", "estimator_checkpoint", "results_dir", "device"):
+        for k in ("checkpoint", "results_dir", "device"):
             if getattr(args, k):
                 setattr(cfg, k, getattr(args, k))
+        if args.estimator_checkpoint is not None:  # "" = no estimator (synthetic data: the exact readout alone)
+            cfg.estimator_checkpoint = args.estimator_checkpoint
         evaluate(cfg, max_new_pairs=args.max_new_pairs, progress=not args.no_progress)
     except (ConfigError, EvaluationError) as exc:
         print(f"Evaluation.py: error: {exc}", file=sys.stderr)

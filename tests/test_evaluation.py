@@ -223,6 +223,26 @@ def test_evaluation_end_to_end_writes_every_output(tiny_dataset, models, tmp_pat
     report = _text(os.path.join(out, "report.md"))
     assert "NOT the same data" in report and "GazeGaussian" in report and "copy the input" in report
     assert report.index("## Results") < report.index("NOT the same data")
+    # no-redirection rows: the same fit from the target camera, the input's eye-in-head gaze kept
+    for c in ("codes_no_redirection", "finetune_no_redirection"):
+        assert isinstance(o[c]["gaze_err_label"], float) and c in r0
+    assert "no redirection: codes fit" in report and "vs **no redirection**" in report
+    # identity reference rows: the same subject from the target camera, and another subject from that camera
+    ref = r0["id_reference"]
+    from HeadNeRF.evaluation.pairs import read_subject_rows
+
+    rows = {s: read_subject_rows(tiny_dataset, s) for s in (0, 1)}
+    assert ref["same_subject"]["subject"] == 1 and ref["other_subject"]["subject"] == 0
+    for k in ("same_subject", "other_subject"):
+        s, row = ref[k]["subject"], ref[k]["row"]
+        assert rows[s].cams[row] == rows[1].cams[r0["target_row"]]
+    assert rows[1].frames[ref["same_subject"]["row"]] != rows[1].frames[r0["target_row"]]
+    agg_ref = o["id_reference"]
+    assert isinstance(agg_ref["same_subject"], float) and isinstance(agg_ref["other_subject"], float)
+    assert "ID reference: **another subject**, target camera" in report
+    assert ("not informative on this data" in report) != agg_ref["informative"]
+    assert "Each input's fit starts from the checkpoint's mean latent code" in report
+    assert "ignoring the request" in report
 
 
 def test_killed_and_rerun_continues_and_equals_an_uninterrupted_run(tiny_dataset, models, tmp_path, write_config):
@@ -332,3 +352,204 @@ def test_help_documents_every_flag(capsys):
     for flag in ("--config_file_path", "--checkpoint", "--estimator_checkpoint", "--results_dir", "--device",
                  "--max_new_pairs", "--no-progress"):
         assert flag in out
+
+
+# ------------------------------------------------------------------------ honesty: baselines and guards
+
+def test_gaze_blind_model_does_not_beat_the_no_redirection_row(tiny_dataset, tmp_path, write_config):
+    """HeadNeRF ignores gaze: its redirected render is its no-redirection render, the exact readout reads the same
+    gaze in both, and the report's checks say NOT met. No estimator: on synthetic data the readout measures gaze."""
+    from HeadNeRF.config import TrainConfig, from_dict
+    from HeadNeRF.training import train
+
+    run = str(tmp_path / "blind")
+    tc = tiny_config_dict(tiny_dataset, run, model_name="HeadNeRF", steps=2)
+    tc["model"]["image_size"] = 32  # the readout needs a few pixels per eye (at 16 px many views show none)
+    train(from_dict(TrainConfig, tc), progress=False)
+    out = str(tmp_path / "res")
+    cfg = base_config(tiny_dataset, (run, "", None), out, regimes=["codes"], controllability={"resolution": [2, 2]})
+    assert run_cli(write_config, cfg) == 0
+    result = _json(os.path.join(out, "metrics.json"))
+    recs = _jsonl(os.path.join(out, "per_pair.jsonl"))
+    for r in recs:
+        assert r["codes"]["gaze_readout"] == r["codes_no_redirection"]["gaze_readout"]  # the same image, the same read
+        assert r["codes"]["gaze_err_est"] is None or math.isnan(r["codes"]["gaze_err_est"])  # no estimator, no number
+    o = result["aggregate"]["overall"]
+    assert o["codes"]["gaze_err_readout_n"] == len(recs)
+    assert o["floor"]["gaze_err_readout"] < 5.0  # the exact target reads back near its label (32 px, resized)
+    c = result["aggregate"]["checks"]["codes"]
+    assert not c["estimator"] and c["readout"]["ratio_to_no_redirection"] == pytest.approx(1.0, abs=1e-9)
+    assert not c["readout"]["at_most_half_of_no_redirection"]
+    report = _text(os.path.join(out, "report.md"))
+    assert "**exact readout**" in report and "goal ≤ 0.5: **NOT met**" in report
+    assert "Estimator: none" in report and "**Exact readout** (synthetic)" in report
+    ro = result["controllability"]["readout"]
+    assert ro["mean_deg"] is not None and result["controllability"]["mean_deg"] is None
+    ign = result["controllability"]["ignore_request"]
+    assert ro["mean_deg"] > 0.5 * ign["grid_centre_deg"]  # a blind model's map is no better than a constant answer
+
+
+def test_no_estimator_needs_synthetic_labelled_data(tiny_dataset, models, tmp_path, write_config, capsys):
+    d = tmp_path / "xgaze"
+    shutil.copytree(tiny_dataset, d)
+    with h5py.File(d / "subject0001.h5", "r+") as f:
+        f.attrs["source"] = "xgaze"
+    cfg = base_config(str(d), models, str(tmp_path / "res"), estimator_checkpoint="")
+    assert run_cli(write_config, cfg) == 2
+    _one_line_error(capsys, "estimator_checkpoint is empty and")
+
+
+def _replace_line(path: str, lineno: int, text: str) -> None:
+    lines = _text(path).splitlines(keepends=True)
+    lines[lineno - 1] = text + "\n"
+    with open(path, "w") as f:
+        f.writelines(lines)
+
+
+def test_damaged_per_pair_log_is_refused_with_its_line_number(tiny_dataset, models, tmp_path, write_config, capsys):
+    out = str(tmp_path / "res")
+    cfg = base_config(tiny_dataset, models, out, regimes=["codes"], controllability={"enabled": False})
+    assert run_cli(write_config, cfg, "--max_new_pairs", "3") == 0
+    log = os.path.join(out, "per_pair.jsonl")
+    good = _text(log)
+    assert len(good.splitlines()) == 3
+    capsys.readouterr()
+    for bad, needle in (('{"pair": 1, "key": "1:1', "per_pair.jsonl:2: not a JSON record"),  # corrupt middle line
+                        ('{"key": "x"}', "per_pair.jsonl:2: a record without an integer \"pair\""),
+                        (good.splitlines()[0], "per_pair.jsonl:2: pair 0 was already recorded on line 1")):
+        _replace_line(log, 2, bad)
+        damaged = _text(log)
+        assert run_cli(write_config, cfg) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and "the 1 line(s) after it are kept" in err, err
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert _text(log) == damaged  # nothing after the bad line was dropped
+        with open(log, "w") as f:
+            f.write(good)
+
+
+def test_a_second_run_into_the_same_results_dir_refuses(tiny_dataset, models, tmp_path, write_config, capsys):
+    from HeadNeRF.evaluation.guards import ResultsLock
+
+    out = str(tmp_path / "res")
+    os.makedirs(out)
+    cfg = base_config(tiny_dataset, models, out, regimes=["codes"], controllability={"enabled": False})
+    with ResultsLock(out):  # a first run holds the dir
+        assert run_cli(write_config, cfg) == 2
+        _one_line_error(capsys, f"is in use by another evaluation (pid {os.getpid()} on ")
+    assert not os.path.exists(os.path.join(out, "per_pair.jsonl"))
+    assert run_cli(write_config, cfg, "--max_new_pairs", "1") == 0  # released: the next run goes ahead
+
+
+def test_models_trained_on_an_evaluated_subject_are_refused(tiny_dataset, models, tmp_path, write_config, capsys):
+    from HeadNeRF.checkpoint import load_checkpoint, save_checkpoint
+
+    run, est, _ = models
+    out = str(tmp_path / "res")
+
+    def estimator_with(train_subjects, dataset_dir):
+        state = load_checkpoint(est)
+        state["estimator"] = dict(state["estimator"], train_subjects=train_subjects, dataset_dir=dataset_dir)
+        path = str(tmp_path / f"est_{len(os.listdir(tmp_path))}.pt")
+        save_checkpoint(state, path)
+        return path
+
+    # the estimator trained on evaluated subject 1, by id in the same dataset and by content in a copy of it
+    copy_dir = str(tmp_path / "copy")
+    shutil.copytree(tiny_dataset, copy_dir)
+    for train_dir in (tiny_dataset, copy_dir):
+        cfg = base_config(tiny_dataset, models, out, estimator_checkpoint=estimator_with([0, 1], train_dir))
+        assert run_cli(write_config, cfg) == 2
+        _one_line_error(capsys, "was trained on evaluated subject(s) 1")
+    # the NeRF trained on subject 1 (config data.subjects)
+    state = load_checkpoint(run)
+    state["config"]["data"]["subjects"] = [0, 1]
+    nerf = str(tmp_path / "nerf_on_test.pt")
+    save_checkpoint(state, nerf)
+    assert run_cli(write_config, base_config(tiny_dataset, models, out, checkpoint=nerf)) == 2
+    _one_line_error(capsys, "the NeRF")
+    assert not os.path.exists(os.path.join(out, "per_pair.jsonl"))
+    # trained on subject 0 only: accepted, and the report says it was checked; no train_subjects: a warning
+    cfg = base_config(tiny_dataset, models, out, regimes=["codes"], controllability={"enabled": False},
+                      estimator_checkpoint=estimator_with([0], tiny_dataset))
+    assert run_cli(write_config, cfg) == 0
+    assert "checked: the estimator trained on subjects [0]" in _text(os.path.join(out, "report.md"))
+    capsys.readouterr()
+    cfg = base_config(tiny_dataset, models, str(tmp_path / "res2"), regimes=["codes"], controllability={"enabled": False})
+    assert run_cli(write_config, cfg, "--max_new_pairs", "1") == 0
+    assert "warning: training subjects of the estimator unknown" in capsys.readouterr().out
+
+
+def test_resume_refuses_other_code_or_dataset_content(tiny_dataset, models, tmp_path, write_config, capsys,
+                                                      monkeypatch):
+    from HeadNeRF.evaluation import protocol
+
+    d = str(tmp_path / "data")
+    shutil.copytree(tiny_dataset, d)
+    out = str(tmp_path / "res")
+    cfg = base_config(d, models, out, regimes=["codes"], controllability={"enabled": False})
+    assert run_cli(write_config, cfg, "--max_new_pairs", "1") == 0
+    monkeypatch.setattr(protocol, "code_version", lambda: "another version")
+    assert run_cli(write_config, cfg) == 2
+    _one_line_error(capsys, "differs in ['code_version']")
+    monkeypatch.undo()
+    row = _jsonl(os.path.join(out, "per_pair.jsonl"))[0]["target_row"]
+    with h5py.File(os.path.join(d, "subject0001.h5"), "r+") as f:  # same path, other content
+        f["face_patch"][row, 0, 0, 0] ^= 1
+    assert run_cli(write_config, cfg) == 2
+    _one_line_error(capsys, "differs in ['dataset_content']")
+
+
+def test_fits_start_from_the_mean_code_unless_told_otherwise(tiny_dataset, models, tmp_path):
+    from HeadNeRF.config import from_dict
+    from HeadNeRF.data.codes import split_code
+    from HeadNeRF.evaluation import EvalConfig
+    from HeadNeRF.evaluation.protocol import fit_input, prepare
+
+    for init in ("mean", "dataset"):
+        cfg = from_dict(EvalConfig, base_config(tiny_dataset, models, str(tmp_path / init), code_init=init,
+                                                fit={"steps": 0}, metrics={"identity": False}))
+        ctx = prepare(cfg, progress=False)
+        p = ctx.pairs[0]
+        fit = fit_input(ctx, p.subject, p.input_row, ["codes"])["codes"]
+        item = ctx.dataset[ctx.index_of[(p.subject, p.input_row)]]
+        want = split_code(ctx.info.code_mean, ctx.info.code_slices)[0] if init == "mean" else item["shape_code"]
+        assert torch.allclose(fit.shape_code[0], want), init
+    assert not torch.allclose(item["shape_code"], split_code(ctx.info.code_mean, ctx.info.code_slices)[0])
+    # the no-redirection render is the fit at the input's eye-in-head gaze, from the target camera
+    from HeadNeRF.evaluation.protocol import render_at
+    from HeadNeRF.fitting import render_fit
+    from HeadNeRF.geometry.gaze import rotate_pitch_yaw
+
+    tgt = ctx.dataset[ctx.index_of[(p.subject, p.target_row)]]
+    kept = render_at(fit, tgt, None)
+    input_in_head = rotate_pitch_yaw(item["gaze"][None], item["R_w2c"][None].transpose(-1, -2))
+    cam = {k: tgt[k][None] for k in ("R_w2c", "t_w2c", "K", "eye_mask")}
+    assert torch.allclose(kept, render_fit(fit, gaze_head=input_in_head, camera=cam), atol=1e-5)
+    assert not torch.allclose(kept, render_at(fit, tgt, tgt["gaze"]), atol=1e-4)  # the requested gaze moves the eyes
+
+
+def test_checks_say_met_only_when_the_eyes_beat_the_no_redirection_row():
+    """The aggregate's checks on hand-made records: a model that lands near the request passes, frozen eyes do not."""
+    from HeadNeRF.evaluation import report as R
+
+    def rec(i, ours, frozen, floor):
+        row = {"gaze_err_label": ours, "gaze_err_est": ours, "gaze_err_readout": ours}
+        nr = {"gaze_err_label": frozen, "gaze_err_est": frozen, "gaze_err_readout": frozen}
+        return {"pair": i, "subject": 1, "gaze_labelled": True, "codes": row, "codes_no_redirection": nr,
+                "copy_input": dict(nr), "floor": {"gaze_err_label": floor, "head_err_label": 1.0, "gaze_err_readout": 0.5},
+                "id_reference": {"same_subject": {"id_sim": 90.0 + i}, "other_subject": {"id_sim": 70.0 + i}}}
+
+    good = R.aggregate([rec(i, 4.0 + i, 30.0, 3.0) for i in range(4)], ["codes"])
+    c = good["checks"]["codes"]
+    assert c["at_most_half_of_no_redirection"] and c["readout"]["at_most_half_of_no_redirection"]
+    assert c["readout"]["within_floor_bound"] and c["readout"]["floor_bound"] == 6.5  # mean 5.5° <= 3 x 0.5° + 5°
+    assert good["overall"]["id_reference"]["informative"]  # a constant 20-point gap is clear
+    frozen = R.aggregate([rec(i, 30.0, 30.0 + i % 2, 3.0) for i in range(4)], ["codes"])
+    c = frozen["checks"]["codes"]
+    assert not c["at_most_half_of_no_redirection"] and not c["readout"]["at_most_half_of_no_redirection"]
+    assert not c["readout"]["within_floor_bound"]
+    same = [rec(i, 4.0, 30.0, 3.0) for i in range(4)]
+    for i, r in enumerate(same):
+        r["id_reference"]["other_subject"]["id_sim"] = 90.0 + (i % 2)  # another subject scores like the same one
+    assert not R.aggregate(same, ["codes"])["overall"]["id_reference"]["informative"]

@@ -6,8 +6,13 @@ Modules (one idea each):
 * ``pairs``: deterministic input -> target pairs per test subject (or a pairs file);
 * ``metrics``: SSIM/PSNR/L1 (torchmetrics), LPIPS (lpips), FID (torchmetrics), dlib identity, angles;
 * ``protocol``: fit each input once per regime (``fitting.fit_image``), render at the target's
-  gaze and camera (``fitting.render_fit``), score against the target and the baselines;
-* ``controllability``: requested-gaze grid vs the estimator's reading (no target image needed);
+  gaze and camera (``fitting.render_fit``), score against the target and the baselines (copy the
+  input, no redirection, the floor, identity references);
+* ``readout``: the exact gaze readout of synthetic rows (the generator re-rendered at candidate gazes);
+* ``guards``: no evaluated subject in either model's training set, the run key's code version and
+  dataset content, the results-dir lock;
+* ``controllability``: requested-gaze grid vs the estimator's and the readout's reading, beside the
+  ignore-the-request references (no target image needed);
 * ``report``: the resumable ``per_pair.jsonl``, aggregation, ``report.md`` and figures;
 * ``run``: ``evaluate(cfg)``, what ``Evaluation.py`` calls.
 

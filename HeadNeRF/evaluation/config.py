@@ -11,9 +11,10 @@ import dataclasses
 
 from ..config import ConfigError, from_dict, load_yaml
 
-__all__ = ["REGIMES", "ControllabilityConfig", "EvalConfig", "MetricsConfig", "fit_config_for", "load_eval_config"]
+__all__ = ["CODE_INITS", "REGIMES", "ControllabilityConfig", "EvalConfig", "MetricsConfig", "fit_config_for", "load_eval_config"]
 
 REGIMES = ("codes", "finetune")  # latent codes only | codes + network fine-tuning for finetune_steps
+CODE_INITS = ("mean", "dataset")  # the fit's starting code: the checkpoint's mean code | the row's stored code
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -75,7 +76,9 @@ class EvalConfig:
     """One evaluation run. Paths are relative to the working directory."""
 
     checkpoint: str = "runs/quickstart"  # NeRF run dir (its checkpoints/last.pt) or a .pt file
-    estimator_checkpoint: str = "runs/gaze_estimator_quickstart"  # estimator run dir or .pt (train_gaze_estimator.py)
+    # estimator run dir or .pt (train_gaze_estimator.py). "" = none: allowed on synthetic data with labels only, where
+    # the exact gaze readout measures gaze (the estimator-based gaze/head columns are then empty).
+    estimator_checkpoint: str = "runs/gaze_estimator_quickstart"
     dataset_dir: str = "data/synthetic"
     subjects: list = dataclasses.field(default_factory=list)  # subject ids to evaluate; empty = split.json's test_subjects
     results_dir: str = "runs/evaluation"
@@ -87,6 +90,10 @@ class EvalConfig:
     same_camera: bool = False  # targets from the input's camera only (gaze redirection without head-pose change)
     seed: int = 0  # pairs and per-input fitting seeds derive from it
     regimes: list = dataclasses.field(default_factory=lambda: list(REGIMES))
+    # Where each input's fit starts: "mean" = the checkpoint's mean code, as a photo would (the headline);
+    # "dataset" = the row's stored latent code. On synthetic data that code is the generator's, shared with the
+    # target row of the same subject: privileged information a photo never has (the report says so).
+    code_init: str = "mean"
     finetune_steps: int = 75  # network fine-tuning steps of the "finetune" regime (GazeNeRF's README: 75)
     fit: dict = dataclasses.field(default_factory=dict)  # HeadNeRF.fitting.FitConfig fields (not finetune_steps)
     metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
@@ -96,12 +103,13 @@ class EvalConfig:
     num_threads: int = 0  # torch CPU threads; 0 = torch's default. Results are reproducible for a fixed value.
 
     def __post_init__(self):
-        for k in ("checkpoint", "estimator_checkpoint", "dataset_dir", "results_dir"):
+        for k in ("checkpoint", "dataset_dir", "results_dir"):
             _check(bool(getattr(self, k)), k, "must not be empty")
         _check(self.pairs_per_subject >= 1, "pairs_per_subject", f"must be >= 1, got {self.pairs_per_subject}")
         _check(self.inputs_per_subject >= 0, "inputs_per_subject", "must be >= 0 (0 = one input per pair)")
         _check(bool(self.regimes) and all(r in REGIMES for r in self.regimes) and len(set(self.regimes)) == len(self.regimes),
                "regimes", f"must be a non-empty subset of {list(REGIMES)}, got {self.regimes}")
+        _check(self.code_init in CODE_INITS, "code_init", f"must be one of {list(CODE_INITS)}, got {self.code_init!r}")
         _check(self.finetune_steps >= 1 or "finetune" not in self.regimes, "finetune_steps",
                "must be >= 1 when the 'finetune' regime is on")
         _check(all(isinstance(s, int) and not isinstance(s, bool) for s in self.subjects), "subjects",

@@ -1,8 +1,10 @@
 """One evaluation run, start to finish (what ``Evaluation.py`` calls).
 
 Order: check everything (``protocol.prepare``: checkpoints, estimator input size, subjects,
-pairs, metric backends) -> refuse a results dir that holds records of another configuration
--> fit/render/score the pairs not yet in ``per_pair.jsonl`` (each input fitted once) ->
+pairs, no evaluated subject in either model's training set, metric backends) -> lock the
+results dir (a second run into it refuses, naming the first) -> refuse a results dir that
+holds records of another configuration (code version, checkpoints, dataset content, metric
+weights, settings) or a damaged ``per_pair.jsonl`` -> fit/render/score the pairs not yet in ``per_pair.jsonl`` (each input fitted once) ->
 controllability map -> FID from the stored per-pair features -> ``metrics.json``,
 ``report.md`` and the figures, each written atomically at the end.
 """
@@ -17,9 +19,11 @@ from ..config import to_dict
 from . import report as R
 from .config import EvalConfig
 from .controllability import controllability, plot_controllability
+from .guards import ResultsLock
 from .pairs import write_pairs_file
 from .protocol import (
     EvaluationError,
+    candidates,
     check_inputs_readable,
     fit_input,
     prepare,
@@ -64,7 +68,7 @@ def _fid(ctx, results_dir: str, records: list[dict], regimes: list[str]) -> dict
             continue
         real = np.stack([feats[r["pair"]]["target"] for r in recs])
         vals = {c: fid_from_features(real, np.stack([feats[r["pair"]][c] for r in recs]))
-                for c in list(regimes) + ["copy_input"]}
+                for c in candidates(regimes)}
         if name == "overall":
             out["overall"] = vals
         else:
@@ -78,13 +82,31 @@ def evaluate(cfg: EvalConfig, max_new_pairs: int | None = None, progress: bool =
     Raises:
         EvaluationError: bad input (one line); nothing complete-looking is written.
     """
-    from tqdm import tqdm
-
     t0 = time.perf_counter()
     ctx = prepare(cfg, progress=progress)
     check_inputs_readable(ctx)
+    for what, note in ctx.training_check.items():
+        if note.startswith("unknown"):
+            log(f"[evaluation] warning: training subjects of the {what} {note}")
+    os.makedirs(cfg.results_dir, exist_ok=True)
+    with ResultsLock(cfg.results_dir):
+        return _evaluate_locked(ctx, t0, max_new_pairs, progress, log)
+
+
+def _check_records(records: dict, pairs: list, log_path: str) -> None:
+    """Every record must be one of this run's pairs (index and key): one line naming the first that is not."""
+    for i, rec in records.items():
+        if not 0 <= i < len(pairs) or rec.get("key") != pairs[i].key:
+            want = pairs[i].key if 0 <= i < len(pairs) else f"an index below {len(pairs)}"
+            raise EvaluationError(f"{log_path}: the record of pair {i} has key {rec.get('key')!r}, this run's pair "
+                                  f"{i} is {want!r}; use another results_dir or delete that one")
+
+
+def _evaluate_locked(ctx, t0: float, max_new_pairs: int | None, progress: bool, log) -> dict | None:
+    from tqdm import tqdm
+
+    cfg = ctx.cfg
     out_dir = cfg.results_dir
-    os.makedirs(out_dir, exist_ok=True)
     key = run_key(ctx)
     state_path, log_path = os.path.join(out_dir, "run_state.json"), os.path.join(out_dir, "per_pair.jsonl")
     if os.path.isfile(state_path):
@@ -101,7 +123,8 @@ def evaluate(cfg: EvalConfig, max_new_pairs: int | None = None, progress: bool =
         R.atomic_write_json(state_path, {"run_key": key})
     write_pairs_file(os.path.join(out_dir, "pairs.txt"), ctx.pairs,
                      header=f"pairs of {cfg.dataset_dir} ({'from ' + cfg.pairs_file if cfg.pairs_file else f'seed {cfg.seed}'})")
-    records = R.read_records(log_path)
+    records = R.read_records(log_path, log=log)
+    _check_records(records, ctx.pairs, log_path)
     pending = [p for p in ctx.pairs if p.index not in records]
     regimes = list(cfg.regimes)
     ctrl_inputs = _controllability_inputs(ctx.pairs, cfg.controllability.inputs_per_subject) \
@@ -174,11 +197,12 @@ def evaluate(cfg: EvalConfig, max_new_pairs: int | None = None, progress: bool =
         "checkpoint_file": ctx.checkpoint_file, "estimator_file": ctx.estimator_file,
         "sha256": ctx.sha256,
         "model": {"model_name": ctx.info.model_name, "image_size": ctx.image_size, "step": ctx.info.step},
-        "estimator_input_size": int(ctx.est_info.input_size),
-        "estimator_report": ctx.est_info.report,
+        "estimator_input_size": int(ctx.est_info.input_size) if ctx.est_info is not None else None,
+        "estimator_report": ctx.est_info.report if ctx.est_info is not None else None,
         "aggregate": agg,
         "controllability": ctrl,
         "metric_notes": notes,
+        "training_check": ctx.training_check,
         "timing": R.timing(recs, regimes),
         "seconds": time.perf_counter() - t0,
     }
@@ -190,11 +214,29 @@ def evaluate(cfg: EvalConfig, max_new_pairs: int | None = None, progress: bool =
     o = agg["overall"]
     for r in regimes:
         c = agg["checks"][r]
+        ro = c.get("readout")
+        if ro:
+            log(f"[evaluation] {R.NAMES[r]}: exact readout {R._fmt(ro['gaze_err'], 2)}° (median "
+                f"{R._fmt(ro['gaze_err_median'], 2)}°), no redirection {R._fmt(ro['no_redirection_gaze_err'], 2)}° "
+                f"(ratio {R._fmt(ro['ratio_to_no_redirection'], 2)}: {R._met(ro['at_most_half_of_no_redirection'])}), "
+                f"floor {R._fmt(ro['floor'], 2)}° (bound {R._fmt(ro['floor_bound'], 2)}°: {R._met(ro['within_floor_bound'])})")
+        if not c["estimator"]:
+            continue
         log(f"[evaluation] {R.NAMES[r]}: gaze {R._fmt(o[r]['gaze_err_est'])}° vs estimator on target, "
-            f"{R._fmt(c['gaze_err_label'])}° vs label (copy input {R._fmt(c['copy_input_gaze_err_label'])}°, "
-            f"estimator floor {R._fmt(c['floor_gaze_err_label'])}°), head {R._fmt(o[r]['head_err_est'])}°, "
-            f"SSIM {R._fmt(o[r]['ssim'])}, PSNR {R._fmt(o[r]['psnr'], 2)} dB")
-    if ctrl:
-        log(f"[evaluation] controllability: mean {ctrl['mean_deg']:.2f}° over {len(ctrl['inputs'])} inputs")
+            f"{R._fmt(o[r]['gaze_err_label'])}° vs label (no redirection {R._fmt(c['no_redirection_gaze_err'])}°: "
+            f"ratio {R._fmt(c['ratio_to_no_redirection'], 2)}, goal <= 0.5 {R._met(c['at_most_half_of_no_redirection'])}; "
+            f"copy input {R._fmt(c['copy_input_gaze_err'])}°, estimator floor {R._fmt(c['floor_gaze_err_label'])}°), "
+            f"head {R._fmt(o[r]['head_err_est'])}°, SSIM {R._fmt(o[r]['ssim'])}, PSNR {R._fmt(o[r]['psnr'], 2)} dB")
+    ref = o["id_reference"]
+    if ref["gap_n"]:
+        log(f"[evaluation] identity: ours {', '.join(R._fmt(o[r]['id_sim'], 1) for r in regimes)}; same subject "
+            f"{R._fmt(ref['same_subject'], 1)}, another subject from the same camera {R._fmt(ref['other_subject'], 1)}"
+            f" -> {'informative' if ref['informative'] else 'NOT informative on this data'}")
+    if ctrl and ctrl.get("inputs"):
+        ign = ctrl.get("ignore_request") or {}
+        ro = ctrl.get("readout") or {}
+        log(f"[evaluation] controllability over {len(ctrl['inputs'])} inputs: exact readout {R._fmt(ro.get('mean_deg'), 2)}°, "
+            f"estimator {R._fmt(ctrl.get('mean_deg'), 2)}° (ignoring the request: {R._fmt(ign.get('input_gaze_deg'), 2)}° "
+            f"with the input's gaze, {R._fmt(ign.get('grid_centre_deg'), 2)}° with the grid centre)")
     log(f"[evaluation] wrote {os.path.join(out_dir, 'report.md')} and metrics.json")
     return result
