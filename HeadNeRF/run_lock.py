@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
 import sys
+import time
 
 __all__ = ["RunLock", "RunLockError"]
 
@@ -34,12 +36,16 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "another process"
-            os.close(fd)
-            raise RunLockError(f"{self.folder}: another {self.what} is running into this folder ({holder}); "
-                               "wait for it to finish or choose another folder") from None
+            try:
+                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown process"
+            finally:
+                os.close(fd)
+            raise RunLockError(f"{self.folder} is in use by another {self.what} ({holder}); "
+                               "wait for it to finish or use another folder") from None
         os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()}: {' '.join(sys.argv)[:300]}".encode())
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                      f"{' '.join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300]}"
+                  .encode(), 0)
         os.fsync(fd)
         self._fd = fd
         return self

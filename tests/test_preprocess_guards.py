@@ -102,7 +102,7 @@ def test_second_run_into_the_same_folder_refuses_naming_the_first(tmp_path, pers
     with RunLock(str(out), "preprocessing run"):
         res = preprocess("--img_dir", person, "--save_dir", str(out))
     assert res.returncode == 2 and res.stderr.strip().count("\n") == 0, res.stderr
-    assert f"pid {os.getpid()}" in res.stderr and "another preprocessing run is running" in res.stderr
+    assert f"pid {os.getpid()}" in res.stderr and "is in use by another preprocessing run" in res.stderr
     # The lock dies with its holder: a later run goes through.
     res = preprocess("--img_dir", os.path.join(person, "person_a"), "--save_dir", str(out))
     assert res.returncode == 0, res.stderr

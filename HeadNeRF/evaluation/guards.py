@@ -18,16 +18,14 @@
   (without it both would compute every pair and append it twice).
 """
 
-import fcntl
 import hashlib
 import os
-import socket
-import time
 
 import h5py
 import numpy as np
 
 from ..data.layout import Split, subject_file_name
+from ..run_lock import RunLock, RunLockError
 
 __all__ = ["ResultsLock", "check_training_subjects", "code_version", "dataset_fingerprint", "subject_fingerprint",
            "training_subjects_of_estimator", "training_subjects_of_nerf"]
@@ -173,37 +171,15 @@ def dataset_fingerprint(dataset_dir: str, rows_by_subject: dict) -> str:
 
 # ------------------------------------------------------------------------------------------------ lock
 
-class ResultsLock:
-    """An exclusive lock on ``results_dir/.lock`` (``with ResultsLock(dir): ...``).
-
-    ``flock`` is released by the kernel when the process dies, so a killed run never leaves a
-    stale lock; the file's text (pid, host, start time) is only there to name the holder.
-    """
+class ResultsLock(RunLock):
+    """An exclusive lock on ``results_dir/.lock`` (``with ResultsLock(dir): ...``): the package's
+    :class:`~HeadNeRF.run_lock.RunLock`, refusing with this package's one-line error."""
 
     def __init__(self, results_dir: str):
-        self.path = os.path.join(results_dir, ".lock")
-        self.fd = None
+        super().__init__(results_dir, "evaluation")
 
     def __enter__(self):
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "unknown process"
-            finally:
-                os.close(fd)
-            raise _error(f"{os.path.dirname(self.path)} is in use by another evaluation ({holder}); "
-                                "wait for it to finish or use another results_dir") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started "
-                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc):
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
-        return False
+            return self.acquire()
+        except RunLockError as exc:
+            raise _error(str(exc)) from None
