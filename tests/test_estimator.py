@@ -49,7 +49,7 @@ def tiny_estimator_config(dataset_dir: str, run_dir: str, steps: int = 4, **over
     return cfg
 
 
-EYE_BRANCH = {"eye_branch": True, "eye_crop_height": 16, "eye_crop_width": 24, "eye_channels": 8}
+EYE_BRANCH = {"eye_branch": True, "eye_crop_height": 16, "eye_crop_width": 24, "eye_channels": 8, "compose_gaze": True}
 EYE_SPEC = {"crop_height": 16, "crop_width": 24, "box_width": 0.25, "channels": 8}
 
 
@@ -357,7 +357,8 @@ def test_eye_branch_trains_records_subjects_and_loads(tiny_dataset, tmp_path):
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert state["estimator"]["train_subjects"] == [0] and state["estimator"]["heldout_subjects"] == [1]
     model, info = load_estimator(str(tmp_path / "run"))
-    assert info.train_subjects == [0] and info.eye_branch == state["estimator"]["eye_branch"]
+    assert info.train_subjects == [0] and info.eye_branch == state["estimator"]["eye_branch"] and model.compose_gaze
+    assert report["composed_label_error_deg_p90"] < 0.1
     faces = LabelledFaces(tiny_dataset, [1], 32)
     images = faces.images.float() / 255
     out = estimate(model, images)
@@ -388,3 +389,23 @@ def test_old_checkpoint_without_train_subjects_or_eye_branch_loads(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(out["gaze"], old.eval()(x)[:, :2])
     assert "eye_centres" not in out
+
+
+def test_composed_gaze_is_exact_on_normalised_rows(tiny_dataset):
+    """The head pose fixes a normalised camera's rotation (zero roll), so head pose (+) eye-in-head = gaze;
+    a composing estimator's gaze output is exactly that composition of its own two other readings."""
+    from HeadNeRF.estimator.model import compose_gaze, normalised_head_rotation
+    from HeadNeRF.geometry.gaze import angular_error_deg
+
+    with h5py.File(os.path.join(tiny_dataset, "subject0001.h5"), "r") as f:
+        R = torch.from_numpy(f["cam_R_w2c"][:]).float()
+        head = torch.from_numpy(f["face_head_pose"][:]).float()
+    torch.testing.assert_close(normalised_head_rotation(head), R, atol=1e-5, rtol=0)
+    faces = LabelledFaces(tiny_dataset, [1], 32)
+    assert angular_error_deg(compose_gaze(faces.head_pose, faces.eye_in_head), faces.gaze).max() < 0.1
+    # another head pose gives another gaze: the composition is not the identity
+    assert angular_error_deg(compose_gaze(faces.head_pose * 0, faces.eye_in_head), faces.gaze).mean() > 5
+    model = GazeEstimator(18, 32, "standard", eye_branch=EYE_SPEC, compose_gaze=True).eval()
+    with torch.no_grad():
+        out = model(torch.rand(3, 3, 32, 32))
+    torch.testing.assert_close(out[:, :2], compose_gaze(out[:, 2:4], out[:, 4:6]))

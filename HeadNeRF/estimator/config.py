@@ -39,6 +39,7 @@ class EstimatorModelConfig:
     eye_crop_width: int = 48
     eye_box_width: float = 0.25  # the crop box's width as a fraction of the image width (height: the crop's aspect)
     eye_channels: int = 64  # width of the eye CNN (its last stage has twice as many)
+    compose_gaze: bool = False  # gaze = head pose (+) eye-in-head (exact in a normalised camera) instead of a free output
 
     def __post_init__(self):
         _check(self.depth in DEPTHS, "model.depth", f"must be one of {list(DEPTHS)}, got {self.depth}")

@@ -29,10 +29,12 @@ __all__ = [
     "EstimatorInfo",
     "GazeEstimator",
     "build_estimator",
+    "compose_gaze",
     "estimate",
     "eye_branch_spec",
     "load_estimator",
     "load_pretrained",
+    "normalised_head_rotation",
 ]
 
 # gaze and head pose in the normalised camera frame, then the eyeball's rotation in the head frame
@@ -42,6 +44,27 @@ OUTPUT_NAMES = ("gaze_pitch", "gaze_yaw", "head_pitch", "head_yaw", "eye_pitch",
 # with the eye branch, four more columns: the two eye centres it found (normalised image units, eyes.py)
 EYE_CENTRE_NAMES = ("eye0_x", "eye0_y", "eye1_x", "eye1_y")
 _RESNETS = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34, 50: torchvision.models.resnet50}
+
+
+def normalised_head_rotation(head_pose: torch.Tensor) -> torch.Tensor:
+    """(..., 2) head (pitch, yaw) -> (..., 3, 3) head->camera rotation of a **normalised** camera.
+
+    ETH-XGaze normalisation turns the camera so that the head's x axis has no y component
+    (zero roll), so the rotation is fixed by the head pose alone: third column
+    ``(cos p sin y, sin p, cos p cos y)`` (the inverse of ``head_pose_from_rotation``), first
+    column ``(cos y, 0, -sin y)``. On the layout's rows it equals ``cam_R_w2c`` to 1e-7.
+    """
+    pitch, yaw = head_pose.unbind(-1)
+    z = torch.stack((pitch.cos() * yaw.sin(), pitch.sin(), pitch.cos() * yaw.cos()), -1)
+    x = torch.stack((yaw.cos(), torch.zeros_like(yaw), -yaw.sin()), -1)
+    return torch.stack((x, torch.linalg.cross(z, x), z), -1)
+
+
+def compose_gaze(head_pose: torch.Tensor, eye_in_head: torch.Tensor) -> torch.Tensor:
+    """(B, 2) head pose and (B, 2) gaze in the head frame -> (B, 2) gaze in the normalised camera frame."""
+    from ..geometry.gaze import rotate_pitch_yaw
+
+    return rotate_pitch_yaw(eye_in_head, normalised_head_rotation(head_pose))
 
 
 def _conv_bn(cin: int, cout: int, stride: int) -> torch.nn.Sequential:
@@ -75,12 +98,19 @@ class GazeEstimator(torch.nn.Module):
     cropped (``eyes.crop_eyes``) at ``eye_centres`` (B, 2, 2) normalised units where given and
     finite, else at the network's own (detached) estimate; a small CNN reads the crops and its
     features join the face features before the last layer.
+
+    ``compose_gaze``: the gaze output is not read directly but composed from the head pose and
+    the eye-in-head outputs (:func:`compose_gaze`, exact for normalised images): the gaze is then
+    only as wrong as those two readings, and every gaze gradient reaches the eye reading.
     """
 
     def __init__(self, depth: int = 18, input_size: int = 64, stem: str = "no_maxpool",
                  mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), num_outputs: int = len(OUTPUT_NAMES),
-                 eye_branch: dict | None = None):
+                 eye_branch: dict | None = None, compose_gaze: bool = False):
         super().__init__()
+        if compose_gaze and num_outputs < 6:
+            raise ValueError("compose_gaze needs the eye-in-head outputs (6 outputs)")
+        self.compose_gaze = bool(compose_gaze)
         self.depth, self.input_size, self.stem = int(depth), int(input_size), stem
         self.num_outputs = int(num_outputs)
         net = _RESNETS[self.depth](weights=None)
@@ -119,6 +149,12 @@ class GazeEstimator(torch.nn.Module):
                 self.centre_head.bias.copy_(centres[ok].mean(0).flatten())
 
     def forward(self, images: torch.Tensor, eye_centres: torch.Tensor | None = None) -> torch.Tensor:
+        out = self._forward(images, eye_centres)
+        if self.compose_gaze:
+            out = torch.cat((compose_gaze(out[:, 2:4], out[:, 4:6]), out[:, 2:]), 1)
+        return out
+
+    def _forward(self, images: torch.Tensor, eye_centres: torch.Tensor | None) -> torch.Tensor:
         x = (images - self.mean) / self.std
         if self.eye_branch is None:
             return self.net(x)
@@ -145,7 +181,8 @@ def eye_branch_spec(cfg: EstimatorModelConfig) -> dict | None:
 
 def build_estimator(cfg: EstimatorModelConfig, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)) -> GazeEstimator:
     """A fresh estimator for ``cfg`` (ImageNet weights from ``cfg.pretrained_path`` when set)."""
-    model = GazeEstimator(cfg.depth, cfg.input_size, cfg.stem, mean, std, eye_branch=eye_branch_spec(cfg))
+    model = GazeEstimator(cfg.depth, cfg.input_size, cfg.stem, mean, std, eye_branch=eye_branch_spec(cfg),
+                          compose_gaze=cfg.compose_gaze)
     if cfg.pretrained_path:
         load_pretrained(model, cfg.pretrained_path)
     return model
@@ -221,7 +258,8 @@ def load_estimator(path: str, device="cpu") -> tuple[GazeEstimator, EstimatorInf
                               "train one with train_gaze_estimator.py")
     try:
         model = GazeEstimator(meta["depth"], meta["input_size"], meta["stem"], meta["mean"], meta["std"],
-                              len(meta.get("outputs", OUTPUT_NAMES)), eye_branch=meta.get("eye_branch"))
+                              len(meta.get("outputs", OUTPUT_NAMES)), eye_branch=meta.get("eye_branch"),
+                              compose_gaze=bool(meta.get("compose_gaze", False)))
         model.load_state_dict(state["model"])
     except (KeyError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{file}: estimator weights do not load ({str(exc).splitlines()[0][:200]})") from None
