@@ -167,7 +167,7 @@ class GazeEstimator(torch.nn.Module):
             given = eye_centres.to(centres)
             centres = torch.where(torch.isfinite(given).all(-1, keepdim=True).all(-2, keepdim=True), given, centres)
         crops = crop_eyes(x, centres, float(self.eye_branch["box_width"]), self.crop_hw)  # (B, 2, 3, h, w)
-        eyes = self.eye_cnn(crops.flatten(0, 1)).view(len(x), -1)
+        eyes = self.eye_cnn(crops.flatten(0, 1)).reshape(len(x), -1)
         return torch.cat((self.head(torch.cat((feats, eyes), 1)), found), 1)
 
 
