@@ -25,6 +25,14 @@ from HeadNeRF.estimator import (
     train_estimator,
 )
 from HeadNeRF.estimator.augment import augment_batch
+from HeadNeRF.estimator.eyes import (
+    crop_eyes,
+    eye_box_size,
+    eye_centres_from_landmarks,
+    flip_centres,
+    normalised_to_pixels,
+    pixels_to_normalised,
+)
 from HeadNeRF.training import TrainingAborted
 
 SCRIPT = os.path.join(ROOT, "train_gaze_estimator.py")
@@ -39,6 +47,10 @@ def tiny_estimator_config(dataset_dir: str, run_dir: str, steps: int = 4, **over
            "model": {"depth": 18, "input_size": 32, "stem": "standard"}, "data": {"dataset_dir": dataset_dir}}
     cfg.update(over)
     return cfg
+
+
+EYE_BRANCH = {"eye_branch": True, "eye_crop_height": 16, "eye_crop_width": 24, "eye_channels": 8, "compose_gaze": True}
+EYE_SPEC = {"crop_height": 16, "crop_width": 24, "box_width": 0.25, "channels": 8}
 
 
 def run_script(*args, timeout=300):
@@ -116,8 +128,8 @@ def test_resume_is_exact(tiny_dataset, tmp_path):
 
 def test_nan_loss_skips_then_aborts_without_bad_checkpoint(tiny_dataset, tmp_path, monkeypatch):
     real = GazeEstimator.forward
-    monkeypatch.setattr(GazeEstimator, "forward", lambda self, x: real(self, x) * float("nan") if self.training
-                        else real(self, x))
+    monkeypatch.setattr(GazeEstimator, "forward", lambda self, x, *a: real(self, x, *a) * float("nan") if self.training
+                        else real(self, x, *a))
     cfg = from_dict(EstimatorConfig, tiny_estimator_config(tiny_dataset, str(tmp_path / "run"), steps=20,
                                                            max_bad_steps=3))
     with pytest.warns(UserWarning, match="non-finite"), pytest.raises(TrainingAborted, match="3 consecutive"):
@@ -243,3 +255,157 @@ def test_cli(tiny_dataset, tmp_path, write_config):
     assert again.returncode == 2 and "already holds a run" in again.stderr
     reuse = run_script("--config_file", cfg, "--auto_resume")  # finished: only the report is rewritten
     assert reuse.returncode == 0 and "continuing the run" in reuse.stdout, reuse.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# The eye branch
+
+
+def test_crop_centred_on_eye_landmarks_contains_the_iris(tiny_dataset):
+    """Real rows: each crop box around the six eye-contour landmarks holds that eye's iris centre,
+    and the crop's darkest region (the iris) lies near the iris centre mapped into the crop."""
+    with h5py.File(os.path.join(tiny_dataset, "subject0000.h5"), "r") as f:
+        images = torch.from_numpy(f["face_patch"][:]).permute(0, 3, 1, 2).float() / 255
+        lm, iris = torch.from_numpy(f["lm2d"][:]).float(), torch.from_numpy(f["iris2d"][:]).float()
+    S = images.shape[-1]
+    centres = eye_centres_from_landmarks(lm, S)
+    crops = crop_eyes(images, centres, 0.25, (32, 48))
+    assert crops.shape == (len(images), 2, 3, 32, 48)
+    bw, bh = eye_box_size(0.25, (32, 48))
+    # iris2d is [subject's right, subject's left] = [image-left, image-right]: the crops' order
+    rel = (pixels_to_normalised(iris, S) - centres) / torch.tensor([bw, bh])
+    assert rel.abs().max() < 0.4, rel.abs().max()  # inside the box, well away from its border
+    # where the crop shows the iris: the darkest 3x3 neighbourhood of the crop's brightness
+    dark = torch.nn.functional.avg_pool2d(1 - crops.mean(2).flatten(0, 1)[:, None], 5, 1, 2)[:, 0]
+    where = dark.flatten(1).argmax(1)
+    row, col = where // 48, where % 48
+    expect = rel.flatten(0, 1) * torch.tensor([48.0, 32.0]) + torch.tensor([24.0, 16.0])
+    expect[1::2, 0] = 48.0 - expect[1::2, 0]  # the image-right eye is shown mirrored
+    dist = torch.hypot(col + 0.5 - expect[:, 0], row + 0.5 - expect[:, 1])
+    assert dist.median() < 6.0, dist  # a few crop pixels (~1.5 image pixels) from the true iris
+
+
+def test_crop_geometry_of_a_dot_and_the_mirror():
+    """A bright dot at a known pixel appears at the crop centre; a mirrored image cropped at the
+    mirrored centres gives the same crops with the eyes swapped (exactly)."""
+    S = 32
+    img = torch.zeros(1, 3, S, S)
+    img[0, :, 10, 7] = 1.0  # pixel (col 7, row 10): centre (7.5, 10.5)
+    img[0, :, 12, 25] = 1.0  # pixel (col 25, row 12)
+    centres = pixels_to_normalised(torch.tensor([[[7.5, 10.5], [25.5, 12.5]]]), S)
+    crops = crop_eyes(img, centres, 0.25, (16, 24))  # box 8 px wide: 3x upsampled
+    for eye in range(2):
+        peak = crops[0, eye, 0].flatten().argmax()
+        assert abs(int(peak // 24) + 0.5 - 8) <= 1.5 and abs(int(peak % 24) + 0.5 - 12) <= 1.5
+    torch.testing.assert_close(normalised_to_pixels(centres, S), torch.tensor([[[7.5, 10.5], [25.5, 12.5]]]))
+    rand = torch.rand(2, 3, S, S)
+    c = torch.tensor([[[-0.4, -0.2], [0.35, -0.1]], [[-0.3, 0.0], [0.3, 0.05]]])
+    torch.testing.assert_close(crop_eyes(rand.flip(-1), flip_centres(c), 0.25, (16, 24)),
+                               crop_eyes(rand, c, 0.25, (16, 24)).flip(1))
+    with pytest.raises(ValueError, match=r"centres \(B, 2, 2\)"):
+        crop_eyes(rand, c[:, :1], 0.25, (16, 24))
+
+
+def test_augmentation_moves_eye_centres_with_the_pixels():
+    """After a random mirror / shift / zoom, the moved centre still points at the dot it marked."""
+    S = 64
+    img = torch.ones(8, 3, S, S)
+    img[:, :, 20, 18] = 0.0  # a dark dot at pixel (18, 20) in every image; the other eye at the image centre
+    centres = pixels_to_normalised(torch.tensor([[18.5, 20.5], [40.5, 20.5]]), S).expand(8, 2, 2).clone()
+    cfg = AugmentConfig(**{**NO_AUGMENT, "hflip": 0.5, "shift_px": 3.0, "scale": 0.1})
+    out, _, moved = augment_batch(img, torch.zeros(8, 4), cfg, torch.Generator().manual_seed(3), centres)
+    found = out.mean(1).flatten(1).argmin(1)
+    found_px = torch.stack((found % S, found // S), 1).float() + 0.5
+    flipped = found_px[:, 0] > S / 2  # mirrored: the dot's eye is now the image-right one (slot 1)
+    assert 0 < flipped.sum() < 8
+    dot = torch.where(flipped[:, None], moved[:, 1], moved[:, 0])
+    assert (normalised_to_pixels(dot, S) - found_px).abs().max() < 1.0
+
+
+def test_eye_branch_reads_the_eye_pixels():
+    """The eye features change when only pixels inside the eye boxes change, and not at all when
+    only pixels far from the eyes change; the whole estimator's output changes with the eyes too."""
+    torch.manual_seed(0)
+    model = GazeEstimator(18, 32, "standard", eye_branch=EYE_SPEC).eval()
+    centres = torch.tensor([[[-0.4, -0.2], [0.4, -0.2]]])
+    base = torch.rand(1, 3, 32, 32)
+    eyes_changed, chin_changed = base.clone(), base.clone()
+    eyes_changed[..., 10:13, 5:9] = torch.rand(3, 3, 4)  # around pixel (9.6, 12.8) = the image-left eye centre
+    chin_changed[..., 26:, 12:20] = 0.0
+    with torch.no_grad():
+        def eye_features(x):
+            x = (x - model.mean) / model.std
+            return model.eye_cnn(crop_eyes(x, centres, 0.25, model.crop_hw).flatten(0, 1))
+
+        f0, f_eyes, f_chin = eye_features(base), eye_features(eyes_changed), eye_features(chin_changed)
+        assert not torch.allclose(f0, f_eyes, rtol=1e-2, atol=1e-6)
+        assert torch.equal(f0, f_chin)
+        out0, out_eyes = model(base, centres), model(eyes_changed, centres)
+    assert (out0[:, :6] - out_eyes[:, :6]).abs().max() > 0  # through the eye CNN (the face trunk sees it too)
+    model.eye_cnn.layers[-1][0].weight.data.zero_()  # a blind eye branch: its features no longer vary
+    with torch.no_grad():
+        assert torch.equal(eye_features(base), eye_features(eyes_changed))
+
+
+def test_eye_branch_trains_records_subjects_and_loads(tiny_dataset, tmp_path):
+    cfg = from_dict(EstimatorConfig, tiny_estimator_config(
+        tiny_dataset, str(tmp_path / "run"), model={"depth": 18, "input_size": 32, "stem": "standard", **EYE_BRANCH}))
+    report = train_estimator(cfg, progress=False)
+    assert report["eye_branch"]["crop_height"] == 16 and 0 <= report["eye_centre_error_px"] < 32
+    assert report["with_landmark_crops"]["gaze_error_deg"]["count"] == 12
+    assert report["eye_in_head_straight_ahead_error_deg"] > 0
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["estimator"]["train_subjects"] == [0] and state["estimator"]["heldout_subjects"] == [1]
+    model, info = load_estimator(str(tmp_path / "run"))
+    assert info.train_subjects == [0] and info.eye_branch == state["estimator"]["eye_branch"] and model.compose_gaze
+    assert report["composed_label_error_deg_p90"] < 0.1
+    faces = LabelledFaces(tiny_dataset, [1], 32)
+    images = faces.images.float() / 255
+    out = estimate(model, images)
+    assert out["gaze"].shape == (12, 2) and out["eye_centres"].shape == (12, 2, 2)
+    assert ((out["eye_centres"] >= -8) & (out["eye_centres"] <= 40)).all()
+    # with landmarks, the crops sit at them: other crops, another reading
+    lm = torch.zeros(12, 68, 2)
+    lm[:, 36:48] = 2.0  # both eyes in the top-left corner
+    assert not torch.allclose(estimate(model, images, landmarks=lm)["gaze"], out["gaze"])
+    with pytest.raises(ValueError, match="landmarks must have shape"):
+        estimate(model, images, landmarks=torch.zeros(12, 5, 2))
+
+
+def test_old_checkpoint_without_train_subjects_or_eye_branch_loads(tmp_path):
+    """A checkpoint written before the eye branch and train_subjects existed still loads and reads."""
+    torch.manual_seed(0)
+    old = GazeEstimator(18, 32, "standard")
+    meta = {"depth": 18, "stem": "standard", "input_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3,
+            "train_image_size": 64, "dataset_dir": "data/x", "outputs": ["gaze_pitch", "gaze_yaw", "head_pitch",
+                                                                          "head_yaw", "eye_pitch", "eye_yaw"]}
+    os.makedirs(tmp_path / "checkpoints")
+    torch.save({"model": old.state_dict(), "config": {"steps": 10}, "estimator": meta, "step": 10},
+               tmp_path / "checkpoints" / "last.pt")
+    model, info = load_estimator(str(tmp_path))
+    assert info.train_subjects is None and info.eye_branch is None and model.eye_branch is None
+    x = torch.rand(2, 3, 32, 32)
+    out = estimate(model, x, landmarks=torch.zeros(2, 68, 2))  # landmarks are ignored without an eye branch
+    with torch.no_grad():
+        torch.testing.assert_close(out["gaze"], old.eval()(x)[:, :2])
+    assert "eye_centres" not in out
+
+
+def test_composed_gaze_is_exact_on_normalised_rows(tiny_dataset):
+    """The head pose fixes a normalised camera's rotation (zero roll), so head pose (+) eye-in-head = gaze;
+    a composing estimator's gaze output is exactly that composition of its own two other readings."""
+    from HeadNeRF.estimator.model import compose_gaze, normalised_head_rotation
+    from HeadNeRF.geometry.gaze import angular_error_deg
+
+    with h5py.File(os.path.join(tiny_dataset, "subject0001.h5"), "r") as f:
+        R = torch.from_numpy(f["cam_R_w2c"][:]).float()
+        head = torch.from_numpy(f["face_head_pose"][:]).float()
+    torch.testing.assert_close(normalised_head_rotation(head), R, atol=1e-5, rtol=0)
+    faces = LabelledFaces(tiny_dataset, [1], 32)
+    assert angular_error_deg(compose_gaze(faces.head_pose, faces.eye_in_head), faces.gaze).max() < 0.1
+    # another head pose gives another gaze: the composition is not the identity
+    assert angular_error_deg(compose_gaze(faces.head_pose * 0, faces.eye_in_head), faces.gaze).mean() > 5
+    model = GazeEstimator(18, 32, "standard", eye_branch=EYE_SPEC, compose_gaze=True).eval()
+    with torch.no_grad():
+        out = model(torch.rand(3, 3, 32, 32))
+    torch.testing.assert_close(out[:, :2], compose_gaze(out[:, 2:4], out[:, 4:6]))

@@ -4,12 +4,16 @@ Every function takes and returns (B, 3, S, S) float RGB in [0, 1]; the random fa
 image. Geometric changes are small (a pixel of shift, a few % of zoom) because the labels are
 directions in the normalised camera frame: a 1-pixel shift at 64 px (focal 131 px) is a 0.4°
 camera rotation, left uncorrected. The mirror image is exact: it negates both yaws.
+Eye centres (``eyes.py``, normalised units), when given, move with the image: mirrored (and the
+two eyes swapped), shifted and zoomed exactly as the pixels are, so a crop at the moved centres
+still holds the iris.
 """
 
 import torch
 import torch.nn.functional as F
 
 from .config import AugmentConfig
+from .eyes import affine_centres, flip_centres
 
 __all__ = ["augment_batch", "mirror_labels"]
 
@@ -38,13 +42,14 @@ def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 def augment_batch(images: torch.Tensor, labels: torch.Tensor, cfg: AugmentConfig,
-                  gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                  gen: torch.Generator, eye_centres: torch.Tensor | None = None) -> tuple:
     """Random per-image mirror, zoom/shift, colour jitter, blur and noise.
 
     Args:
         images: (B, 3, S, S) in [0, 1]. labels: (B, 2k) (pitch, yaw) pairs, radians (see model.OUTPUT_NAMES).
+        eye_centres: optional (B, 2, 2) normalised eye centres, moved with the pixels.
     Returns:
-        (images (B, 3, S, S) in [0, 1], labels (B, 2k)).
+        (images (B, 3, S, S) in [0, 1], labels (B, 2k)), and the moved eye centres (B, 2, 2) when given.
     """
     B, _, S, _ = images.shape
     dev = images.device
@@ -52,6 +57,8 @@ def augment_batch(images: torch.Tensor, labels: torch.Tensor, cfg: AugmentConfig
         flip = torch.rand(B, generator=gen, device=dev) < cfg.hflip
         images = torch.where(flip[:, None, None, None], images.flip(-1), images)
         labels = torch.where(flip[:, None], mirror_labels(labels), labels)
+        if eye_centres is not None:
+            eye_centres = torch.where(flip[:, None, None], flip_centres(eye_centres), eye_centres)
     if cfg.shift_px > 0 or cfg.scale > 0:
         zoom = _uniform(gen, B, 1 - cfg.scale, 1 + cfg.scale, dev)
         shift = _uniform(gen, (B, 2), -cfg.shift_px, cfg.shift_px, dev) * (2.0 / S)  # pixels -> [-1, 1] units
@@ -61,6 +68,8 @@ def augment_batch(images: torch.Tensor, labels: torch.Tensor, cfg: AugmentConfig
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
         # white outside, like the renders' background: sample 1 - image with zero padding
         images = 1.0 - F.grid_sample(1.0 - images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if eye_centres is not None:
+            eye_centres = affine_centres(eye_centres, zoom, shift)
     if cfg.brightness > 0:
         images = images * _uniform(gen, B, 1 - cfg.brightness, 1 + cfg.brightness, dev)[:, None, None, None]
     if cfg.contrast > 0:
@@ -77,4 +86,6 @@ def augment_batch(images: torch.Tensor, labels: torch.Tensor, cfg: AugmentConfig
         images = torch.where(blur[:, None, None, None], _gaussian_blur(images, sigma), images)
     if cfg.noise_std > 0:
         images = images + cfg.noise_std * torch.randn(images.shape, generator=gen, device=dev, dtype=images.dtype)
+    if eye_centres is not None:
+        return images.clamp(0, 1), labels, eye_centres
     return images.clamp(0, 1), labels

@@ -33,11 +33,22 @@ class EstimatorModelConfig:
     input_size: int = 64  # square input size in pixels; images of another size are refused by estimate()
     stem: str = "no_maxpool"  # see STEMS
     pretrained_path: str = ""  # optional torchvision ImageNet state_dict (.pth) of the same depth; "" = random init
+    # the eye branch (HeadNeRF/estimator/eyes.py): both eyes cropped, upsampled and read by a small CNN
+    eye_branch: bool = False
+    eye_crop_height: int = 32  # crop size in pixels (each eye)
+    eye_crop_width: int = 48
+    eye_box_width: float = 0.25  # the crop box's width as a fraction of the image width (height: the crop's aspect)
+    eye_channels: int = 64  # width of the eye CNN (its last stage has twice as many)
+    compose_gaze: bool = False  # gaze = head pose (+) eye-in-head (exact in a normalised camera) instead of a free output
 
     def __post_init__(self):
         _check(self.depth in DEPTHS, "model.depth", f"must be one of {list(DEPTHS)}, got {self.depth}")
         _check(self.input_size >= 16, "model.input_size", f"must be >= 16, got {self.input_size}")
         _check(self.stem in STEMS, "model.stem", f"must be one of {list(STEMS)}, got {self.stem!r}")
+        for k in ("eye_crop_height", "eye_crop_width"):
+            _check(getattr(self, k) >= 8, f"model.{k}", f"must be >= 8, got {getattr(self, k)}")
+        _check(0 < self.eye_box_width <= 1, "model.eye_box_width", f"must be in (0, 1], got {self.eye_box_width}")
+        _check(self.eye_channels >= 4, "model.eye_channels", f"must be >= 4, got {self.eye_channels}")
 
 
 @dataclasses.dataclass
@@ -120,6 +131,11 @@ class EstimatorConfig:
     min_lr_ratio: float = 0.01
     head_pose_weight: float = 0.5  # weight of the head-pose L1 term (the gaze term has weight 1)
     eye_weight: float = 1.0  # weight of the eye-in-head L1 term (gaze in the head frame: it makes the net read the eyes)
+    # eye branch only: the network also regresses the two eye centres (from lm2d), and crops where it finds them
+    eye_centre_weight: float = 1.0  # weight of the eye-centre L1 term (normalised image units)
+    eye_crop_label_prob: float = 0.5  # share of training crops centred on the labelled landmarks (+ jitter), the
+    #                                   rest on the network's own eye-centre estimate (what estimate() uses on renders)
+    eye_crop_jitter_px: float = 1.0  # std of the Gaussian jitter of label-centred training crops, pixels
     val_every: int = 250  # steps between held-out evaluations (tensorboard only: nothing is selected on them)
     val_images: int = 256
     ckpt_every: int = 250
@@ -138,6 +154,9 @@ class EstimatorConfig:
         _check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
         _check(self.head_pose_weight >= 0, "head_pose_weight", "must be >= 0")
         _check(self.eye_weight >= 0, "eye_weight", "must be >= 0")
+        _check(self.eye_centre_weight >= 0, "eye_centre_weight", "must be >= 0")
+        _check(0 <= self.eye_crop_label_prob <= 1, "eye_crop_label_prob", "is a probability, must be in [0, 1]")
+        _check(self.eye_crop_jitter_px >= 0, "eye_crop_jitter_px", "must be >= 0")
         _check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
         _check(self.num_threads >= 0, "num_threads", "must be >= 0")
         _check(self.device in ("cpu", "cuda") or self.device.startswith("cuda:"), "device",

@@ -2,8 +2,9 @@
 
 * :class:`LabelledFaces` selects rows through :class:`~HeadNeRF.data.dataset.GazeDataset`
   (validation of every file, ``valid_mask``, subject choice), keeps only rows with a gaze label
-  (``gaze_valid``, when the layout has it, and finite labels) and reads just the three keys
-  the estimator needs: ``face_patch``, ``face_gaze``, ``face_head_pose``. With ``preload`` all
+  (``gaze_valid``, when the layout has it, and finite labels) and reads just the keys the
+  estimator needs: ``face_patch``, ``face_gaze``, ``face_head_pose``, ``cam_R_w2c`` (for the
+  eye-in-head label) and ``lm2d`` (the eye centres the eye branch is cropped at and learns to find). With ``preload`` all
   images are read once, in bulk, as uint8 at the input size (a 64² image is 12 kB); without it
   rows are read per item (large real sets).
 * :func:`make_estimator_dataset` renders many synthetic identities with the synthetic
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from ..data.dataset import GazeDataset
 from ..data.layout import SPLIT_FILE, DataFormatError, subject_file_name
 from ..geometry.gaze import rotate_pitch_yaw
+from .eyes import eye_centres_from_landmarks
 
 __all__ = ["MARKER_FILE", "LabelledFaces", "make_estimator_dataset", "to_input"]
 
@@ -43,8 +45,10 @@ def to_input(patches: np.ndarray, size: int) -> torch.Tensor:
 class LabelledFaces(torch.utils.data.Dataset):
     """Labelled rows of ``subjects``.
 
-    Item: {"image": (3, s, s) uint8, "gaze": (2,), "head_pose": (2,), "eye_in_head": (2,), "subject": ()};
-    ``eye_in_head`` is the gaze in the head frame, ``rotate_pitch_yaw(gaze, R_w2c.T)``.
+    Item: {"image": (3, s, s) uint8, "gaze": (2,), "head_pose": (2,), "eye_in_head": (2,), "eye_centres": (2, 2),
+    "subject": ()}; ``eye_in_head`` is the gaze in the head frame, ``rotate_pitch_yaw(gaze, R_w2c.T)``;
+    ``eye_centres`` the two eye centres of ``lm2d`` in normalised image units (``eyes.py``; NaN when
+    the row has no finite landmarks).
 
     Attributes:
         refs: list of (subject, row) per item. stored_size: image size in the files.
@@ -63,7 +67,7 @@ class LabelledFaces(torch.utils.data.Dataset):
         by_subject: dict[int, list] = {}
         for ref in base.rows:
             by_subject.setdefault(ref.subject, []).append(ref.row)
-        refs, gaze, head, eye, images, self.skipped_unlabelled = [], [], [], [], [], 0
+        refs, gaze, head, eye, centres, images, self.skipped_unlabelled = [], [], [], [], [], [], 0
         from tqdm import tqdm
 
         for sid in tqdm(list(by_subject), desc=desc, unit="subject", disable=not progress, leave=False):
@@ -77,6 +81,11 @@ class LabelledFaces(torch.utils.data.Dataset):
                     ok &= np.asarray(f["gaze_valid"][:], dtype=bool)[rows]
                 self.skipped_unlabelled += int((~ok).sum())
                 rows, g, h, R = rows[ok], g[ok], h[ok], R[ok]
+                if "lm2d" in f and len(rows):
+                    lm = np.asarray(f["lm2d"][rows.tolist()], dtype=np.float32)
+                else:
+                    lm = np.full((len(rows), 68, 2), np.nan, dtype=np.float32)
+                stored = int(f["face_patch"].shape[1])  # landmarks are pixels of the stored image
                 if len(rows) and preload:
                     images.append(to_input(f["face_patch"][rows.tolist()], self.input_size))
             refs += [(int(sid), int(r)) for r in rows]
@@ -84,6 +93,7 @@ class LabelledFaces(torch.utils.data.Dataset):
             head.append(h)
             # the gaze in the head frame (the eyeball's rotation relative to the head), as training.py
             eye.append(rotate_pitch_yaw(torch.from_numpy(g), torch.from_numpy(R).transpose(-1, -2)).numpy())
+            centres.append(eye_centres_from_landmarks(torch.from_numpy(lm), stored).numpy())
         if not refs:
             raise DataFormatError(f"{dataset_dir}: no rows with gaze labels among subjects {sorted(by_subject)} "
                                   f"({self.skipped_unlabelled} rows without a label)")
@@ -91,6 +101,7 @@ class LabelledFaces(torch.utils.data.Dataset):
         self.gaze = torch.from_numpy(np.concatenate(gaze))
         self.head_pose = torch.from_numpy(np.concatenate(head))
         self.eye_in_head = torch.from_numpy(np.concatenate(eye)).float()
+        self.eye_centres = torch.from_numpy(np.concatenate(centres)).float()  # normalised: the same at any size
         self.subjects = torch.tensor([s for s, _ in refs])
         self.images = torch.cat(images) if preload else None
         self._files: dict = {}
@@ -112,7 +123,8 @@ class LabelledFaces(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return {"image": self.image(index), "gaze": self.gaze[index], "head_pose": self.head_pose[index],
-                "eye_in_head": self.eye_in_head[index], "subject": self.subjects[index]}
+                "eye_in_head": self.eye_in_head[index], "eye_centres": self.eye_centres[index],
+                "subject": self.subjects[index]}
 
     def __getstate__(self):
         state = self.__dict__.copy()

@@ -15,8 +15,14 @@ Conventions are those of ``HeadNeRF/training.py`` (the NeRF's loop):
 * **Interruption**: SIGINT/SIGTERM finish the current step, write a checkpoint, then exit.
 * Checkpoints (``run_dir/checkpoints/last.pt``, atomic, ``weights_only``-loadable) hold the
   weights (with the input normalisation), the optimizer, the step, the RNG states, the resolved
-  config and an ``estimator`` entry: depth, stem, input_size, mean/std, the training data's
-  stored image size and directory (what :func:`~HeadNeRF.estimator.model.load_estimator` reads).
+  config and an ``estimator`` entry: depth, stem, input_size, mean/std, the eye branch's
+  settings, the training data's stored image size and directory, and ``train_subjects`` (the
+  subject ids it trained on: the evaluation refuses to judge a labelled subject the estimator
+  has seen) -- what :func:`~HeadNeRF.estimator.model.load_estimator` reads.
+* **Eye branch** (``model.eye_branch``): each training crop is centred either on the labelled
+  eye landmarks with a little jitter (``eye_crop_label_prob``) or on the network's own
+  eye-centre estimate, which is what :func:`estimate` uses on an image without landmarks (a
+  NeRF render); the eye-centre regressor learns from ``lm2d`` (``eye_centre_weight``).
 """
 
 import json
@@ -36,7 +42,7 @@ from ..geometry.gaze import angular_error_deg
 from .augment import augment_batch
 from .config import EstimatorConfig
 from .data import LabelledFaces, make_estimator_dataset
-from .model import OUTPUT_NAMES, GazeEstimator, build_estimator, estimate
+from .model import OUTPUT_NAMES, GazeEstimator, build_estimator, estimate, eye_branch_spec
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -86,23 +92,43 @@ def error_summary(errors: torch.Tensor) -> dict:
             "p90": e.quantile(0.9).item(), "count": len(e)}
 
 
-def evaluate_heldout(model: GazeEstimator, faces: LabelledFaces, device, rows=None) -> dict:
+def evaluate_heldout(model: GazeEstimator, faces: LabelledFaces, device, rows=None, with_landmarks: bool = False) -> dict:
     """Per-row gaze and head-pose angular errors (degrees) of ``model`` on ``faces`` rows (all by default).
 
+    ``with_landmarks``: give the rows' labelled landmarks to an eye-branch estimator (eye crops at the
+    labelled eyes) instead of letting it find the eyes itself, as it must on a render.
     Returns {"gaze": (N,), "head_pose": (N,), "subjects": (N,), "eye_in_head": (N,) or None} CPU tensors.
     """
+    from .eyes import normalised_to_pixels
+
     rows = list(range(len(faces))) if rows is None else list(rows)
     gaze_err, head_err, eye_err = [], [], []
     for i in range(0, len(rows), 256):
         idx = rows[i:i + 256]
         images = torch.stack([faces.image(j) for j in idx]).to(device).float() / 255.0
-        out = estimate(model, images)
+        landmarks = None
+        if with_landmarks:  # estimate() takes 68 landmarks: give each eye's centre as its six contour points
+            centres = normalised_to_pixels(faces.eye_centres[idx], faces.input_size)
+            landmarks = torch.zeros(len(idx), 68, 2)
+            landmarks[:, 36:42], landmarks[:, 42:48] = centres[:, :1], centres[:, 1:]
+            landmarks = landmarks.to(device)
+        out = estimate(model, images, landmarks=landmarks)
         gaze_err.append(angular_error_deg(out["gaze"].cpu(), faces.gaze[idx]))
         head_err.append(angular_error_deg(out["head_pose"].cpu(), faces.head_pose[idx]))
         if "eye_in_head" in out:
             eye_err.append(angular_error_deg(out["eye_in_head"].cpu(), faces.eye_in_head[idx]))
     return {"gaze": torch.cat(gaze_err), "head_pose": torch.cat(head_err), "subjects": faces.subjects[rows],
             "eye_in_head": torch.cat(eye_err) if eye_err else None}
+
+
+def composed_label_error_deg(faces: LabelledFaces) -> float:
+    """p90 angle (degrees) between the rows' gaze labels and their head pose (+) eye-in-head composition:
+    about 0 for normalised rows (what ``model.compose_gaze`` relies on)."""
+    from .model import compose_gaze
+
+    rows = _spread(len(faces), 4096)
+    err = angular_error_deg(compose_gaze(faces.head_pose[rows], faces.eye_in_head[rows]), faces.gaze[rows])
+    return float(err.double().quantile(0.9))
 
 
 def _spread(n: int, count: int) -> list:
@@ -158,6 +184,21 @@ def _check_resume(state: dict, cfg: EstimatorConfig, path: str) -> None:
                                   "resume with the run's own config.yaml")
 
 
+def _training_crop_centres(cfg: EstimatorConfig, centres: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Where each training image's eyes are cropped: (B, 2, 2) normalised centres, NaN = "where the network finds them".
+
+    A share ``eye_crop_label_prob`` of the images is cropped at the labelled centres plus Gaussian
+    jitter (``eye_crop_jitter_px``): the eye CNN learns on well-placed crops from the first step;
+    the rest at the network's own estimate, as on a render, so that it also learns to read the
+    crops it will get there.
+    """
+    B = centres.shape[0]
+    use_label = torch.rand(B, generator=gen, device=centres.device) < cfg.eye_crop_label_prob
+    jitter = torch.randn(centres.shape, generator=gen, device=centres.device) * (cfg.eye_crop_jitter_px * 2.0
+                                                                                   / cfg.model.input_size)
+    return torch.where(use_label[:, None, None], centres + jitter, torch.full_like(centres, float("nan")))
+
+
 def _write_json(path: str, obj: dict) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -198,8 +239,10 @@ def train_estimator(cfg: EstimatorConfig, resume: str | None = None, dry_run: bo
     if len(train_faces) < cfg.batch_size:
         raise ConfigError(f"batch_size: {cfg.batch_size} is more than the {len(train_faces)} labelled training images")
     torch.manual_seed(cfg.seed)
+    eye_spec = eye_branch_spec(cfg.model)
     if state is not None:
-        model = GazeEstimator(cfg.model.depth, cfg.model.input_size, cfg.model.stem)
+        model = GazeEstimator(cfg.model.depth, cfg.model.input_size, cfg.model.stem, eye_branch=eye_spec,
+                              compose_gaze=cfg.model.compose_gaze)
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as exc:
@@ -207,13 +250,19 @@ def train_estimator(cfg: EstimatorConfig, resume: str | None = None, dry_run: bo
     else:
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if cfg.model.pretrained_path else _stats(train_faces)
         model = build_estimator(cfg.model, mean, std)
+        model.set_centre_prior(train_faces.eye_centres)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"[estimator] ResNet-{cfg.model.depth} ({cfg.model.stem} stem, {cfg.model.input_size} px): "
+    print(f"[estimator] ResNet-{cfg.model.depth} ({cfg.model.stem} stem, {cfg.model.input_size} px"
+          f"{', eye branch' if eye_spec else ''}): "
           f"{n_params / 1e6:.2f} M parameters; {len(train_faces)} training images of "
           f"{len(set(train_faces.subjects.tolist()))} subjects, "
           f"{len(heldout) if heldout else 0} held-out images; run dir {run_dir}")
     if train_faces.skipped_unlabelled:
         print(f"[estimator] skipped {train_faces.skipped_unlabelled} training rows without a gaze label")
+    label_gap = composed_label_error_deg(train_faces)
+    if cfg.model.compose_gaze and label_gap > 1.0:
+        print(f"[estimator] warning: model.compose_gaze assumes ETH-XGaze-normalised rows (zero roll), but composing "
+              f"these labels' head pose and eye-in-head misses their gaze by {label_gap:.1f} deg (p90)")
     if dry_run:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return {"dry_run": True, "parameters": n_params}
@@ -231,7 +280,10 @@ def train_estimator(cfg: EstimatorConfig, resume: str | None = None, dry_run: bo
     meta = {"depth": cfg.model.depth, "stem": cfg.model.stem, "input_size": cfg.model.input_size,
             "mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist(),
             "train_image_size": int(train_faces.stored_size or cfg.model.input_size),
-            "dataset_dir": cfg.data.dataset_dir, "outputs": list(OUTPUT_NAMES),
+            "dataset_dir": cfg.data.dataset_dir, "outputs": list(OUTPUT_NAMES), "eye_branch": eye_spec,
+            "compose_gaze": cfg.model.compose_gaze,
+            "train_subjects": sorted(int(s) for s in set(train_faces.subjects.tolist())),
+            "heldout_subjects": sorted(int(s) for s in set(heldout.subjects.tolist())) if heldout is not None else [],
             "frame": "normalised camera (layout face_gaze / face_head_pose), radians"}
 
     os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
@@ -272,14 +324,26 @@ def train_estimator(cfg: EstimatorConfig, resume: str | None = None, dry_run: bo
         for batch in loader:
             images = batch["image"].to(device).float() / 255.0
             labels = torch.cat((batch["gaze"], batch["head_pose"], batch["eye_in_head"]), 1).to(device)
-            images, labels = augment_batch(images, labels, cfg.augment, gen)
             lr = lr_at(cfg, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            pred = model(images)
-            err = (pred - labels).abs()
+            loss_centre = None
+            if eye_spec is None:
+                images, labels = augment_batch(images, labels, cfg.augment, gen)
+                pred = model(images)
+            else:
+                images, labels, centres = augment_batch(images, labels, cfg.augment, gen,
+                                                        batch["eye_centres"].to(device))
+                pred = model(images, _training_crop_centres(cfg, centres, gen))
+                found = pred[:, len(OUTPUT_NAMES):].view(-1, 2, 2)
+                known = torch.isfinite(centres).flatten(1).all(1)
+                loss_centre = ((found[known] - centres[known]).abs().mean() if known.any()
+                               else found.sum() * 0.0)
+            err = (pred[:, :len(OUTPUT_NAMES)] - labels).abs()
             loss_gaze, loss_head, loss_eye = err[:, :2].mean(), err[:, 2:4].mean(), err[:, 4:6].mean()
             loss = loss_gaze + cfg.head_pose_weight * loss_head + cfg.eye_weight * loss_eye
+            if loss_centre is not None:
+                loss = loss + cfg.eye_centre_weight * loss_centre
             optimizer.zero_grad(set_to_none=True)
             finite = bool(backward_if_finite(loss, params).item())
             bad_steps = step_or_skip(finite, loss, optimizer, params, cfg.grad_clip, bad_steps, cfg.max_bad_steps,
@@ -298,6 +362,8 @@ def train_estimator(cfg: EstimatorConfig, resume: str | None = None, dry_run: bo
                 writer.add_scalar("loss/gaze_l1", loss_gaze.item(), step)
                 writer.add_scalar("loss/head_pose_l1", loss_head.item(), step)
                 writer.add_scalar("loss/eye_in_head_l1", loss_eye.item(), step)
+                if loss_centre is not None:
+                    writer.add_scalar("loss/eye_centre_l1", loss_centre.item(), step)
                 writer.add_scalar("train/gaze_error_deg_augmented", gaze_deg, step)
                 writer.add_scalar("lr", lr, step)
             if val_rows and (step % cfg.val_every == 0 or step == cfg.steps):
@@ -339,7 +405,8 @@ def train_estimator(cfg: EstimatorConfig, resume: str | None = None, dry_run: bo
 
 def _report(cfg, model, train_faces, heldout, note, device, step, train_seconds, ckpt_path) -> dict:
     """The run's report.json: held-out angular errors and what they were measured on."""
-    report = {"steps": step, "train_seconds": round(train_seconds, 1),
+    report = {"steps": step, "train_seconds": round(train_seconds, 1), "eye_branch": model.eye_branch,
+              "compose_gaze": model.compose_gaze, "composed_label_error_deg_p90": composed_label_error_deg(train_faces),
               "images_per_second": round(step * cfg.batch_size / max(train_seconds, 1e-9), 1),
               "depth": cfg.model.depth, "stem": cfg.model.stem, "input_size": cfg.model.input_size,
               "dataset_dir": cfg.data.dataset_dir, "checkpoint": ckpt_path,
@@ -360,6 +427,22 @@ def _report(cfg, model, train_faces, heldout, note, device, step, train_seconds,
                                     for s in sorted(set(errs["subjects"].tolist()))},
         # context: always answering the training set's mean gaze
         mean_gaze_baseline_error_deg=angular_error_deg(mean_label.expand_as(heldout.gaze), heldout.gaze).mean().item(),
+        # the eye-in-head error of constant answers: "straight ahead" (0, 0) and the training set's mean
+        eye_in_head_straight_ahead_error_deg=angular_error_deg(torch.zeros_like(heldout.eye_in_head),
+                                                               heldout.eye_in_head).mean().item(),
+        eye_in_head_mean_answer_error_deg=angular_error_deg(
+            train_faces.eye_in_head.mean(0, keepdim=True).expand_as(heldout.eye_in_head), heldout.eye_in_head).mean().item(),
         skipped_unlabelled_heldout_rows=heldout.skipped_unlabelled)
+    if model.eye_branch is not None:  # the report's numbers crop where the network finds the eyes (as on renders)
+        from .eyes import pixels_to_normalised
+
+        rows = _spread(len(heldout), 2048)
+        found = torch.cat([estimate(model, torch.stack([heldout.image(j) for j in rows[i:i + 256]]).to(device).float()
+                                    / 255)["eye_centres"].cpu() for i in range(0, len(rows), 256)])
+        centre_err = pixels_to_normalised(found, model.input_size) - heldout.eye_centres[rows]
+        report["eye_centre_error_px"] = (centre_err.norm(dim=-1) * model.input_size / 2).nanmean().item()
+        lm = evaluate_heldout(model, heldout, device, rows, with_landmarks=True)
+        report["with_landmark_crops"] = {"gaze_error_deg": error_summary(lm["gaze"]),
+                                         "eye_in_head_error_deg": error_summary(lm["eye_in_head"])}
     return report
 
