@@ -14,7 +14,7 @@ The eye is a sphere seen by the photo's real camera (OpenCV axes, pixels through
   that pixel at the depth the head pose gives. ``HEAD_MODEL``'s offset (0, 0.023, 1.11) is the
   least-squares fit on 36 synthetic renders of training subjects (rms residual 0.08 r with the
   true pose, 0.10 r with the PnP pose).
-* **Current gaze**: a model-based fit to the pixels. For every candidate gaze on a grid (then a
+* **Current gaze**: a model-based fit to the pixels (``_fit_gaze``). For every candidate gaze on a grid (then a
   finer one), the iris is the cap of the sphere within ``iris_angle`` of the optical axis; the
   score is the darkness contrast between the predicted iris and the rest of the visible opening
   (Fisher ratio on the grey values). mediapipe's iris point (468/473) starts the search and a
@@ -57,6 +57,10 @@ class EyeAnatomy:
     iris_angle: half-angle of the iris cap (radians).
     upper_lid_follow / lower_lid_follow: lid margin shift per vertical shift of the iris centre
         (image pixels per pixel): the upper lid lowers when the eye looks down.
+    opening_scale: mediapipe's lid contour scaled by this about its centroid is the lid opening
+        (1 on real eyes; mediapipe's contour sits inside the cartoon head's wide almond).
+    iris_search_deg: the iris fit searches this far around mediapipe's iris point (small on real
+        eyes, where that point is good; wide on the cartoon, where it is off by a median 23 deg).
     """
 
     name: str
@@ -65,14 +69,16 @@ class EyeAnatomy:
     iris_angle: float
     upper_lid_follow: float
     lower_lid_follow: float
+    opening_scale: float = 1.0
+    iris_search_deg: float = 30.0
 
 
 # Human: eyeball radius 12 mm, palpebral fissure ~29 mm, iris radius ~5.9 mm, lid opening plane
 # ~10 mm in front of the centre of rotation; the upper lid follows vertical gaze closely (~0.7 of
 # the cornea's shift), the lower lid less.
-HUMAN = EyeAnatomy("human", 12.0 / 29.0, (0.0, 0.05, 0.85), math.asin(5.9 / 12.0), 0.7, 0.3)
+HUMAN = EyeAnatomy("human", 12.0 / 29.0, (0.0, -0.21, 0.85), math.asin(5.9 / 12.0), 0.7, 0.3, 1.0, 6.0)
 # The synthetic head model (HeadNeRF/data/synthetic/head_model.py): lids do not depend on gaze.
-HEAD_MODEL = EyeAnatomy("head_model", 1.0 / 1.47, (0.0, 0.023, 1.11), math.asin(0.097 / 0.165), 0.0, 0.0)
+HEAD_MODEL = EyeAnatomy("head_model", 1.0 / 1.47, (0.0, 0.023, 1.11), math.asin(0.097 / 0.165), 0.0, 0.0, 1.3, 30.0)
 ANATOMIES = {"human": HUMAN, "head_model": HEAD_MODEL}
 
 
@@ -174,30 +180,54 @@ def _grey(image: np.ndarray) -> np.ndarray:
     return image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
 
 
-def _fit_gaze(grey: np.ndarray, contour: np.ndarray, centre: np.ndarray, radius: float, iris_angle: float,
-              K: np.ndarray, start: np.ndarray, head_forward: np.ndarray) -> tuple[np.ndarray, float]:
-    """Optical axis (3,) that best explains the dark iris inside the opening, and its Fisher contrast.
-
-    Candidates: directions within 45 deg of the head's forward direction, a coarse 3 deg grid around
-    ``start`` (+-30 deg) refined at 0.75 deg. Score: (mean grey outside - inside)^2 / pooled variance,
-    minus a weak penalty (0.002 per degree) on the distance to ``start`` that only decides near-ties.
-    """
-    lo = contour.min(0) - 1
-    hi = contour.max(0) + 1
-    x0, y0 = np.floor(lo).astype(int)
-    x1, y1 = np.ceil(hi).astype(int)
+def _sample(grey: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """Bilinear grey values at (N, 2) continuous pixel coordinates (edge-clamped)."""
     H, W = grey.shape
-    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, W), min(y1, H)
-    ys, xs = np.mgrid[y0:y1, x0:x1]
-    xy = np.c_[xs.ravel() + 0.5, ys.ravel() + 0.5]
-    occ = opening_occupancy(xy, contour, inset=0.5)
-    keep = occ > 0.5
-    if keep.sum() < 6:
-        return start, 0.0
-    pts, _ = ray_sphere(_pixel_rays(xy[keep], K), centre, radius)
-    dirs = (pts - centre) / radius  # (P, 3)
-    g = grey[ys.ravel()[keep], xs.ravel()[keep]].astype(np.float64)
-    cos_iris = math.cos(iris_angle)
+    x = np.clip(xy[:, 0] - 0.5, 0, W - 1.001)
+    y = np.clip(xy[:, 1] - 0.5, 0, H - 1.001)
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    fx, fy = x - x0, y - y0
+    return (grey[y0, x0] * (1 - fx) * (1 - fy) + grey[y0, x0 + 1] * fx * (1 - fy)
+            + grey[y0 + 1, x0] * (1 - fx) * fy + grey[y0 + 1, x0 + 1] * fx * fy)
+
+
+def _fit_gaze(grey: np.ndarray, contour: np.ndarray, centre: np.ndarray, radius: float, iris_angle: float,
+              K: np.ndarray, start: np.ndarray, head_forward: np.ndarray, search_deg: float = 30.0
+              ) -> tuple[np.ndarray, float]:
+    """Optical axis (3,) whose iris edge (limbus) best matches the image, and its mean edge contrast.
+
+    For a candidate axis, 48 points just inside (0.85 x ``iris_angle``) and just outside (1.15 x) the
+    limbus circle on the sphere are projected; where both lie inside the lid opening (0.5 px inset),
+    the contrast is grey(outside) - grey(inside) (the iris is darker than the sclera). Score: the
+    mean contrast over the visible part, counted only when at least a quarter of the edge is
+    visible, minus a weak penalty (0.02 grey levels per degree) on the distance to ``start``
+    (mediapipe's iris point) that only decides near-ties. Candidates: a grid of +-``search_deg``
+    (step a tenth of it) around ``start``, then a 4x finer one around the best, within 50 deg of the
+    head's forward direction.
+    """
+    az = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+    cos_az, sin_az = np.cos(az), np.sin(az)
+
+    def score(cand):  # cand (C, 3) unit axes -> (C,) scores
+        up = np.where(np.abs(cand[:, 1:2]) < 0.95, np.array([[0.0, 1.0, 0.0]]), np.array([[1.0, 0.0, 0.0]]))
+        a = np.cross(cand, up)
+        a /= np.linalg.norm(a, axis=1, keepdims=True)
+        b = np.cross(cand, a)
+        ring = cos_az[None, :, None] * a[:, None] + sin_az[None, :, None] * b[:, None]  # (C, 48, 3)
+        out = []
+        for f in (0.85, 1.15):
+            ang = iris_angle * f
+            d = math.cos(ang) * cand[:, None] + math.sin(ang) * ring
+            out.append(centre + radius * d)
+        pin, pout = (project(x.reshape(-1, 3), K) for x in out)
+        facing = (np.sum(((out[1] - centre)) * out[1], -1) < 0).reshape(-1)
+        vis = (opening_occupancy(pin, contour, inset=0.5) > 0.5) & (opening_occupancy(pout, contour, inset=0.5) > 0.5)
+        vis &= facing
+        contrast = (_sample(grey, pout) - _sample(grey, pin)) * vis
+        vis = vis.reshape(len(cand), -1)
+        n = vis.sum(1)
+        mean = contrast.reshape(len(cand), -1).sum(1) / np.maximum(n, 1)
+        return np.where(n >= 12, mean, -1e9)
 
     def best(center_dir, span_deg, step_deg):
         basis_z = center_dir / np.linalg.norm(center_dir)
@@ -210,24 +240,17 @@ def _fit_gaze(grey: np.ndarray, contour: np.ndarray, centre: np.ndarray, radius:
             + (np.cos(ax) * np.sin(ay))[..., None] * basis_y
         cand = cand.reshape(-1, 3)
         cand /= np.linalg.norm(cand, axis=1, keepdims=True)
-        inside = (dirs @ cand.T) > cos_iris  # (P, C)
-        n_in = inside.sum(0)
-        n_out = len(g) - n_in
-        s_in = g @ inside
-        mean_in = s_in / np.maximum(n_in, 1)
-        mean_out = (g.sum() - s_in) / np.maximum(n_out, 1)
-        var_in = (g ** 2) @ inside / np.maximum(n_in, 1) - mean_in ** 2
-        var_out = ((g ** 2).sum() - (g ** 2) @ inside) / np.maximum(n_out, 1) - mean_out ** 2
-        pooled = (var_in * n_in + var_out * n_out) / len(g) + 25.0  # +25: grey noise floor (5 levels)
-        score = np.where((n_in >= 2) & (n_out >= 2), (mean_out - mean_in) * np.abs(mean_out - mean_in) / pooled, -1e9)
+        s = score(cand)
         dist = np.rad2deg(np.arccos(np.clip(cand @ (start / np.linalg.norm(start)), -1, 1)))
         facing = cand @ head_forward > math.cos(math.radians(50))
-        score = np.where(facing, score - 0.002 * dist, -1e9)
-        i = int(np.argmax(score))
-        return cand[i], float(score[i])
+        s = np.where(facing, s - 0.02 * dist, -1e9)
+        i = int(np.argmax(s))
+        return cand[i], float(s[i])
 
-    g1, _ = best(start, 30.0, 3.0)
-    g2, s2 = best(g1, 3.0, 0.75)
+    g1, s1 = best(start, search_deg, search_deg / 10)
+    if s1 <= -1e8:
+        return start, 0.0
+    g2, s2 = best(g1, search_deg / 10, search_deg / 40)
     return g2, s2
 
 
@@ -259,14 +282,16 @@ def estimate_eyeballs(lm478: np.ndarray, R_head: np.ndarray, t_head: np.ndarray,
     for side, contour_idx, iris_idx in zip(EYE_NAMES, (RIGHT_EYE_CONTOUR, LEFT_EYE_CONTOUR), IRIS_CENTERS):
         contour = lm478[list(contour_idx), :2]
         width = float(np.linalg.norm(contour[8] - contour[0]))
+        radius_px = anatomy.radius_per_eye_width * width
+        centroid = contour.mean(0)
+        contour = centroid + anatomy.opening_scale * (contour - centroid)
+        width *= anatomy.opening_scale
         (su, tu), (sl, tl), o, e_s, e_t = _lid_curves(contour)
         s_mid = np.linspace(su[0], su[-1], 9)[2:7]
         height = float(np.mean(np.interp(s_mid, sl, tl) - np.interp(s_mid, su, tu)))
-        centroid = contour.mean(0)
         # pixel units at the eye's depth: 1 unit = 1 px there
         f = float(np.sqrt(K[0, 0] * K[1, 1]))
         z = depth
-        radius_px = anatomy.radius_per_eye_width * width
         ray = _pixel_rays(centroid[None], K)[0]
         opening = ray * z  # camera coordinates (head units)
         scale = z / f  # head units per pixel at the eye
@@ -290,7 +315,7 @@ def estimate_eyeballs(lm478: np.ndarray, R_head: np.ndarray, t_head: np.ndarray,
             eye.status = f"{side} eye closed (lid gap {height:.1f} px = {height / width:.2f} of its width)"
         else:
             eye.gaze, eye.fit_contrast = _fit_gaze(grey, contour, centre, radius, anatomy.iris_angle, K, start,
-                                                   forward)
+                                                   forward, anatomy.iris_search_deg)
         eyes.append(eye)
     # In profile, the far eye shows much narrower than the near one even when the view-angle test passes.
     w = [e.width_px for e in eyes]
