@@ -633,7 +633,7 @@ def render_fit(result: FitResult, gaze: torch.Tensor | None = None, head_pose: t
 
 def ground_truth_quality(model, info: ModelInfo, dataset_dir: str, subject: int | None = None, source_cam: int = 0,
                          source_frame: int | None = None, init: str = "mean", cfg: FitConfig | None = None,
-                         progress: bool = False) -> dict:
+                         progress: bool = False, readout: bool = True) -> dict:
     """Fit one image of a synthetic test subject, then compare new renders with the generator's exact ones.
 
     The source is the row of ``subject`` (default: the first test subject) seen by ``source_cam`` at
@@ -644,6 +644,8 @@ def ground_truth_quality(model, info: ModelInfo, dataset_dir: str, subject: int 
     * (a) the same view: head-region PSNR of the fit;
     * (b) the same view at every other frame's eyeball gaze: eye-region PSNR (union of both eye masks) of
       the render and of the unchanged input against the generator's render of that gaze, and the gain;
+      with ``readout``, also the exact gaze readout's errors in degrees (``b_gaze_error_deg_*``: the fit,
+      the unchanged input, the fit not redirected, and the floor on the exact renders) and ``b_check``;
     * (c) the other cameras of the same frame (their exact dataset cameras and eye masks): head-region
       PSNR, next to the same model rendered with the exact code and no fit (its own ceiling).
 
@@ -699,6 +701,15 @@ def ground_truth_quality(model, info: ModelInfo, dataset_dir: str, subject: int 
         p_copy = masked_psnr(target.image.to(device).expand_as(gt_img), gt_img, eye)
         out.update(b_pairs=n, b_eye_psnr_model=float(p_model.mean()), b_eye_psnr_copy_input=float(p_copy.mean()),
                    b_eye_psnr_gain_db=float((p_model - p_copy).mean()))
+        if readout:
+            # Exact gaze readout (evaluation.readout): the gaze of each render, against the requested one.
+            from .evaluation.readout import GazeReadout, readout_errors_deg, redirection_readout_summary
+
+            ro = GazeReadout(true_code, src_item["R_w2c"], src_item["t_w2c"], src_item["K"], info.image_size, supersample)
+            own = render_fit(res, gaze_head=gaze_in_head_frame(src_item["gaze"][None], src_item["R_w2c"][None]).to(device))
+            errors = {name: readout_errors_deg(ro, imgs, gaze_head) for name, imgs in (
+                ("model", pred), ("copy_input", target.image.to(device)[:1]), ("no_redirection", own), ("floor", gt_img))}
+            out.update({f"b_{k}": v for k, v in redirection_readout_summary(errors).items()})
 
     # (c) same frame, other cameras
     c_rows = [i for i in mine if ds.rows[i].frame == frame and ds.rows[i].cam != source_cam]

@@ -325,7 +325,7 @@ def _spread(rows: list, count: int) -> list:
     return [rows[(i * len(rows)) // count] for i in range(count)]
 
 
-def redirection_report(model, val_ds: GazeDataset, device, max_sources: int = 16) -> dict | None:
+def redirection_report(model, val_ds: GazeDataset, device, max_sources: int = 16, readout: bool = True) -> dict | None:
     """Gaze redirection against the generator's exact render (synthetic data only).
 
     Sources A: up to ``max_sources`` held-out-frame rows (seen cameras), spread over the
@@ -334,6 +334,12 @@ def redirection_report(model, val_ds: GazeDataset, device, max_sources: int = 16
     For each pair, render A's identity and camera at B's eyeball gaze and compare, on the
     union of both eye masks, with the generator's exact render of A at that gaze. The
     baseline copies A unchanged. Returns the means over all pairs.
+
+    With ``readout`` (the rows carry the generator's own codes), the gaze of each render is read
+    exactly (``evaluation.readout``: the generator gaze that best redraws it) and compared with B's
+    gaze: ``readout`` holds the mean/median errors in degrees of the model, of copying A (the
+    "ignore the request" reference) and of the exact targets themselves (the readout's floor), and
+    ``check``: "met" when the model's mean error is at most half the copy's, else "NOT met".
     """
     import h5py
     import numpy as np
@@ -346,9 +352,14 @@ def redirection_report(model, val_ds: GazeDataset, device, max_sources: int = 16
             return None
         supersample = int(f.attrs.get("supersample", 1))  # render the target exactly as the stored images were
     from .data.synthetic import render_view
+    from .evaluation.readout import GazeReadout, readout_errors_deg, redirection_readout_summary
+    from .fitting import is_synthetic_layout
 
+    # The readout redraws a row from its code: only when the codes are the generator's own.
+    readout = readout and val_ds.code_slices is not None and is_synthetic_layout(val_ds.code_slices)
     heldout_frames = set(val_ds.split.heldout_frames)
     model_psnr, copy_psnr = [], []
+    errors: dict[str, list] = {"model": [], "copy_input": [], "no_redirection": [], "floor": []}
     for i in _spread(frame_rows, max_sources):  # spread over the subjects, not the first subject's frames
         sid, row, cam, frame, _ = val_ds.rows[i]
         with h5py.File(val_ds.paths[sid], "r") as f:
@@ -377,10 +388,23 @@ def redirection_report(model, val_ds: GazeDataset, device, max_sources: int = 16
         eye = ((tgt_eye + A["eye_mask"]) > 0).float()
         model_psnr += masked_psnr(out["image"], tgt_img, eye).tolist()
         copy_psnr += masked_psnr(A["image"], tgt_img, eye).tolist()
+        if readout:
+            # The model asked for A's own gaze: what "ignoring the request" looks like for this model.
+            gaze_head_a = gaze_in_head_frame(a["gaze"][None], a["R_w2c"][None]).to(device)
+            with eval_mode(model):
+                own = model(A["shape_code"][:1], A["appearance_code"][:1], A["R_w2c"][:1], A["t_w2c"][:1], A["K"][:1],
+                            gaze_head=gaze_head_a, eye_mask=A["eye_mask"][:1])["image"]
+            ro = GazeReadout(code, a["R_w2c"], a["t_w2c"], a["K"], val_ds.image_size, supersample)
+            for name, imgs in (("model", out["image"]), ("copy_input", A["image"][:1]), ("no_redirection", own),
+                               ("floor", tgt_img)):
+                errors[name] += readout_errors_deg(ro, imgs, gaze_head_b)
     if not model_psnr:
         return None
     m, c = sum(model_psnr) / len(model_psnr), sum(copy_psnr) / len(copy_psnr)
-    return {"pairs": len(model_psnr), "eye_psnr_model": m, "eye_psnr_copy_input": c, "eye_psnr_gain_db": m - c}
+    report = {"pairs": len(model_psnr), "eye_psnr_model": m, "eye_psnr_copy_input": c, "eye_psnr_gain_db": m - c}
+    if readout:
+        report["readout"] = redirection_readout_summary(errors)
+    return report
 
 
 def _image_grid(model, val_ds: GazeDataset, device, n_sweep: int = 5) -> torch.Tensor:
@@ -579,6 +603,8 @@ def train(cfg: TrainConfig, resume: str | None = None, dry_run: bool = False, pr
         redirect = redirection_report(model, val_ds, device)
         if redirect is not None:
             report["gaze_redirection"] = redirect
+            if "readout" in redirect:
+                print(f"[train] exact gaze readout check: {redirect['readout']['check']}")
         write_gaze_sweep_gif(model, val_ds, device, os.path.join(run_dir, "gaze_sweep.gif"))
         with open(os.path.join(run_dir, "report.json"), "w") as f:
             json.dump(report, f, indent=1)

@@ -15,7 +15,9 @@ Quality (``fitting.ground_truth_quality``): fit one image of each test subject (
 first frame) from the checkpoint's mean code ("mean", what a photo without a usable code gets)
 and from the row's exact generator code ("row", privileged), with and without fine-tuning, and
 compare (a) the same view, (b) the same view at every other frame's gaze (eye region, gain over
-copying the input) and (c) the other cameras of the same frame, with the generator's renders.
+copying the input; and the gaze each render shows, read exactly by ``evaluation.readout``, against
+the requested one, beside copying the input, the fit not redirected and the readout's floor on the
+exact renders) and (c) the other cameras of the same frame, with the generator's renders.
 """
 
 import argparse
@@ -79,14 +81,19 @@ def bench_quality(args) -> None:
                 q["finetune_steps"] = ft
                 rows.append(q)
                 print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in q.items()}), flush=True)
+    nan = float("nan")
     print("\n| subject | init | fine-tune | (a) same view, head PSNR | (b) other gazes, eye PSNR: fit / copy input / gain "
+          "| (b) gaze error ° (exact readout, mean): fit / copy input / fit not redirected / floor | check "
           "| (c) other cameras, head PSNR (exact code, no fit) | fit s |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for q in rows:
         print(f"| {q['subject']} | {q['init']} | {q['finetune_steps']} | {q['a_same_view_psnr_head']:.2f} | "
-              f"{q.get('b_eye_psnr_model', float('nan')):.2f} / {q.get('b_eye_psnr_copy_input', float('nan')):.2f} / "
-              f"{q.get('b_eye_psnr_gain_db', float('nan')):+.2f} dB ({q.get('b_pairs', 0)} gazes) | "
-              f"{q.get('c_other_views_psnr_head', float('nan')):.2f} ({q.get('c_exact_code_no_fit_psnr_head', float('nan')):.2f}; "
+              f"{q.get('b_eye_psnr_model', nan):.2f} / {q.get('b_eye_psnr_copy_input', nan):.2f} / "
+              f"{q.get('b_eye_psnr_gain_db', nan):+.2f} dB ({q.get('b_pairs', 0)} gazes) | "
+              f"{q.get('b_gaze_error_deg_model_mean', nan):.1f} / {q.get('b_gaze_error_deg_copy_input_mean', nan):.1f} / "
+              f"{q.get('b_gaze_error_deg_no_redirection_mean', nan):.1f} / {q.get('b_gaze_error_deg_floor_mean', nan):.2f} | "
+              f"{'met' if q.get('b_check_met') else 'NOT met'} | "
+              f"{q.get('c_other_views_psnr_head', nan):.2f} ({q.get('c_exact_code_no_fit_psnr_head', nan):.2f}; "
               f"{q.get('c_views', 0)} views) | {q['fit_seconds']:.1f} |")
 
 

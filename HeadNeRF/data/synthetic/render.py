@@ -18,6 +18,12 @@ Design decisions
   head-frame position, Lambertian key + fill light + ambient from the illumination code,
   a Blinn specular (strong on the eyes: the catch-light), and a soft lid shadow on the eyeball.
   Skin seen from inside (through an opening at grazing angles) is shaded as a dark socket.
+* **Gaze-independent work done once.** ``prepare_view`` rasterises and computes everything that
+  does not depend on the gaze (normals, light, specular, lid shadow, masks, landmarks);
+  ``shade_view`` colours the eyeballs for a gaze (``hm.eyeball_albedo`` on the eyeball fragments,
+  the only place the gaze enters the image). ``render_view`` is the two in a row (bit-identical
+  to the former single pass); the exact gaze readout (``HeadNeRF.evaluation.readout``) shades
+  many gazes of one preparation with ``shade_eye_pixels``.
 * **Anti-aliasing by supersampling** (``supersample=n``: render n× larger, box filter). Because the
   CPU kernel's cost is dominated by a per-face constant, 2× supersampling at 64² costs only
   ~1.5× (the dataset writer uses 2 by default).
@@ -37,7 +43,8 @@ from HeadNeRF.geometry.cameras import (camera_center, intrinsics_matrix, normali
 from HeadNeRF.geometry.gaze import pitch_yaw_to_vector, rotate_pitch_yaw, vector_to_pitch_yaw, head_pose_from_rotation
 from . import head_model as hm
 
-__all__ = ["render_view", "render", "rasterize_views", "mesh_for_code", "default_tile_size"]
+__all__ = ["render_view", "render", "rasterize_views", "mesh_for_code", "default_tile_size", "prepare_view",
+           "shade_view", "shade_image", "shade_eye_pixels"]
 
 FACES_PER_PIXEL = 3
 _MESH_CACHE: dict[bytes, hm.HeadMesh] = {}
@@ -186,6 +193,23 @@ def _render_view(code, R_w2c, t_w2c, K, image_size: int, gaze_head, device: str 
         left_eye_mask, right_eye_mask, eye_mask (B, S, S) uint8 0/255, lm2d (B, 68, 2) float32,
         iris2d (B, 2, 2) float32 [subject's right, left] in pixels.
     """
+    return shade_view(prepare_view(code, R_w2c, t_w2c, K, image_size, device, tile), gaze_head)
+
+
+def prepare_view(code, R_w2c, t_w2c, K, image_size: int, device: str = "cpu", tile: int | None = None) -> dict:
+    """Everything of B views of one subject that does not depend on the gaze (no supersampling here).
+
+    Gaze enters the image only through the eyeball albedo (``hm.eyeball_albedo``) of the eyeball
+    fragments, so rasterisation, normals, lighting, specular and masks are done once here and
+    :func:`shade_view` colours the eyeballs for any gaze (the exact readout shades many gazes).
+
+    Args: as :func:`_render_view` without the gaze.
+    Returns a dict of tensors; per foreground pixel (N of them, in ``fg`` order): ``pos`` (N, 3) head-frame
+        point, ``is_eye`` (N,) bool eyeball fragment, ``eye_k`` (N,) 0 right / 1 left eyeball,
+        ``albedo`` (N, 3) skin albedo, ``shade`` (N,), ``spec`` (N,), ``interior`` (N,) bool; ``fg``
+        (B, S, S) bool, ``b_of_pix`` (N,), ``params`` (HeadParams), ``R``, ``t``, ``K``, ``light_rgb`` (3,),
+        the masks and ``lm2d`` as in the output of :func:`_render_view`.
+    """
     mesh = mesh_for_code(code)
     P = mesh.params
     S = int(image_size)
@@ -193,7 +217,6 @@ def _render_view(code, R_w2c, t_w2c, K, image_size: int, gaze_head, device: str 
     t = _as_tensor(t_w2c, device=device).reshape(-1, 3)
     K = _as_tensor(K, device=device).reshape(-1, 3, 3)
     B = R.shape[0]
-    gaze = _as_tensor(gaze_head, device=device).reshape(-1, 2).expand(B, 2)
     verts = torch.from_numpy(mesh.verts).to(device)
     faces = torch.from_numpy(mesh.faces).to(device)
     normals = torch.from_numpy(mesh.normals).to(device)
@@ -218,13 +241,9 @@ def _render_view(code, R_w2c, t_w2c, K, image_size: int, gaze_head, device: str 
 
     cam_c = camera_center(R, t)[b_of_pix]  # (N, 3)
     view = torch.nn.functional.normalize(cam_c - pos1, dim=-1)
-    axis = pitch_yaw_to_vector(gaze)[b_of_pix]  # (N, 3) optical axis, head frame
-    eye_c = torch.tensor(P.eye_centers, dtype=torch.float32, device=device)
     is_eye = part1 >= hm.PART_RIGHT_EYEBALL
     eye_k = (part1 - hm.PART_RIGHT_EYEBALL).clamp(0, 1)
-    albedo = hm.skin_albedo(pos1, P)
-    if is_eye.any():
-        albedo[is_eye] = hm.eyeball_albedo(pos1[is_eye], eye_c[eye_k[is_eye]], axis[is_eye], P)
+    albedo = hm.skin_albedo(pos1, P)  # eyeball fragments get their (gaze-dependent) albedo in shade_view
     inside_view = (n1 * view).sum(-1) < -0.05
     interior = ~is_eye & (inside_view | ~usable.any(1))
     light = torch.tensor(P.light_dir, dtype=torch.float32, device=device)
@@ -233,17 +252,13 @@ def _render_view(code, R_w2c, t_w2c, K, image_size: int, gaze_head, device: str 
     shade = P.ambient + P.diffuse * lam + P.fill * (n1 @ fill).clamp(min=0)
     half = torch.nn.functional.normalize(light + view, dim=-1)
     nh = (n1 * half).sum(-1).clamp(min=0)
+    # The skin branch reads the skin albedo only; eyeball fragments take the first branch.
     spec = torch.where(is_eye, 0.9 * nh ** 120, P.specular * 0.25 * nh ** 16 * (1 - albedo.mean(-1)))
     # Lids cast a soft shadow on the top of the eyeball.
     if is_eye.any():
         _, up, _, _ = hm._almond(pos1[:, 0], pos1[:, 1], P)
         up_k = up.gather(0, eye_k.view(1, -1)).squeeze(0)
         shade = torch.where(is_eye, shade * (0.55 + 0.45 * hm._tsmooth(0.0, 0.03, up_k)), shade)
-    rgb = albedo * shade.unsqueeze(-1) * torch.tensor(P.light_rgb, dtype=torch.float32, device=device) * P.exposure + spec.unsqueeze(-1)
-    rgb = torch.where(interior.unsqueeze(-1), albedo * 0.12, rgb)
-    image = torch.ones(B, S, S, 3, device=device)
-    image[fg] = rgb.clamp(0, 1)
-    image_u8 = (image * 255.0 + 0.5).to(torch.uint8)
 
     # Periocular masks: eyeball pixels and skin in the enlarged eye region, dilated a little.
     region = hm.eye_region_weight(pos1, P)  # (2, N)
@@ -256,16 +271,74 @@ def _render_view(code, R_w2c, t_w2c, K, image_size: int, gaze_head, device: str 
         eye_masks.append(_dilate(m, radius))
     lm3d = torch.from_numpy(hm.landmarks_3d(P)).float().to(device)
     lm2d = project_points(lm3d.unsqueeze(0).expand(B, -1, -1), R, t, K)
+    return {"params": P, "B": B, "S": S, "device": device, "R": R, "t": t, "K": K, "fg": fg, "b_of_pix": b_of_pix,
+            "pos": pos1, "is_eye": is_eye, "eye_k": eye_k, "albedo": albedo, "shade": shade, "spec": spec,
+            "interior": interior, "light_rgb": torch.tensor(P.light_rgb, dtype=torch.float32, device=device),
+            "right_eye_mask": eye_masks[0], "left_eye_mask": eye_masks[1], "lm2d": lm2d}
+
+
+def shade_eye_pixels(prep: dict, gaze_head: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+    """Linear RGB (before clipping) of eyeball pixels of a prepared view at given gazes.
+
+    Args:
+        prep: :func:`prepare_view`'s dict. index: (E,) indices into its foreground pixels, all eyeball
+            pixels (default: every eyeball pixel). gaze_head: (E, 2) gaze (pitch, yaw), head frame, one per
+            pixel, or (G, E, 2) for G gazes at once.
+    Returns:
+        (E, 3) or (G, E, 3) float: exactly the values :func:`shade_view` gives those pixels (same op order).
+    """
+    P = prep["params"]
+    if index is None:
+        index = torch.nonzero(prep["is_eye"], as_tuple=True)[0]
+    lead = gaze_head.shape[:-1]
+    pos = prep["pos"][index].expand(*lead, 3).reshape(-1, 3)
+    eye_c = torch.tensor(P.eye_centers, dtype=torch.float32, device=pos.device)[prep["eye_k"][index]]
+    eye_c = eye_c.expand(*lead, 3).reshape(-1, 3)
+    axis = pitch_yaw_to_vector(gaze_head.reshape(-1, 2))
+    albedo = hm.eyeball_albedo(pos, eye_c, axis, P).reshape(*lead, 3)
+    return albedo * prep["shade"][index].unsqueeze(-1) * prep["light_rgb"] * P.exposure + prep["spec"][index].unsqueeze(-1)
+
+
+def shade_image(prep: dict, gaze_head) -> torch.Tensor:
+    """(B, S, S, 3) float image in [0, 1] (white background) of a :func:`prepare_view` at one gaze per view.
+
+    Args: prep from :func:`prepare_view`; gaze_head (2,) or (B, 2) gaze (pitch, yaw) in the head frame.
+    """
+    P, B, S, device = prep["params"], prep["B"], prep["S"], prep["device"]
+    gaze = _as_tensor(gaze_head, device=device).reshape(-1, 2).expand(B, 2)
+    is_eye, b_of_pix = prep["is_eye"], prep["b_of_pix"]
+    axis = pitch_yaw_to_vector(gaze)[b_of_pix]  # (N, 3) optical axis, head frame
+    eye_c = torch.tensor(P.eye_centers, dtype=torch.float32, device=device)
+    albedo = prep["albedo"].clone()
+    if is_eye.any():
+        pos_e = prep["pos"][is_eye]
+        albedo[is_eye] = hm.eyeball_albedo(pos_e, eye_c[prep["eye_k"][is_eye]], axis[is_eye], P)
+    rgb = albedo * prep["shade"].unsqueeze(-1) * prep["light_rgb"] * P.exposure + prep["spec"].unsqueeze(-1)
+    rgb = torch.where(prep["interior"].unsqueeze(-1), albedo * 0.12, rgb)
+    image = torch.ones(B, S, S, 3, device=device)
+    image[prep["fg"]] = rgb.clamp(0, 1)
+    return image
+
+
+def shade_view(prep: dict, gaze_head) -> dict:
+    """The images of a :func:`prepare_view` at one gaze per view: :func:`_render_view`'s output.
+
+    Args: prep from :func:`prepare_view`; gaze_head (2,) or (B, 2) gaze (pitch, yaw) in the head frame.
+    """
+    P, B, device = prep["params"], prep["B"], prep["device"]
+    gaze = _as_tensor(gaze_head, device=device).reshape(-1, 2).expand(B, 2)
+    image_u8 = (shade_image(prep, gaze) * 255.0 + 0.5).to(torch.uint8)
+    R, t, K = prep["R"], prep["t"], prep["K"]
     iris3d = hm.iris_centers_3d(P, gaze.cpu()).to(device)  # (B, 2, 3)
     iris2d = project_points(iris3d, R, t, K)
     u8 = lambda m: (m.to(torch.uint8) * 255).cpu().numpy()  # noqa: E731
     return {
         "image": image_u8.cpu().numpy(),
-        "mask": u8(fg),
-        "right_eye_mask": u8(eye_masks[0]),
-        "left_eye_mask": u8(eye_masks[1]),
-        "eye_mask": u8(eye_masks[0] | eye_masks[1]),
-        "lm2d": lm2d.cpu().numpy().astype(np.float32),
+        "mask": u8(prep["fg"]),
+        "right_eye_mask": u8(prep["right_eye_mask"]),
+        "left_eye_mask": u8(prep["left_eye_mask"]),
+        "eye_mask": u8(prep["right_eye_mask"] | prep["left_eye_mask"]),
+        "lm2d": prep["lm2d"].cpu().numpy().astype(np.float32),
         "iris2d": iris2d.cpu().numpy().astype(np.float32),
     }
 
