@@ -151,3 +151,66 @@ def warp_pair(pair: SyntheticPair, config: RedirectConfig | None = None, analysi
     if out is None:
         return None, note or "; ".join(red.notes), changed_region(pair.image_in.shape, red)
     return out, "; ".join(red.notes) or None, changed_region(pair.image_in.shape, red)
+
+
+def evaluate_pairs(pairs: list[SyntheticPair], methods: dict, config: RedirectConfig | None = None,
+                   readout: bool = True, progress: bool = False) -> list[dict]:
+    """Eye PSNR and readout gaze error of each method on each pair.
+
+    methods: name -> fn(pair) -> (S, S, 3) uint8 image or None (refused); "warp" and "copy" are added.
+    Returns one dict per (pair, method): method, delta_deg, eye_psnr, gaze_error_deg (NaN without
+    readout), refused (bool), outside_identical (warp only).
+    """
+    from HeadNeRF.evaluation.readout import GazeReadout
+
+    rows, analyses, readers = [], {}, {}
+    for i, p in enumerate(pairs):
+        key = (p.row, p.image_in.shape[0])
+        if key not in analyses:
+            try:
+                analyses[key] = analyse_synthetic(p.image_in, p.K)
+            except Exception as exc:  # noqa: BLE001 - a missed face is a refusal of this pair, counted
+                analyses[key] = str(exc).splitlines()[0]
+        if readout and key not in readers:
+            readers[key] = GazeReadout(p.code, p.R, p.t, p.K, p.image_in.shape[0], supersample=2)
+        outs = {"copy": (p.image_in, None)}
+        a = analyses[key]
+        if isinstance(a, str):
+            outs["warp"] = (None, a)
+        else:
+            img, note, region = warp_pair(p, config, a)
+            outs["warp"] = (img, note)
+        for name, fn in methods.items():
+            outs[name] = (fn(p), None)
+        for name, (img, note) in outs.items():
+            r = {"method": name, "delta_deg": p.delta_deg, "row": p.row, "size": p.image_in.shape[0],
+                 "refused": img is None, "eye_psnr": float("nan"), "gaze_error_deg": float("nan")}
+            if img is not None:
+                r["eye_psnr"] = eye_psnr(img, p.image_target, p.eye_mask)
+                if readout:
+                    g = readers[key].read(img)["gaze_head"]
+                    r["gaze_error_deg"] = float(angular_error_deg(torch.as_tensor(g, dtype=torch.float64)[None],
+                                                                  torch.tensor(p.gaze_out_head)[None])[0])
+                if name == "warp":
+                    r["outside_identical"] = bool((img[~region] == p.image_in[~region]).all())
+            rows.append(r)
+        if progress:
+            print(f"pair {i + 1}/{len(pairs)}", flush=True)
+    return rows
+
+
+def summarise(rows: list[dict], bins=BINS_DEG) -> list[dict]:
+    """Per (size, method, bin): pairs, refused, mean eye PSNR, mean / median gaze error."""
+    out = []
+    for size in sorted({r["size"] for r in rows}):
+        for method in dict.fromkeys(r["method"] for r in rows):
+            for lo, hi in bins:
+                sel = [r for r in rows if r["size"] == size and r["method"] == method and lo <= r["delta_deg"] < hi]
+                done = [r for r in sel if not r["refused"]]
+                err = [r["gaze_error_deg"] for r in done]
+                out.append({"size": size, "method": method, "bin": f"{lo:.0f}-{hi:.0f}", "pairs": len(sel),
+                            "refused": len(sel) - len(done),
+                            "eye_psnr": float(np.mean([r["eye_psnr"] for r in done])) if done else float("nan"),
+                            "gaze_error_mean": float(np.mean(err)) if err else float("nan"),
+                            "gaze_error_median": float(np.median(err)) if err else float("nan")})
+    return out
