@@ -128,7 +128,7 @@ def bench_warp_speed(size: int = 1024, frames: int = 16) -> dict:
     return {"size": size, "face_analysis_s": t_face, "eye_model_s": t_model, "per_frame_s": per, "frames": frames}
 
 
-def _nerf_methods(args, pairs):
+def _nerf_methods(args):
     """NeRF fit columns: fit the 64 px dataset row of each pair's source once (codes only; codes + fine-tuning),
     render the requested eye-in-head gaze, resize to the pair's size."""
     import cv2
@@ -168,12 +168,14 @@ def bench_warp(args) -> None:
 
     torch.set_num_threads(args.threads)
     rows = []
+    methods = {}  # one NeRF fit per source row, shared by the sizes
+    if args.model_path and os.path.exists(args.model_path):
+        methods = _nerf_methods(args)
+    else:
+        print(f"no checkpoint at {args.model_path}: the NeRF-fit columns are left out")
     for size in args.warp_sizes:
         pairs = make_pairs(args.dataset, size, rows=args.warp_rows, deltas_deg=[7.5, 12.5, 17.5, 22.5],
                            directions=args.warp_directions, seed=0)
-        methods = {}
-        if args.model_path and os.path.exists(args.model_path):
-            methods = _nerf_methods(args, pairs)
         rows += evaluate_pairs(pairs, methods)
     table = summarise(rows)
     print("\n| size | method | redirection | pairs (refused) | eye PSNR dB | readout gaze error mean / median deg |")
