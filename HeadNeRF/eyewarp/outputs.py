@@ -27,7 +27,7 @@ DEFAULT_TARGETS = (("look_image_left", (0.0, 0.3)), ("look_image_right", (0.0, -
                    ("look_down", (-0.25, 0.0)), ("camera", (0.0, 0.0)))
 SWEEP_FRAMES = 16
 SWEEP_PITCH, SWEEP_YAW = 0.2, 0.3  # the photo sweep's circle (rad), inside the warp's range
-CROP_SIZE = 384  # sweep frames and strip tiles are face crops resized to this height
+CROP_SIZE = 256  # sweep frames and strip tiles are face crops resized to this height
 
 
 def target_name(gaze: tuple) -> str:
@@ -102,7 +102,7 @@ def write_photo_redirection(work: str, image: np.ndarray, analysis, face, target
         a = np.arange(SWEEP_FRAMES) * (2 * math.pi / SWEEP_FRAMES)
         circle = [(SWEEP_PITCH * math.sin(x), SWEEP_YAW * math.cos(x)) for x in a]
         frames = []
-        for g in circle + [g for _, g in named for _ in range(4)]:
+        for g in circle + [g for _, g in named for _ in range(2)]:
             t = time.perf_counter()
             out, _note = redirect(image, red, np.array(g))
             frame_seconds.append(time.perf_counter() - t)

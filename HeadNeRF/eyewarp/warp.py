@@ -10,11 +10,13 @@ For every output pixel ``p`` of the eye's periocular ellipse:
    one maps ``X`` to ``X_src`` on the input's eyeball, projected back into the input.
 3. **Revealed eyeball.** When ``X_src`` was behind a lid in the input (outside the opening shrunk
    by ``inset`` px, which keeps lashes out) there is nothing to sample: it is filled with the
-   median colour of the visible sclera (or iris, if ``X_src`` is within the iris cap), shaded
-   like the visible sclera's brightness towards the corners.
-4. **Blend.** Eyeball and skin are mixed by the anti-aliased opening occupancy of ``q``. Pixels
-   outside the ellipse (``ellipse_radius`` >= 1) are the input's, bit for bit; inside, the field is
-   the identity wherever nothing moves, so the result is the input there too.
+   median colour of the brighter half of the visible sclera (or of the visible iris, if ``X_src``
+   is within the iris cap), blended in by how far the source fell outside the opening.
+4. **Blend.** Eyeball and skin are mixed by the anti-aliased opening occupancy of ``q`` (a
+   half-pixel ramp). The lid field is feathered: it fades out smoothly between 0.45 and
+   ``FIELD_END`` of the periocular ellipse, so the warped region blends into the untouched skin
+   without a seam. Pixels where nothing moves (outside the ellipse, and inside it wherever the field
+   is zero and no eyeball shows) are the input's, bit for bit.
 
 All maps are computed on the ellipse's bounding box only and applied with ``cv2.remap`` (bilinear).
 """
