@@ -142,3 +142,12 @@ def test_synthetic_pair_warp_keeps_the_outside_and_copy_is_the_reference(tiny_da
         assert np.array_equal(out[~region], p.image_in[~region])
     else:
         assert note and "\n" not in note
+
+
+def test_an_unexpected_failure_is_one_note_and_no_files(astronaut, tmp_path, capsys):
+    from HeadNeRF.eyewarp.outputs import write_photo_redirection
+
+    img, face, analysis = astronaut
+    files, report = write_photo_redirection(str(tmp_path), img[..., :2], analysis, face, np.zeros((0, 2)), mp4=False)
+    assert files == [] and len(report["notes"]) == 1 and report["notes"][0].startswith("photo redirection failed")
+    assert capsys.readouterr().err.count("[photo] ") == 1

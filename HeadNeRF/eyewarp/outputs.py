@@ -61,8 +61,23 @@ def _crop(image: np.ndarray, box, height: int = CROP_SIZE) -> np.ndarray:
 
 
 def write_photo_redirection(work: str, image: np.ndarray, analysis, face, targets, mp4: bool = True,
-                            config: RedirectConfig | None = None, progress_stream=sys.stderr) -> tuple[list, dict]:
+                            config: RedirectConfig | None = None, progress_stream=None) -> tuple[list, dict]:
     """Write the photo-redirection files into ``work``; returns (relative file names, report dict).
+
+    An unexpected failure inside (a bug, an odd face) does not stop the command: it becomes one note and
+    no photo file is listed (files not listed are never moved out of the temporary folder).
+    """
+    progress_stream = progress_stream or sys.stderr  # looked up per call: the stream may be swapped (tests)
+    try:
+        return _write_photo_redirection(work, image, analysis, face, targets, mp4, config, progress_stream)
+    except Exception as exc:  # noqa: BLE001 - one line instead of a traceback, by design (issue 16)
+        note = f"photo redirection failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        print(f"[photo] {note}", file=progress_stream)
+        return [], {"notes": [note], "written": []}
+
+
+def _write_photo_redirection(work, image, analysis, face, targets, mp4, config, progress_stream) -> tuple[list, dict]:
+    """See :func:`write_photo_redirection`.
 
     Args:
         work: output folder. image: (H, W, 3) uint8 photo. analysis: its ``FaceAnalysis`` (photo px).
