@@ -6,7 +6,9 @@
 Everything optional is computed when absent: face detection, landmarks, masks, head pose,
 the normalised crop in the checkpoint's camera convention and the initial latent codes
 (HeadNeRF/face). Outputs in SAVE_ROOT: merged.png, gaze_sweep.gif/.mp4, pose_sweep.gif/.mp4,
-interp.gif (with --target_embedding), latent.pt, fit.json. See docs/fitting.md.
+interp.gif (with --target_embedding), latent.pt, fit.json, and the photo itself with only its eyes
+redirected: redirected/*.png (original size), photo_gaze_sweep.gif/.mp4, photo_strip.png.
+See docs/fitting.md and docs/photo_redirection.md.
 
 Exit status: 0 done; 1 the photo cannot be fitted (no face, face too small); 2 bad input
 (unreadable file, missing or foreign checkpoint, bad argument). Errors are one line on stderr.
@@ -37,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "or a dataset row FILE.h5:ROW, e.g. data/synthetic/subject0003.h5:17")
     p.add_argument("--gaze_targets", help="extra gaze directions for gaze_sweep, \"pitch,yaw;pitch,yaw\" in radians in "
                    "the camera frame (0,0 = at the camera; +yaw = towards the image left, +pitch = up), e.g. "
-                   "\"0.2,-0.3;0,0.4\"")
+                   "\"0.2,-0.3;0,0.4\"; the name camera means \"look into the lens\". They also name the photo's "
+                   "redirected/*.png (default for those: image left, image right, up, down, camera)")
     p.add_argument("--finetune_steps", type=int, default=0,
                    help="steps of per-subject network fine-tuning after the code fit (GazeNeRF-style; the gaze pathway "
                    "is frozen and the eye region left out, so the eyes still move); default 0")

@@ -16,6 +16,8 @@ with a ``fit.json`` is complete):
 * ``latent.pt``: plain tensors (codes, camera, photo->crop warp), ``weights_only`` loadable,
   accepted back by ``--target_embedding``.
 * ``fit.json``: arguments, timings per stage, losses per stage, PSNR, detected head pose.
+* ``redirected/*.png``, ``photo_gaze_sweep.gif`` / ``.mp4``, ``photo_strip.png``: the photo itself at its
+  original size with only the eyes redirected (``HeadNeRF.eyewarp``, docs/photo_redirection.md).
 
 Errors a user can cause (unreadable photo, no face, a face too small, a missing or foreign
 checkpoint, a bad code file) are raised as :class:`FittingInputError` / ``CheckpointError`` /
@@ -72,12 +74,16 @@ class FittingInputError(ValueError):
 
 
 def parse_gaze_targets(text: str | None) -> torch.Tensor:
-    """``"p,y;p,y"`` (radians, camera frame, as the labels) -> (N, 2). Empty/None -> (0, 2)."""
+    """``"p,y;p,y"`` (radians, camera frame, as the labels) -> (N, 2). Empty/None -> (0, 2).
+    The named target ``camera`` ("look into the lens") is (0, 0)."""
     if not text or not text.strip():
         return torch.zeros(0, 2)
     out = []
     for part in text.split(";"):
         if not part.strip():
+            continue
+        if part.strip().lower() == "camera":
+            out.append((0.0, 0.0))
             continue
         try:
             p, y = (float(v) for v in part.split(","))
@@ -428,6 +434,10 @@ def fit_single_image(model_path: str, img: str, save_root: str, mask: str | None
         save_latent(os.path.join(work, "latent.pt"), result, info, face.warp,
                     {"source_image": os.path.abspath(img), "code_init": code_init})
         outputs.append("latent.pt")
+        from .eyewarp.outputs import write_photo_redirection  # the photo's own eyes, redirected (issue 16)
+
+        photo_files, photo_report = write_photo_redirection(work, image, analysis, face, targets.numpy(), mp4=mp4)
+        outputs += photo_files
         estimated = None
         if est is not None:
             estimated = _estimate_sweep(est[0], est[1], result, gazes, targets)
@@ -449,6 +459,7 @@ def fit_single_image(model_path: str, img: str, save_root: str, mask: str | None
                     "fitted_gaze": [float(v) for v in result.gaze[0]],
                     "fitted_head_pose": [float(v) for v in result.head_pose]},
             "gaze_targets": targets.tolist(),
+            "photo_redirection": photo_report,
             "seconds": {k: round(v, 3) for k, v in seconds.items()},
             "cpu_seconds": {k: round(v, 3) for k, v in cpu.items()},
             "outputs": outputs + ["fit.json"],
@@ -457,6 +468,8 @@ def fit_single_image(model_path: str, img: str, save_root: str, mask: str | None
             report["estimator"] = estimated
         with open(os.path.join(work, "fit.json"), "w") as f:
             json.dump(report, f, indent=1)
+        if any(name.startswith("redirected/") for name in outputs):
+            os.makedirs(os.path.join(save_root, "redirected"), exist_ok=True)
         for name in outputs + ["fit.json"]:  # fit.json last: its presence marks a complete folder
             os.replace(os.path.join(work, name), os.path.join(save_root, name))
     finally:

@@ -5,6 +5,12 @@ Prints numbers only (no asserts). Usage:
 
     python benchmarks/bench_fitting.py [--model_path runs/quickstart] [--img PHOTO] [--repeats 1]
     python benchmarks/bench_fitting.py --quality [--dataset data/synthetic] [--finetune_steps 30]
+    python benchmarks/bench_fitting.py --warp [--dataset data/synthetic] [--model_path runs/quickstart]
+
+Warp (``--warp``, issue 16): the photo eye warp (``HeadNeRF.eyewarp``) on same-camera redirection pairs of
+the synthetic test subject at 64 and 256 px, against the generator's exact renders: eye PSNR and the exact
+gaze readout's error per redirection bin, next to copying the input and (with a checkpoint) the NeRF fit
+(codes only, codes + fine-tuning); then the warp's time per frame on a 1024 px photo.
 
 Speed: runs ``FittingSingleImage.py`` as a subprocess (so start-up and imports count), on the
 astronaut of scikit-image by default, ``--repeats`` times, and prints the subprocess's wall time
@@ -97,6 +103,104 @@ def bench_quality(args) -> None:
               f"{q.get('c_views', 0)} views) | {q['fit_seconds']:.1f} |")
 
 
+def bench_warp_speed(size: int = 1024, frames: int = 16) -> dict:
+    """Seconds per redirected frame of the photo warp on the astronaut upscaled to ``size``^2 (face analysis
+    and the eye model excluded; they are timed separately)."""
+    import cv2
+    import numpy as np
+    import skimage.data
+
+    from HeadNeRF.eyewarp import prepare, redirect
+    from HeadNeRF.face import analyse_and_normalise
+
+    img = cv2.resize(skimage.data.astronaut(), (size, size), interpolation=cv2.INTER_CUBIC)
+    t = time.perf_counter()
+    face, a = analyse_and_normalise(img, 64)
+    t_face = time.perf_counter() - t
+    t = time.perf_counter()
+    red = prepare(img, a.lm478, face.K_image, face.R_image, face.t_image, face.cam_R_w2c)
+    t_model = time.perf_counter() - t
+    gazes = [(0.2 * np.sin(x), 0.3 * np.cos(x)) for x in np.arange(frames) * 2 * np.pi / frames]
+    t = time.perf_counter()
+    for g in gazes:
+        redirect(img, red, np.array(g))
+    per = (time.perf_counter() - t) / frames
+    return {"size": size, "face_analysis_s": t_face, "eye_model_s": t_model, "per_frame_s": per, "frames": frames}
+
+
+def _nerf_methods(args):
+    """NeRF fit columns: fit the 64 px dataset row of each pair's source once (codes only; codes + fine-tuning),
+    render the requested eye-in-head gaze, resize to the pair's size."""
+    import cv2
+    import numpy as np
+    import torch
+
+    from HeadNeRF.data.dataset import GazeDataset
+    from HeadNeRF.fitting import FitConfig, fit_image, load_trained_model, render_fit, target_from_dataset_row
+
+    model, info = load_trained_model(args.model_path, args.device)
+    ds = GazeDataset(args.dataset, "test", image_size=info.image_size)
+    index = {(r.subject, r.row): i for i, r in enumerate(ds.rows)}
+    sid = ds.rows[0].subject
+    fits = {}
+
+    def method(ft):
+        def run(p):
+            key = (p.row, ft)
+            if key not in fits:
+                target = target_from_dataset_row(ds, index[(sid, p.row)], code=info.code_mean,
+                                                 code_init="checkpoint code_mean")
+                torch.manual_seed(0)
+                fits[key] = fit_image(model, target, FitConfig(finetune_steps=ft), progress=False)
+            img = render_fit(fits[key], gaze_head=torch.tensor(p.gaze_out_head, dtype=torch.float32)[None])[0]
+            arr = (img.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+            S = p.image_in.shape[0]
+            return arr if arr.shape[0] == S else cv2.resize(arr, (S, S), interpolation=cv2.INTER_CUBIC)
+        return run
+
+    return {"nerf_codes": method(0), f"nerf_finetune{args.finetune_steps}": method(args.finetune_steps)}
+
+
+def bench_warp(args) -> None:
+    import torch
+
+    from HeadNeRF.eyewarp.evaluate import evaluate_pairs, make_pairs, summarise
+
+    torch.set_num_threads(args.threads)
+    rows = []
+    methods = {}  # one NeRF fit per source row, shared by the sizes
+    if args.model_path and os.path.exists(args.model_path):
+        methods = _nerf_methods(args)
+    else:
+        print(f"no checkpoint at {args.model_path}: the NeRF-fit columns are left out")
+    for size in args.warp_sizes:
+        pairs = make_pairs(args.dataset, size, rows=args.warp_rows, deltas_deg=[7.5, 12.5, 17.5, 22.5],
+                           directions=args.warp_directions, seed=0)
+        rows += evaluate_pairs(pairs, methods)
+    table = summarise(rows)
+    print("\n| size | method | redirection | pairs (refused) | eye PSNR dB | readout gaze error mean / median deg |")
+    print("|---|---|---|---|---|---|")
+    for t in table:
+        print(f"| {t['size']} | {t['method']} | {t['bin']} deg | {t['pairs']} ({t['refused']}) | {t['eye_psnr']:.2f} | "
+              f"{t['gaze_error_mean']:.1f} / {t['gaze_error_median']:.1f} |")
+    warp = [r for r in rows if r["method"] == "warp" and not r["refused"]]
+    print(f"\nwarp outside the periocular region identical to the input: {sum(r['outside_identical'] for r in warp)}"
+          f"/{len(warp)} pairs")
+    for size in args.warp_sizes:
+        sel = [r for r in warp if r["size"] == size and r["delta_deg"] < 20]
+        if sel:
+            import numpy as np
+
+            print(f"{size} px, redirections < 20 deg: warp mean gaze error {np.mean([r['gaze_error_deg'] for r in sel]):.1f}"
+                  f" deg (target <= 4)")
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump({"rows": rows, "table": table}, f, indent=1)
+    sp = bench_warp_speed()
+    print(f"\nspeed at {sp['size']}^2: {sp['per_frame_s'] * 1000:.1f} ms per redirected frame (mean of {sp['frames']}); "
+          f"eye model {sp['eye_model_s'] * 1000:.0f} ms once; face analysis {sp['face_analysis_s']:.2f} s (excluded)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model_path", default="runs/quickstart", help="checkpoint (run dir or .pt)")
@@ -108,8 +212,18 @@ def main() -> None:
     p.add_argument("--quality", action="store_true", help="measure quality on the synthetic test subjects instead")
     p.add_argument("--dataset", default="data/synthetic", help="synthetic dataset for --quality")
     p.add_argument("--threads", type=int, default=2, help="torch threads for --quality")
+    p.add_argument("--warp", action="store_true", help="measure the photo eye warp on synthetic pairs (issue 16)")
+    p.add_argument("--warp_rows", type=int, nargs="+", default=[0, 8, 16, 24, 32, 40, 48, 56],
+                   help="--warp: source rows of the test subject (default: camera 0, frames 0-7)")
+    p.add_argument("--warp_sizes", type=int, nargs="+", default=[64, 256], help="--warp: image sizes")
+    p.add_argument("--warp_directions", type=int, default=3, help="--warp: random directions per bin and row")
+    p.add_argument("--json_out", help="--warp: also write every pair's numbers here")
     args = p.parse_args()
-    if args.quality:
+    if args.warp:
+        if args.finetune_steps == 0:
+            args.finetune_steps = 30
+        bench_warp(args)
+    elif args.quality:
         if args.finetune_steps == 0:
             args.finetune_steps = 30
         bench_quality(args)

@@ -177,7 +177,8 @@ def _check_outputs(out, with_interp: bool):
 
     names = set(os.listdir(out))
     expected = {"merged.png", "gaze_sweep.gif", "gaze_sweep.mp4", "pose_sweep.gif", "pose_sweep.mp4", "latent.pt",
-                "fit.json"} | ({"interp.gif"} if with_interp else set())
+                "fit.json", "redirected", "photo_strip.png", "photo_gaze_sweep.gif", "photo_gaze_sweep.mp4"} \
+        | ({"interp.gif"} if with_interp else set())
     assert names == expected, names
     merged = imageio.imread(os.path.join(out, "merged.png"))
     assert merged.shape == (256, 768, 3)

@@ -1,0 +1,12 @@
+"""Photoreal gaze redirection of ordinary photos: a model-based warp of the photo's own eye pixels.
+
+``eyeball.py`` (eye model from the face analysis), ``warp.py`` (the backward warp of one eye),
+``redirect.py`` (targets -> images, refusals), ``outputs.py`` (the files FittingSingleImage.py writes).
+See docs/photo_redirection.md.
+"""
+
+from .eyeball import HEAD_MODEL, HUMAN, EyeAnatomy, Eyeball, estimate_eyeballs
+from .redirect import PhotoRedirection, RedirectConfig, changed_region, prepare, redirect
+
+__all__ = ["HEAD_MODEL", "HUMAN", "EyeAnatomy", "Eyeball", "PhotoRedirection", "RedirectConfig", "changed_region",
+           "estimate_eyeballs", "prepare", "redirect"]

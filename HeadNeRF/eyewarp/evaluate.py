@@ -1,0 +1,216 @@
+"""Synthetic ground truth for the photo warp: same-camera redirection pairs of the test subject.
+
+A pair is one view of a synthetic subject (camera, code) rendered by the generator at the input's
+eye-in-head gaze and at a requested gaze ``delta`` degrees away (both exact, ``render_view``,
+supersample 2). The warp gets the input image only (face analysis by mediapipe on a copy
+upscaled to >= 256 px when smaller, landmarks scaled back; head pose by PnP) and the requested gaze in
+the view's camera frame; its output is compared with the exact target render:
+
+* **eye PSNR**: over the union of the input's and the target's eye masks (the generator's
+  periocular masks), in dB;
+* **gaze error**: the angle between the requested gaze and the gaze read from the output by the
+  exact readout (``HeadNeRF.evaluation.readout``), in degrees;
+* **outside unchanged**: pixels outside the warp's periocular region equal the input's.
+
+The same numbers for "copy the input" (no redirection) are the reference that must lose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+
+from HeadNeRF.geometry.gaze import angular_error_deg, pitch_yaw_to_vector, rotate_pitch_yaw, vector_to_pitch_yaw
+
+from .redirect import RedirectConfig, prepare, redirect
+
+__all__ = ["BINS_DEG", "SyntheticPair", "analyse_synthetic", "eye_psnr", "make_pairs", "warp_pair"]
+
+BINS_DEG = ((5.0, 10.0), (10.0, 15.0), (15.0, 20.0), (20.0, 25.0))
+GAZE_BOX = (0.45, 0.6)  # the dataset's eye-in-head pitch / yaw range (rad); targets stay inside it
+
+
+@dataclasses.dataclass
+class SyntheticPair:
+    """One redirection pair at size S. image_in / image_target (S, S, 3) uint8; eye_mask (S, S) bool (union);
+    gaze_in_head / gaze_out_head (2,) rad; gaze_out_cam (2,) requested, camera frame; delta_deg;
+    code (43,), R (3, 3), t (3,), K (3, 3) at S; row: dataset row."""
+
+    image_in: np.ndarray
+    image_target: np.ndarray
+    eye_mask: np.ndarray
+    gaze_in_head: np.ndarray
+    gaze_out_head: np.ndarray
+    gaze_out_cam: np.ndarray
+    delta_deg: float
+    code: np.ndarray
+    R: np.ndarray
+    t: np.ndarray
+    K: np.ndarray
+    row: int
+
+
+def _rotate_towards(g_head: np.ndarray, delta_deg: float, direction: float) -> np.ndarray:
+    """A head-frame gaze ``delta_deg`` away from ``g_head`` (2,) in the image-plane direction ``direction`` (rad)."""
+    v = pitch_yaw_to_vector(torch.tensor(g_head, dtype=torch.float64))
+    up = torch.tensor([0.0, -1.0, 0.0], dtype=torch.float64)
+    e1 = torch.nn.functional.normalize(torch.linalg.cross(up, v), dim=0)
+    e2 = torch.linalg.cross(v, e1)
+    d = math.radians(delta_deg)
+    w = math.cos(d) * v + math.sin(d) * (math.cos(direction) * e1 + math.sin(direction) * e2)
+    return vector_to_pitch_yaw(w).numpy()
+
+
+def make_pairs(dataset_dir: str, image_size: int, rows: list[int], deltas_deg: list[float], directions: int = 4,
+               subject: int | None = None, seed: int = 0) -> list[SyntheticPair]:
+    """Pairs of the test subject's ``rows`` (dataset row indices) at ``image_size``: for each row, each
+    delta, ``directions`` random directions whose target stays inside the dataset's gaze box."""
+    import h5py
+
+    from HeadNeRF.data.synthetic.render import render_view
+
+    with open(f"{dataset_dir}/split.json") as f:
+        import json
+
+        split = json.load(f)
+    sid = split["test_subjects"][0] if subject is None else subject
+    rng = np.random.default_rng(seed)
+    pairs = []
+    with h5py.File(f"{dataset_dir}/subject{sid:04d}.h5", "r") as f:
+        S0 = int(f.attrs["image_size"])
+        for r in rows:
+            code = np.asarray(f["latent_code"][r], np.float32)
+            R = np.asarray(f["cam_R_w2c"][r], np.float64)
+            t = np.asarray(f["cam_t_w2c"][r], np.float64)
+            K = np.asarray(f["cam_K"][r], np.float64).copy()
+            K[:2] *= image_size / S0
+            g_in = rotate_pitch_yaw(torch.tensor(f["face_gaze"][r], dtype=torch.float64)[None],
+                                    torch.tensor(R).T[None])[0].numpy()
+            outs = []
+            for d in deltas_deg:
+                found = 0
+                for _ in range(50):
+                    g_out = _rotate_towards(g_in, d, rng.uniform(0, 2 * math.pi))
+                    if abs(g_out[0]) <= GAZE_BOX[0] and abs(g_out[1]) <= GAZE_BOX[1]:
+                        outs.append((d, g_out))
+                        found += 1
+                        if found == directions:
+                            break
+            if not outs:
+                continue
+            gazes = np.stack([g_in] + [g for _, g in outs]).astype(np.float32)
+            n = len(gazes)
+            ren = render_view(code, np.repeat(R[None], n, 0), np.repeat(t[None], n, 0), np.repeat(K[None], n, 0),
+                              image_size, gazes, supersample=2)
+            for k, (d, g_out) in enumerate(outs, start=1):
+                g_cam = rotate_pitch_yaw(torch.tensor(g_out)[None], torch.tensor(R)[None])[0].numpy()
+                exact = float(angular_error_deg(torch.tensor(g_in)[None], torch.tensor(g_out)[None])[0])
+                pairs.append(SyntheticPair(ren["image"][0], ren["image"][k],
+                                           (ren["eye_mask"][0] >= 128) | (ren["eye_mask"][k] >= 128), g_in, g_out,
+                                           g_cam, exact, code, R, t, K, int(r)))
+    return pairs
+
+
+def analyse_synthetic(image: np.ndarray, K: np.ndarray):
+    """Face analysis and head pose of a synthetic image: mediapipe on a copy upscaled to >= 256 px.
+
+    Returns (lm478 (478, 3) in the image's pixels, R (3, 3), t (3,)) or raises NoFaceError."""
+    import cv2
+
+    from HeadNeRF.face import analyse_face
+    from HeadNeRF.face.pose import head_pose_pnp
+
+    S = image.shape[0]
+    up = max(1, int(math.ceil(256 / S)))
+    big = cv2.resize(image, (S * up, S * up), interpolation=cv2.INTER_CUBIC) if up > 1 else image
+    a = analyse_face(big)
+    lm = a.lm478.astype(np.float64) / up
+    R, t = head_pose_pnp(a.lm68 / up, K, lm478=lm)
+    return lm, R, t
+
+
+def eye_psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    """PSNR (dB) of two (S, S, 3) uint8 images over a (S, S) bool mask."""
+    d = (a.astype(np.float64) - b.astype(np.float64)) / 255.0
+    mse = float((d[mask] ** 2).mean())
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def warp_pair(pair: SyntheticPair, config: RedirectConfig | None = None, analysis=None):
+    """Run the warp on one pair. Returns (output (S, S, 3) uint8 or None, note, periocular mask (S, S) bool)."""
+    from .redirect import changed_region
+
+    cfg = config or RedirectConfig(anatomy="head_model")
+    lm, R, t = analysis if analysis is not None else analyse_synthetic(pair.image_in, pair.K)
+    # the image is its own normalised view: requested gazes are in its camera frame
+    red = prepare(pair.image_in, lm, pair.K, R, t, R, cfg)
+    out, note = redirect(pair.image_in, red, pair.gaze_out_cam)
+    if out is None:
+        return None, note or "; ".join(red.notes), changed_region(pair.image_in.shape, red)
+    return out, "; ".join(red.notes) or None, changed_region(pair.image_in.shape, red)
+
+
+def evaluate_pairs(pairs: list[SyntheticPair], methods: dict, config: RedirectConfig | None = None,
+                   readout: bool = True, progress: bool = False) -> list[dict]:
+    """Eye PSNR and readout gaze error of each method on each pair.
+
+    methods: name -> fn(pair) -> (S, S, 3) uint8 image or None (refused); "warp" and "copy" are added.
+    Returns one dict per (pair, method): method, delta_deg, eye_psnr, gaze_error_deg (NaN without
+    readout), refused (bool), outside_identical (warp only).
+    """
+    from HeadNeRF.evaluation.readout import GazeReadout
+
+    rows, analyses, readers = [], {}, {}
+    for i, p in enumerate(pairs):
+        key = (p.row, p.image_in.shape[0])
+        if key not in analyses:
+            try:
+                analyses[key] = analyse_synthetic(p.image_in, p.K)
+            except Exception as exc:  # noqa: BLE001 - a missed face is a refusal of this pair, counted
+                analyses[key] = str(exc).splitlines()[0]
+        if readout and key not in readers:
+            readers[key] = GazeReadout(p.code, p.R, p.t, p.K, p.image_in.shape[0], supersample=2)
+        outs = {"copy": (p.image_in, None)}
+        a = analyses[key]
+        if isinstance(a, str):
+            outs["warp"] = (None, a)
+        else:
+            img, note, region = warp_pair(p, config, a)
+            outs["warp"] = (img, note)
+        for name, fn in methods.items():
+            outs[name] = (fn(p), None)
+        for name, (img, note) in outs.items():
+            r = {"method": name, "delta_deg": p.delta_deg, "row": p.row, "size": p.image_in.shape[0],
+                 "refused": img is None, "eye_psnr": float("nan"), "gaze_error_deg": float("nan")}
+            if img is not None:
+                r["eye_psnr"] = eye_psnr(img, p.image_target, p.eye_mask)
+                if readout:
+                    g = readers[key].read(img)["gaze_head"]
+                    r["gaze_error_deg"] = float(angular_error_deg(torch.as_tensor(g, dtype=torch.float64)[None],
+                                                                  torch.tensor(p.gaze_out_head)[None])[0])
+                if name == "warp":
+                    r["outside_identical"] = bool((img[~region] == p.image_in[~region]).all())
+            rows.append(r)
+        if progress:
+            print(f"pair {i + 1}/{len(pairs)}", flush=True)
+    return rows
+
+
+def summarise(rows: list[dict], bins=BINS_DEG) -> list[dict]:
+    """Per (size, method, bin): pairs, refused, mean eye PSNR, mean / median gaze error."""
+    out = []
+    for size in sorted({r["size"] for r in rows}):
+        for method in dict.fromkeys(r["method"] for r in rows):
+            for lo, hi in bins:
+                sel = [r for r in rows if r["size"] == size and r["method"] == method and lo <= r["delta_deg"] < hi]
+                done = [r for r in sel if not r["refused"]]
+                err = [r["gaze_error_deg"] for r in done]
+                out.append({"size": size, "method": method, "bin": f"{lo:.0f}-{hi:.0f}", "pairs": len(sel),
+                            "refused": len(sel) - len(done),
+                            "eye_psnr": float(np.mean([r["eye_psnr"] for r in done])) if done else float("nan"),
+                            "gaze_error_mean": float(np.mean(err)) if err else float("nan"),
+                            "gaze_error_median": float(np.median(err)) if err else float("nan")})
+    return out

@@ -1,0 +1,153 @@
+"""Photo eye warp (HeadNeRF/eyewarp, issue 16): pixels outside the periocular region untouched, irises moved
+the requested way on a real photo, refusals as one line, the synthetic pair evaluation able to say no."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from HeadNeRF.eyewarp import RedirectConfig, changed_region, prepare, redirect
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    """skimage's astronaut (a real photo that ships in a package), its face analysis and normalised face."""
+    import skimage.data
+
+    from HeadNeRF.face import analyse_and_normalise
+
+    img = skimage.data.astronaut()
+    face, analysis = analyse_and_normalise(img, 64)
+    return img, face, analysis
+
+
+def _prepare(img, face, analysis, lm=None, R=None, config=None):
+    return prepare(img, analysis.lm478 if lm is None else lm, face.K_image, face.R_image if R is None else R,
+                   face.t_image, face.cam_R_w2c, config)
+
+
+def test_outside_the_periocular_region_is_bit_identical(astronaut):
+    img, face, analysis = astronaut
+    red = _prepare(img, face, analysis)
+    assert red.notes == [] and len(red.usable) == 2
+    region = changed_region(img.shape, red)
+    assert 0 < region.sum() < 0.02 * region.size  # two small ellipses
+    for g in ((0.0, 0.3), (0.2, -0.2), (-0.25, 0.0)):
+        out, note = redirect(img, red, np.array(g))
+        assert note is None and out.shape == img.shape and out.dtype == np.uint8
+        assert np.array_equal(out[~region], img[~region])
+        assert np.abs(out[region].astype(int) - img[region]).max() > 40  # the eyes did change
+
+
+def test_irises_move_the_requested_way_on_a_real_photo(astronaut):
+    """mediapipe, run again on the output, finds the iris centres moved as the eye model predicts."""
+    from HeadNeRF.eyewarp.eyeball import project
+    from HeadNeRF.face import analyse_face
+    from HeadNeRF.geometry.gaze import pitch_yaw_to_vector
+
+    img, face, analysis = astronaut
+    red = _prepare(img, face, analysis)
+    iris0 = analyse_face(img).iris2d
+    for g, axis, sign in (((0.0, 0.3), 0, -1), ((0.0, -0.3), 0, +1), ((-0.25, 0.0), 1, +1), ((0.25, 0.0), 1, -1)):
+        out, _ = redirect(img, red, np.array(g))
+        moved = analyse_face(out).iris2d - iris0  # (2 eyes, xy) px
+        g_real = red.R_norm_to_real @ pitch_yaw_to_vector(torch.tensor(g, dtype=torch.float64)).numpy()
+        for k, e in enumerate(red.eyes):
+            expected = project(np.stack([e.centre + e.radius * g_real, e.centre + e.radius * e.gaze]), red.K)
+            expected = expected[0] - expected[1]
+            assert np.sign(expected[axis]) == sign  # +yaw = image left, +pitch = up
+            assert np.sign(moved[k, axis]) == sign, (g, k, moved[k], expected)
+            assert 0.4 * abs(expected[axis]) <= abs(moved[k, axis]) <= 2.0 * abs(expected[axis]) + 0.5, \
+                (g, k, moved[k], expected)
+
+
+def test_refusals_are_one_line_each(astronaut):
+    img, face, analysis = astronaut
+    lm = analysis.lm478.copy()
+    # close the subject's right eye: the upper lid points onto the lower lid
+    from HeadNeRF.face.landmarks68 import RIGHT_EYE_CONTOUR
+
+    cont = list(RIGHT_EYE_CONTOUR)
+    for up, low in zip(cont[1:8], cont[15:8:-1]):
+        lm[up, :2] = lm[low, :2] - [0, 0.3]
+    red = _prepare(img, face, analysis, lm=lm)
+    assert [e.side for e in red.usable] == ["left"]
+    assert any("right eye closed" in n for n in red.notes) and any("only the left eye" in n for n in red.notes)
+    assert all("\n" not in n for n in red.notes)
+    out, note = redirect(img, red, np.array([0.0, 0.3]))
+    assert note is None
+    right_box = (slice(int(lm[cont, 1].min()) - 3, int(lm[cont, 1].max()) + 4),
+                 slice(int(lm[cont, 0].min()) - 3, int(lm[cont, 0].max()) + 4))
+    assert np.array_equal(out[right_box], img[right_box])  # the refused eye is untouched
+
+    # profile: the head turned 80 deg away -> both eyes hidden by the test's rotation, nothing written
+    c, s = math.cos(math.radians(80)), math.sin(math.radians(80))
+    R = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]]) @ face.R_image
+    red = _prepare(img, face, analysis, R=R)
+    assert not red.usable and any("not visible" in n for n in red.notes)
+    assert redirect(img, red, np.array([0.0, 0.0]))[0] is None
+
+    # too small: the eyes shrunk to 4 px
+    lm_small = analysis.lm478.copy()
+    centre = lm_small[:, :2].mean(0)
+    lm_small[:, :2] = centre + (lm_small[:, :2] - centre) * 0.2
+    red = _prepare(img, face, analysis, lm=lm_small)
+    assert not red.usable and all("too small" in n for n in red.notes[:2])
+
+    # beyond the supported range: refused with a note, no image
+    red = _prepare(img, face, analysis)
+    out, note = redirect(img, red, np.array([0.9, 0.0]), label="far")
+    assert out is None and "beyond" in note and "far" in note
+    with pytest.raises(ValueError, match="anatomy"):
+        RedirectConfig(anatomy="cat")
+
+
+def test_photo_outputs_and_named_target(astronaut, tmp_path, capsys):
+    import imageio.v2 as imageio
+
+    from HeadNeRF.eyewarp.outputs import write_photo_redirection
+    from HeadNeRF.fitting_outputs import parse_gaze_targets
+
+    targets = parse_gaze_targets("camera; 0.1,-0.2 ;0.9,0")
+    assert torch.equal(targets, torch.tensor([[0.0, 0.0], [0.1, -0.2], [0.9, 0.0]]))
+    img, face, analysis = astronaut
+    files, report = write_photo_redirection(str(tmp_path), img, analysis, face, targets.numpy(), mp4=False)
+    assert "redirected/camera.png" in files and "redirected/gaze_p+0.10_y-0.20.png" in files
+    assert not any("0.90" in f for f in files)  # beyond range: no image
+    assert len(report["notes"]) == 1 and "beyond" in report["notes"][0]
+    assert "[photo] target gaze_p+0.90_y+0.00" in capsys.readouterr().err
+    assert imageio.imread(tmp_path / "redirected" / "camera.png").shape == img.shape  # original size
+    assert len(imageio.mimread(tmp_path / "photo_gaze_sweep.gif")) >= 16
+    assert imageio.imread(tmp_path / "photo_strip.png").shape[1] > 2 * imageio.imread(tmp_path / "photo_strip.png").shape[0]
+    json.dumps(report)  # fit.json-ready
+
+
+def test_synthetic_pair_warp_keeps_the_outside_and_copy_is_the_reference(tiny_dataset):
+    """A 256 px pair of the tiny dataset's test subject: the warp leaves the outside untouched, the copy's eye PSNR is
+    finite and the target against itself is perfect, so the metric can tell them apart."""
+    from HeadNeRF.eyewarp.evaluate import eye_psnr, make_pairs, warp_pair
+
+    with open(os.path.join(tiny_dataset, "split.json")) as f:
+        assert json.load(f)["test_subjects"]
+    pairs = make_pairs(tiny_dataset, 256, rows=[0], deltas_deg=[15.0], directions=1)
+    assert len(pairs) == 1 and 14.0 < pairs[0].delta_deg < 16.0
+    p = pairs[0]
+    out, note, region = warp_pair(p)
+    copy = eye_psnr(p.image_in, p.image_target, p.eye_mask)
+    assert math.isfinite(copy) and eye_psnr(p.image_target, p.image_target, p.eye_mask) > copy + 30
+    if out is not None:
+        assert np.array_equal(out[~region], p.image_in[~region])
+    else:
+        assert note and "\n" not in note
+
+
+def test_an_unexpected_failure_is_one_note_and_no_files(astronaut, tmp_path, capsys):
+    from HeadNeRF.eyewarp.outputs import write_photo_redirection
+
+    img, face, analysis = astronaut
+    files, report = write_photo_redirection(str(tmp_path), img[..., :2], analysis, face, np.zeros((0, 2)), mp4=False)
+    assert files == [] and len(report["notes"]) == 1 and report["notes"][0].startswith("photo redirection failed")
+    assert capsys.readouterr().err.count("[photo] ") == 1
