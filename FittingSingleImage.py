@@ -87,6 +87,9 @@ def main(argv=None) -> int:
     if not os.path.exists(args.img):
         print(f"{args.img}: file not found", file=sys.stderr)
         return 2
+    if os.path.exists(args.save_root) and not os.path.isdir(args.save_root):
+        print(f"--save_root {args.save_root} is an existing file, not a folder; pass a folder path", file=sys.stderr)
+        return 2
     import torch
 
     if args.threads < 1:
@@ -95,7 +98,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from HeadNeRF.checkpoint import CheckpointError
     from HeadNeRF.config import ConfigError
-    from HeadNeRF.face import ImageReadError, NoFaceError
+    from HeadNeRF.face import FaceIndexError, ImageReadError, NoFaceError
     from HeadNeRF.fitting_outputs import FittingInputError, fit_single_image
 
     try:
@@ -110,8 +113,8 @@ def main(argv=None) -> int:
         return 1
     except FittingInputError as exc:
         print(str(exc), file=sys.stderr)
-        return 1 if "too small" in str(exc) else 2
-    except (ImageReadError, CheckpointError, ConfigError) as exc:
+        return exc.exit_code
+    except (ImageReadError, CheckpointError, ConfigError, FaceIndexError) as exc:
         print(str(exc), file=sys.stderr)
         return 2
     s = report["seconds"]

@@ -66,7 +66,59 @@ LATENT_FORMAT = "HeadNeRF_Gaze latent v1"
 
 
 class FittingInputError(ValueError):
-    """A user input the fit cannot use. One-line message."""
+    """A user input the fit cannot use (a wrong argument or file: exit code 2). One-line message."""
+
+    exit_code = 2
+
+
+class PhotoUnusableError(FittingInputError):
+    """The photo itself cannot be fitted (a face too small, ...): exit code 1, like "no face found"."""
+
+    exit_code = 1
+
+
+# Everything the command may write into save_root; what this run does not write is removed at the
+# end, so every output in the folder comes from the last run (an old interp.gif never stays beside new
+# outputs). redirected/*.png are the photo's redirected frames.
+KNOWN_OUTPUTS = ("merged.png", "gaze_sweep.gif", "gaze_sweep.mp4", "pose_sweep.gif", "pose_sweep.mp4", "interp.gif",
+                 "latent.pt", "photo_gaze_sweep.gif", "photo_gaze_sweep.mp4", "photo_strip.png", "fit.json")
+WORK_PREFIX = ".fitting_tmp_"
+
+
+def check_save_root(save_root: str) -> None:
+    """Refuse (before any work) a save_root that is an existing file."""
+    if os.path.exists(save_root) and not os.path.isdir(save_root):
+        raise FittingInputError(f"--save_root {save_root} is an existing file, not a folder; pass a folder path")
+
+
+def remove_dead_work_dirs(save_root: str) -> list[str]:
+    """Delete ``.fitting_tmp_<pid>_*`` folders of runs that were killed (their pid is gone)."""
+    removed = []
+    for name in os.listdir(save_root) if os.path.isdir(save_root) else []:
+        if not name.startswith(WORK_PREFIX):
+            continue
+        head = name[len(WORK_PREFIX):].split("_", 1)[0]
+        if head.isdigit() and int(head) != os.getpid() and os.path.exists(f"/proc/{head}"):
+            continue  # a live run (Linux: /proc; elsewhere old folders are always cleaned)
+        shutil.rmtree(os.path.join(save_root, name), ignore_errors=True)
+        removed.append(name)
+    return removed
+
+
+def remove_stale_outputs(save_root: str, keep: list[str]) -> list[str]:
+    """Delete the command's outputs in save_root that are not in ``keep`` (written by an earlier run)."""
+    keep_set, removed = set(keep), []
+    for name in KNOWN_OUTPUTS:
+        if name not in keep_set and os.path.isfile(os.path.join(save_root, name)):
+            os.unlink(os.path.join(save_root, name))
+            removed.append(name)
+    folder = os.path.join(save_root, "redirected")
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        rel = "redirected/" + name
+        if rel not in keep_set and name.endswith(".png"):
+            os.unlink(os.path.join(folder, name))
+            removed.append(rel)
+    return removed
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,7 +142,9 @@ def parse_gaze_targets(text: str | None) -> torch.Tensor:
         except ValueError:
             raise FittingInputError(f"--gaze_targets: {part.strip()!r} is not 'pitch,yaw' (radians), "
                                     "e.g. \"0.2,-0.3;0,0.4\"") from None
-        if not (math.isfinite(p) and math.isfinite(y)) or abs(p) > 1.2 or abs(y) > 1.2:
+        if not (math.isfinite(p) and math.isfinite(y)):
+            raise FittingInputError(f"--gaze_targets: {part.strip()!r}: angles must be finite numbers (radians)")
+        if abs(p) > 1.2 or abs(y) > 1.2:
             raise FittingInputError(f"--gaze_targets: {part.strip()!r} is outside ±1.2 rad")
         out.append((p, y))
     return torch.tensor(out, dtype=torch.float32).reshape(-1, 2)
@@ -357,6 +411,7 @@ def fit_single_image(model_path: str, img: str, save_root: str, mask: str | None
         seconds[name], cpu[name] = w - clock["wall"], c - clock["cpu"]
         clock.update(wall=w, cpu=c)
 
+    check_save_root(save_root)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise FittingInputError("--device cuda: no CUDA device is available; use --device cpu")
     targets = parse_gaze_targets(gaze_targets)
@@ -381,7 +436,7 @@ def fit_single_image(model_path: str, img: str, save_root: str, mask: str | None
                                            focal_factor=float(conv["focal_factor"]), distance=float(conv["distance"]))
     iod = _interocular(analysis.lm68)
     if iod < MIN_INTEROCULAR_PX:
-        raise FittingInputError(f"{img}: face too small to fit (eyes {iod:.1f} px apart, need >= "
+        raise PhotoUnusableError(f"{img}: face too small to fit (eyes {iod:.1f} px apart, need >= "
                                 f"{MIN_INTEROCULAR_PX:.0f} px)")
     if mask:
         face.mask = load_user_mask(mask, image.shape, face, info.image_size)
@@ -413,7 +468,8 @@ def fit_single_image(model_path: str, img: str, save_root: str, mask: str | None
     seconds["finetune"] = result.seconds.get("finetune", 0.0)
 
     os.makedirs(save_root, exist_ok=True)
-    work = tempfile.mkdtemp(prefix=".fitting_tmp_", dir=save_root)
+    stale_work = remove_dead_work_dirs(save_root)
+    work = tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}_", dir=save_root)
     try:
         eye_code = code.numpy() if is_synthetic_layout(info.code_slices) else None
         inp = target.image[0].cpu()
@@ -466,10 +522,13 @@ def fit_single_image(model_path: str, img: str, save_root: str, mask: str | None
         }
         if estimated is not None:
             report["estimator"] = estimated
-        with open(os.path.join(work, "fit.json"), "w") as f:
-            json.dump(report, f, indent=1)
         if any(name.startswith("redirected/") for name in outputs):
             os.makedirs(os.path.join(save_root, "redirected"), exist_ok=True)
+        if os.path.isfile(os.path.join(save_root, "fit.json")):  # the folder is incomplete while outputs move
+            os.unlink(os.path.join(save_root, "fit.json"))
+        report["removed_old_outputs"] = remove_stale_outputs(save_root, outputs) + stale_work
+        with open(os.path.join(work, "fit.json"), "w") as f:
+            json.dump(report, f, indent=1)
         for name in outputs + ["fit.json"]:  # fit.json last: its presence marks a complete folder
             os.replace(os.path.join(work, name), os.path.join(save_root, name))
     finally:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -203,12 +204,23 @@ def test_command_on_a_real_photo(ckpt, photo, tiny_dataset, tmp_path):
     report = _check_outputs(str(out), with_interp=True)
     assert report["face"]["num_faces"] == 1 and report["face"]["interocular_px"] > 12
     assert np.allclose(report["gaze_targets"], [[0.2, 0.3], [0.0, -0.4]])
-    # the latent.pt of this fit is accepted back as a target embedding
-    rc = _script_main()(["--model_path", ckpt, "--img", photo, "--save_root", str(tmp_path / "out2"), "--steps", "2",
-                         "--no_mp4", "--target_embedding", str(out / "latent.pt"), "--para_3dmm", str(out / "latent.pt"),
-                         "--no_progress", "--verbose"])
+    # the latent.pt of this fit is accepted back as a target embedding; a second run into the same folder
+    # (fewer gaze targets, no MP4) leaves only its own outputs, and removes a killed run's work folder
+    shutil.copy(out / "latent.pt", tmp_path / "latent.pt")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    os.makedirs(out / f".fitting_tmp_{int(dead.stdout)}_x")
+    rc = _script_main()(["--model_path", ckpt, "--img", photo, "--save_root", str(out), "--steps", "2",
+                         "--no_mp4", "--target_embedding", str(tmp_path / "latent.pt"), "--gaze_targets", "camera",
+                         "--para_3dmm", str(tmp_path / "latent.pt"), "--no_progress", "--verbose"])
     assert rc == 0
-    assert "interp.gif" in os.listdir(tmp_path / "out2")
+    with open(out / "fit.json") as f:
+        second = json.load(f)
+    written = set(second["outputs"])
+    assert "interp.gif" in written and not any(n.endswith(".mp4") for n in os.listdir(out))
+    listed = {n for n in os.listdir(out) if not os.path.isdir(out / n)} | \
+        {"redirected/" + n for n in os.listdir(out / "redirected")}
+    assert listed == written, listed ^ written
+    assert any(n.startswith(".fitting_tmp_") for n in second["removed_old_outputs"])
 
 
 def test_command_on_a_synthetic_render_and_odd_image_formats(ckpt, tmp_path):
@@ -271,7 +283,30 @@ def test_bad_inputs_fail_in_one_line(ckpt, photo, tmp_path, capsys):
     assert rc == 2 and "not a HeadNeRF checkpoint" in err and err.count("\n") == 1, err
     rc, err = run("--model_path", ckpt, "--img", photo, "--gaze_targets", "0.1")
     assert rc == 2 and "--gaze_targets" in err and err.count("\n") == 1, err
+    rc, err = run("--model_path", ckpt, "--img", photo, "--gaze_targets", "nan,0")
+    assert rc == 2 and "must be finite numbers" in err and err.count("\n") == 1, err
+    rc, err = run("--model_path", ckpt, "--img", photo, "--face_index", "5")
+    assert rc == 2 and "--face_index 5: 1 face found" in err and err.count("\n") == 1, err
     _assert_clean(out)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    rc = main(["--model_path", ckpt, "--img", photo, "--save_root", str(a_file), "--no_progress", "--verbose"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is an existing file" in err and err.count("\n") == 1 and a_file.read_text() == "x", err
+
+
+def test_stale_outputs_of_an_earlier_run_are_removed(tmp_path):
+    from HeadNeRF.fitting_outputs import remove_stale_outputs
+
+    for name in ("merged.png", "interp.gif", "notes.txt"):
+        (tmp_path / name).write_text("old")
+    (tmp_path / "redirected").mkdir()
+    for name in ("a.png", "b.png"):
+        (tmp_path / "redirected" / name).write_text("old")
+    removed = remove_stale_outputs(str(tmp_path), ["merged.png", "redirected/a.png"])
+    assert sorted(removed) == ["interp.gif", "redirected/b.png"]
+    assert sorted(os.listdir(tmp_path)) == ["merged.png", "notes.txt", "redirected"]  # not ours: kept
+    assert os.listdir(tmp_path / "redirected") == ["a.png"]
 
 
 def test_face_too_small_and_bad_codes(ckpt, photo, tmp_path, monkeypatch):

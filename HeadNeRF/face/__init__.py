@@ -7,7 +7,7 @@ step: the synthetic head model's code). Design and accuracy: docs/face_analysis.
 """
 
 from .detect import FaceAnalysis, analyse_face, close  # noqa: F401
-from .errors import ImageReadError, NoFaceError
+from .errors import FaceIndexError, ImageReadError, NoFaceError
 from .image_io import load_image_rgb
 from .masks import face_masks
 from .normalise import NormalisedFace, analyse_and_normalise, normalise_face
@@ -16,6 +16,7 @@ from .pose import default_intrinsics, head_pose_pnp
 __all__ = [
     "FaceAnalysis",
     "ImageReadError",
+    "FaceIndexError",
     "NoFaceError",
     "NormalisedFace",
     "analyse_and_normalise",

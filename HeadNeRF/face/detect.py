@@ -28,7 +28,7 @@ import threading
 
 import numpy as np
 
-from .errors import NoFaceError
+from .errors import FaceIndexError, NoFaceError
 from .landmarks68 import iris_from_mesh, landmarks68_from_mesh
 
 __all__ = ["MAX_FACES", "FaceAnalysis", "analyse_face", "close", "detect_face_boxes"]
@@ -193,7 +193,7 @@ def analyse_face(image_rgb: np.ndarray, face_index: int | None = None, name: str
     Returns:
         :class:`FaceAnalysis` in pixel coordinates of ``image_rgb``.
     Raises:
-        NoFaceError: no face (or fewer than ``face_index + 1`` faces).
+        NoFaceError: no face. FaceIndexError: fewer than ``face_index + 1`` faces (names how many).
     """
     img = np.asarray(image_rgb)
     if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 2, 3, 4)) or min(img.shape[:2]) < 1:
@@ -219,7 +219,7 @@ def analyse_face(image_rgb: np.ndarray, face_index: int | None = None, name: str
     meshes.sort(key=lambda a: -_box_area(a))
     k = 0 if face_index is None else int(face_index)
     if k < 0 or k >= len(meshes):
-        raise NoFaceError(name)
+        raise FaceIndexError(name, k, len(meshes))
     lm = meshes[k]
     # A small face found on the full image: redo it on a centred, enlarged crop (better landmarks).
     span = float(max(lm[:, 0].max() - lm[:, 0].min(), lm[:, 1].max() - lm[:, 1].min()))
