@@ -255,6 +255,15 @@ def test_cli(tiny_dataset, tmp_path, write_config):
     assert again.returncode == 2 and "already holds a run" in again.stderr
     reuse = run_script("--config_file", cfg, "--auto_resume")  # finished: only the report is rewritten
     assert reuse.returncode == 0 and "continuing the run" in reuse.stdout, reuse.stderr
+    config_yaml = (tmp_path / "run" / "config.yaml").read_text()
+    changed = tiny_estimator_config(tiny_dataset, str(tmp_path / "run"), steps=2)
+    changed.update(lr=changed.get("lr", 2e-3) * 3, batch_size=changed.get("batch_size", 64) + 1, seed=7)
+    changed.setdefault("augment", {})["hflip"] = 0.0
+    refused = run_script("--config_file", write_config(changed, "changed.yml"), "--auto_resume")
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    for key in ("lr ", "batch_size ", "seed ", "augment.hflip "):
+        assert key in refused.stderr, (key, refused.stderr)
+    assert (tmp_path / "run" / "config.yaml").read_text() == config_yaml  # the run's record is untouched
 
 
 # ----------------------------------------------------------------------------------------------

@@ -171,17 +171,32 @@ def prepare_data(cfg: EstimatorConfig, progress: bool = True) -> tuple[LabelledF
     return train, heldout, note
 
 
+# Keys a continued run may change: where and how fast it runs, how often it logs, and how long it trains
+# (a longer ``steps`` stretches the remaining cosine schedule). Everything else shapes the result.
+RESUMABLE_CHANGES = ("run_dir", "device", "num_threads", "steps", "val_every", "val_images", "ckpt_every", "log_every",
+                     "max_bad_steps")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _check_resume(state: dict, cfg: EstimatorConfig, path: str) -> None:
+    """Refuse to continue a run with settings that change what it learns (lr, batch size, augmentation, seed, ...)."""
     if not isinstance(state.get("estimator"), dict):
         raise CheckpointError(f"{path}: not a gaze-estimator checkpoint (a NeRF checkpoint?)")
-    saved = state["config"]
-    for section in ("model", "data"):
-        now = to_dict(getattr(cfg, section))
-        diff = [k for k in now if k in saved.get(section, {}) and saved[section][k] != now[k]]
-        if diff:
-            raise CheckpointError(f"{path}: the run was trained with other {section} settings {diff} "
-                                  f"(checkpoint {[saved[section][k] for k in diff]}, config {[now[k] for k in diff]}); "
-                                  "resume with the run's own config.yaml")
+    saved, now = _flatten(state["config"]), _flatten(to_dict(cfg))
+    diff = [k for k in now if k in saved and saved[k] != now[k] and k not in RESUMABLE_CHANGES]
+    if diff:
+        raise CheckpointError(f"{path}: the run was trained with other settings: "
+                              + ", ".join(f"{k} {saved[k]!r} -> {now[k]!r}" for k in diff)
+                              + "; resume with the run's own config.yaml, or start a new run_dir")
 
 
 def _training_crop_centres(cfg: EstimatorConfig, centres: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
