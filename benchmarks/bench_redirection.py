@@ -152,7 +152,7 @@ def summarise(name: str, pairs: list[dict]) -> dict:
     def col(key, sel=None):
         return [p[key] for p in pairs if sel is None or sel(p)]
 
-    print(f"\n== {name}: {len(pairs)} pairs, mean / median °")
+    print(f"\n== {name}: {len(pairs)} pairs, mean / median °", flush=True)
     out = {"pairs": len(pairs)}
     for key, label in (("error_deg", "redirected"), ("copy_error_deg", "copy A"), ("floor_deg", "floor")):
         print(f"  {label:28s} {_stats(col(key))}")
@@ -185,6 +185,9 @@ def main() -> None:
     p.add_argument("--sources", type=int, default=12, help="source rows per seen group (spread over the subjects)")
     p.add_argument("--unseen_sources", type=int, default=8, help="source rows of the test subject (exact code)")
     p.add_argument("--fit_cams", type=int, nargs="*", default=[0], help="source cameras of the codes-only fits")
+    p.add_argument("--targets", type=int, default=None, help="target gazes per source (default: every other frame)")
+    p.add_argument("--groups", nargs="*", default=["seen/heldout-frame", "seen/train-frame", "unseen/exact-code", "fit"],
+                   help="which groups to measure (fit: the codes-only fits)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None, help="write the per-pair records here")
     args = p.parse_args()
@@ -208,9 +211,11 @@ def main() -> None:
     }
     records, summary = {}, {}
     for name, (ds, rows) in groups.items():
-        records[name] = redirect_rows(model, ds, rows, "cpu")
+        if name not in args.groups:
+            continue
+        records[name] = redirect_rows(model, ds, rows, "cpu", args.targets)
         summary[name] = summarise(name, records[name])
-    for init in ("mean", "row"):
+    for init in ("mean", "row") if "fit" in args.groups else ():
         for cam in args.fit_cams:
             q = ground_truth_quality(model, info, args.dataset, init=init, source_cam=cam, cfg=FitConfig())
             name = f"unseen/fit-{init}/cam{cam}"
