@@ -97,8 +97,8 @@ def redirect_rows(model, ds, rows, device, targets_per_source: int | None = None
             cams, frames = np.asarray(f["cam_index"][:]), np.asarray(f["frame_index"][:])
             valid = np.asarray(f["valid_mask"][:], dtype=bool)
             targets = [int(r) for r in np.flatnonzero(valid & (cams == cam) & (frames != frame))]
-            if targets_per_source is not None:
-                targets = targets[:: max(1, len(targets) // targets_per_source)][:targets_per_source]
+            if targets_per_source is not None and len(targets) > targets_per_source:  # evenly over the frames
+                targets = [targets[(k * len(targets)) // targets_per_source] for k in range(targets_per_source)]
             if not targets:
                 continue
             code = f["latent_code"][row]
@@ -141,6 +141,15 @@ def redirect_rows(model, ds, rows, device, targets_per_source: int | None = None
                           "copy_error_deg": float(copy_err[j]), "floor_deg": float(floor[j]),
                           "recon_error_deg": recon, "copy_recon_deg": copy_recon})
     return pairs
+
+
+def spread_over_views(ds, rows: list, count: int) -> list:
+    """At most ``count`` of ``rows`` (indices into ``ds``), evenly spaced in (camera, subject, frame) order: every
+    camera first (the dataset's rows are frame-major, so an even stride over them can land on one or two cameras)."""
+    ordered = sorted(rows, key=lambda i: (ds.rows[i].cam, ds.rows[i].subject, ds.rows[i].frame))
+    if len(ordered) <= count:
+        return ordered
+    return [ordered[(k * len(ordered)) // count] for k in range(count)]
 
 
 def summarise(name: str, pairs: list[dict]) -> dict:
@@ -196,7 +205,7 @@ def main() -> None:
 
     from HeadNeRF.data.dataset import GazeDataset
     from HeadNeRF.fitting import FitConfig, ground_truth_quality, load_trained_model
-    from HeadNeRF.training import _split_val_rows, _spread
+    from HeadNeRF.training import _split_val_rows
 
     torch.set_num_threads(args.threads)
     model, info = load_trained_model(args.model_path, "cpu")
@@ -205,9 +214,9 @@ def main() -> None:
     test = GazeDataset(args.dataset, "test", image_size=info.image_size)
     frame_rows, _ = _split_val_rows(val)
     groups = {
-        "seen/heldout-frame": (val, _spread(frame_rows, args.sources)),
-        "seen/train-frame": (train, _spread(list(range(len(train))), args.sources // 2)),
-        "unseen/exact-code": (test, _spread(list(range(len(test))), args.unseen_sources)),
+        "seen/heldout-frame": (val, spread_over_views(val, frame_rows, args.sources)),
+        "seen/train-frame": (train, spread_over_views(train, list(range(len(train))), args.sources // 2)),
+        "unseen/exact-code": (test, spread_over_views(test, list(range(len(test))), args.unseen_sources)),
     }
     records, summary = {}, {}
     for name, (ds, rows) in groups.items():

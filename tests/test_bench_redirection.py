@@ -54,3 +54,14 @@ def test_magnitude_bins_cover_the_range():
     assert bench.magnitude_bin(0.0) == "change 0-10°"
     assert bench.magnitude_bin(15.0) == "change 10-20°"
     assert bench.magnitude_bin(45.0) == "change >30°"
+
+
+def test_spread_over_views_covers_every_camera():
+    from types import SimpleNamespace
+
+    # frame-major rows (as the dataset orders them): 2 subjects x 4 frames x 7 cameras
+    rows = [SimpleNamespace(subject=s, frame=f, cam=c) for s in range(2) for f in range(4) for c in range(7)]
+    ds = SimpleNamespace(rows=rows)
+    picked = bench.spread_over_views(ds, list(range(len(rows))), 7)
+    assert sorted(rows[i].cam for i in picked) == list(range(7))
+    assert bench.spread_over_views(ds, [3, 1], 7) == [1, 3]
