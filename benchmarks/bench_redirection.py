@@ -197,6 +197,7 @@ def main() -> None:
     p.add_argument("--targets", type=int, default=None, help="target gazes per source (default: every other frame)")
     p.add_argument("--groups", nargs="*", default=["seen/heldout-frame", "seen/train-frame", "unseen/exact-code", "fit"],
                    help="which groups to measure (fit: the codes-only fits)")
+    p.add_argument("--fit_inits", nargs="*", default=["mean", "row"], help="code inits of the fits (mean, row)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None, help="write the per-pair records here")
     args = p.parse_args()
@@ -224,7 +225,7 @@ def main() -> None:
             continue
         records[name] = redirect_rows(model, ds, rows, "cpu", args.targets)
         summary[name] = summarise(name, records[name])
-    for init in ("mean", "row") if "fit" in args.groups else ():
+    for init in args.fit_inits if "fit" in args.groups else ():
         for cam in args.fit_cams:
             q = ground_truth_quality(model, info, args.dataset, init=init, source_cam=cam, cfg=FitConfig())
             name = f"unseen/fit-{init}/cam{cam}"
