@@ -144,12 +144,21 @@ def redirect_rows(model, ds, rows, device, targets_per_source: int | None = None
 
 
 def spread_over_views(ds, rows: list, count: int) -> list:
-    """At most ``count`` of ``rows`` (indices into ``ds``), evenly spaced in (camera, subject, frame) order: every
-    camera first (the dataset's rows are frame-major, so an even stride over them can land on one or two cameras)."""
-    ordered = sorted(rows, key=lambda i: (ds.rows[i].cam, ds.rows[i].subject, ds.rows[i].frame))
-    if len(ordered) <= count:
-        return ordered
-    return [ordered[(k * len(ordered)) // count] for k in range(count)]
+    """At most ``count`` of ``rows`` (indices into ``ds``): the cameras in turn, and within each camera a stride
+    through its (subject, frame)-ordered rows that moves on to the next subject each time (the dataset's rows
+    are frame-major, so an even stride over them can land on one or two cameras, or on one subject)."""
+    if len(rows) <= count:
+        return sorted(rows)
+    by_cam: dict[int, list] = {}
+    for i in sorted(rows, key=lambda i: (ds.rows[i].cam, ds.rows[i].subject, ds.rows[i].frame)):
+        by_cam.setdefault(ds.rows[i].cam, []).append(i)
+    cams = sorted(by_cam)
+    picked = []
+    for k in range(count):
+        group = by_cam[cams[k % len(cams)]]
+        stride = len(group) // len({ds.rows[i].subject for i in group}) + 1
+        picked.append(group[(k * stride) % len(group)])
+    return sorted(set(picked))
 
 
 def summarise(name: str, pairs: list[dict]) -> dict:

@@ -65,3 +65,12 @@ def test_spread_over_views_covers_every_camera():
     picked = bench.spread_over_views(ds, list(range(len(rows))), 7)
     assert sorted(rows[i].cam for i in picked) == list(range(7))
     assert bench.spread_over_views(ds, [3, 1], 7) == [1, 3]
+
+
+def test_spread_over_views_covers_every_subject_too():
+    from types import SimpleNamespace
+
+    rows = [SimpleNamespace(subject=s, frame=f, cam=c) for s in range(3) for f in range(4) for c in range(7)]
+    picked = bench.spread_over_views(SimpleNamespace(rows=rows), list(range(len(rows))), 7)
+    assert {rows[i].subject for i in picked} == {0, 1, 2}
+    assert len({rows[i].cam for i in picked}) == 7
