@@ -174,7 +174,7 @@ def test_rows_without_gaze_labels_are_skipped(tiny_dataset, tmp_path):
     part = LabelledFaces(str(d), [0], 32, preload=False)
     assert len(part) == len(full) - 3
     assert not {r for _, r in part.refs} & {1, 5, 6}
-    assert part.skipped_unlabelled in (0, 3)  # 0 when GazeDataset(require_gaze=True) already dropped them
+    assert part.skipped_unlabelled == 0  # gaze_valid False rows never reach LabelledFaces (require_gaze=True)
     assert torch.equal(part[0]["image"], full[0]["image"])
 
 

@@ -13,7 +13,6 @@
   subjects, and a finished set (``split.json`` present) is reused as it is.
 """
 
-import inspect
 import json
 import os
 import time
@@ -52,16 +51,15 @@ class LabelledFaces(torch.utils.data.Dataset):
 
     Attributes:
         refs: list of (subject, row) per item. stored_size: image size in the files.
-        skipped_unlabelled: rows dropped for having no gaze label (``gaze_valid`` False or non-finite).
+        skipped_unlabelled: rows marked labelled whose gaze/head-pose label is not finite, dropped here (rows
+            with ``gaze_valid`` False are already left out by ``GazeDataset(require_gaze=True)``).
     """
 
     def __init__(self, dataset_dir: str, subjects: list, input_size: int, max_rows_per_subject: int = 0,
                  preload: bool = True, progress: bool = False, desc: str = "loading"):
-        kwargs = {}
-        if "require_gaze" in inspect.signature(GazeDataset.__init__).parameters:
-            kwargs["require_gaze"] = True
+        # require_gaze: rows with gaze_valid False (unlabelled, e.g. ETH-XGaze test files) never reach us
         base = GazeDataset(dataset_dir, "all", subjects=list(subjects), max_rows_per_subject=max_rows_per_subject,
-                           **kwargs)
+                           require_gaze=True)
         self.input_size, self.stored_size, self.paths = int(input_size), base.stored_size, dict(base.paths)
         self.dataset_dir = dataset_dir
         by_subject: dict[int, list] = {}

@@ -38,7 +38,7 @@ import functools
 import numpy as np
 import torch
 
-from HeadNeRF.geometry.cameras import intrinsics_matrix, look_at_w2c, project_points
+from HeadNeRF.geometry.cameras import MM_PER_HEAD_UNIT, intrinsics_matrix, look_at_w2c, project_points
 
 __all__ = [
     "MM_PER_HEAD_UNIT",
@@ -57,10 +57,6 @@ __all__ = [
 
 XGAZE_FOCAL_224 = 960.0  # px, for a 224 px patch (448 px: the same camera, 2x the pixels)
 XGAZE_DISTANCE_MM_224 = 600.0  # mm from the face centre (448 px files: 300 mm at focal 960, the same view)
-try:  # the face-analysis helper adds the project's physical scale to cameras.py
-    from HeadNeRF.geometry.cameras import MM_PER_HEAD_UNIT
-except ImportError:  # pragma: no cover - until that lands
-    MM_PER_HEAD_UNIT = 110.0
 NL3DMM_TO_HEAD = np.diag([1.0, -1.0, -1.0])  # D: NL3DMM world axes -> our head-frame axes
 XGAZE_CENTER_LANDMARKS = (36, 39, 42, 45, 31, 35)  # eye corners and nose corners (ETH-XGaze face centre)
 
