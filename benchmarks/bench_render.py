@@ -161,18 +161,27 @@ def seed_layout_inputs(cfg: ModelConfig, x: dict):
 
 # ----------------------------------------------------------------------------------------------
 
+CLOCK = {"fn": time.perf_counter}  # --clock cpu: time.process_time
+
+
 def interleaved_min(fns: dict, repeats: int, warmup: int = 1) -> dict:
     """{name: fastest ms} with the functions run round-robin, so that slow phases of this noisy
-    VM hit all of them alike (ratios are taken between numbers from the same rounds)."""
+    VM hit all of them alike (ratios are taken between numbers from the same rounds).
+
+    With ``--clock cpu`` the time is the process's CPU time (user + system, page faults
+    included): on a VM shared with other jobs, wall time also counts the time this process
+    waited for a core, which CPU time does not. Use it with ``--threads 1``: with several
+    threads it adds up their spin-waits too."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     best = {k: math.inf for k in fns}
+    clock = CLOCK["fn"]
     for _ in range(repeats):
         for k, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            best[k] = min(best[k], (time.perf_counter() - t0) * 1e3)
+            best[k] = min(best[k], (clock() - t0) * 1e3)
     return best
 
 
@@ -280,10 +289,15 @@ def main():
     parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
                         help="keep: glibc keeps freed memory (HeadNeRF/memory.py, as training does); default: glibc's "
                              "own settings. Process-wide: ours and the seed layout always run under the same one")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: process CPU time (for a shared, overloaded machine; use with --threads 1)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
+    if args.clock == "cpu":
+        CLOCK["fn"] = time.process_time
     kept = args.malloc == "keep" and keep_freed_memory()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU fp32, "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU fp32, {args.clock} clock, "
           f"allocator: {'freed memory kept' if kept else 'glibc default'}")
     for name, cfg in CONFIGS.items():
         if args.only in (None, name):
