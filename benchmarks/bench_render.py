@@ -1,9 +1,17 @@
 """Render / train-step timings of HeadNeRF_Gaze, the MLP's achieved GFLOP/s against a plain
 fp32 GEMM, and the speed-up over a "seed-layout" re-implementation of the same field.
 
-Prints numbers only (no asserts). CPU, ``torch.set_num_threads(2)``. Usage:
+Prints numbers only (no asserts). CPU, ``torch.set_num_threads(2)`` unless ``--threads``. Usage:
 
-    python benchmarks/bench_render.py [--only seed|quick] [--repeats N]
+    python benchmarks/bench_render.py [--only seed|quick] [--repeats N] [--threads T] [--clock wall|cpu]
+                                      [--malloc keep|default]
+
+On a machine shared with other jobs, ``--threads 1 --clock cpu`` gives stable numbers (CPU
+time, not time spent waiting for a core). ``--malloc`` chooses the allocator setting of the
+whole process (HeadNeRF/memory.py; training uses ``keep``), so ours and the seed layout always
+run under the same one; compare two runs to see what it buys. The opt-in
+``mlp_precision: bf16`` model (same weights) is timed beside the fp32 one and printed apart:
+it is not bit-identical, and the seed layout stays fp32.
 
 Seed layout (defined here only, as the baseline): 1×1 ``Conv2d`` on ``(B, C, rays, samples)``,
 all ``num_samples`` samples on every ray (no bound-sphere skipping), the shape code / the
