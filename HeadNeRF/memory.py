@@ -12,9 +12,10 @@ seed-size field train step spends ~24% of its CPU time there (12.5 s with
 ``keep_freed_memory`` sets two glibc ``mallopt`` parameters for the rest of the process:
 ``M_MMAP_MAX = 0`` (large blocks come from the heap, not from ``mmap``) and a 1 GiB
 ``M_TRIM_THRESHOLD`` (freed memory at the top of the heap is kept for the next step). The
-process's resident memory then stays at its peak instead of shrinking between steps, which
-suits a training or benchmark process and is why nothing calls this at import time.
-Results are bit-identical: only where the memory comes from changes.
+process's resident memory then stays at its peak (plus heap fragmentation) instead of shrinking
+between steps. Opt-in, called by nothing in the package: ``benchmarks/bench_render.py --malloc
+keep`` held 14.5 GB at seed size, B = 2, and was OOM-killed on this shared 23 GB VM, where the
+glibc default finished. Results are bit-identical: only where the memory comes from changes.
 """
 
 import ctypes

@@ -41,7 +41,6 @@ from .config import ConfigError, TrainConfig, to_dict
 from .data.dataset import GazeDataset
 from .geometry import rotate_pitch_yaw
 from .losses import VGGPerceptual, total_loss
-from .memory import keep_freed_memory
 from .metrics import masked_psnr
 from .models import build_model, eval_mode
 from .rendering.rays import pixel_strip
@@ -506,7 +505,6 @@ def train(cfg: TrainConfig, resume: str | None = None, dry_run: bool = False, pr
                         persistent_workers=False, pin_memory=device.type == "cuda")
     want_template = cfg.model.model_name == "HeadNeRF_Gaze" and (cfg.loss_config.template > 0 or cfg.loss_config.template_eye > 0)
     want_background = cfg.loss_config.background > 0
-    keep_freed_memory()  # activations reuse freed memory: no page faults on every step (HeadNeRF/memory.py)
     bad_steps, t_start = 0, time.time()
     bar = None
     if rank == 0 and progress:

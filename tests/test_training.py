@@ -230,7 +230,7 @@ def test_rows_without_gaze_label_train_only_the_gaze_free_baseline(tiny_dataset,
 
 
 def test_keep_freed_memory_changes_no_result():
-    """The allocator setting train() applies: in effect on Linux/glibc, idempotent, and a
+    """The opt-in allocator setting (HeadNeRF/memory.py): in effect on Linux/glibc, idempotent, and a
     computation gives bit-identical results under it."""
     from HeadNeRF.memory import keep_freed_memory
 
