@@ -123,8 +123,10 @@ def mlp_autocast(precision: str, device_type: str):
     layers' products run in bfloat16 (fp32 accumulation, fp32 master weights), while
     ``render_rays`` composites in fp32 and the 2-D renderer runs outside the context. Measured
     on this VM's AVX512-BF16 CPU, 1 thread: a 57 344 × 384 @ 384 × 384 product 86 -> 280
-    GFLOP/s; a quickstart-size train step 558 -> 195 ms (benchmarks/bench_render.py prints both
-    modes). Off by default: the renderer tests pin fp32 outputs.
+    GFLOP/s; a quickstart train step (2 × 1024 pixels) 402 -> 210 ms of CPU, and 300 such steps
+    reached 21.8 dB held-out head PSNR against 22.1 in fp32 (one run each, same seed);
+    benchmarks/bench_render.py prints both modes. Off by default: the renderer tests pin fp32
+    outputs, and the quality of a whole quickstart in bf16 is not measured yet.
     """
     if precision == "fp32":
         return contextlib.nullcontext()
