@@ -108,7 +108,7 @@ def check_compatible(state: dict, model_cfg: dict, path: str) -> None:
     if saved.get("model_name") != model_cfg.get("model_name"):
         raise CheckpointError(f"{path}: checkpoint is a {saved.get('model_name')!r} model, the config asks for "
                               f"{model_cfg.get('model_name')!r}; use a matching config or another checkpoint")
-    diff = [k for k in model_cfg if k in saved and saved[k] != model_cfg[k] and k != "feat_addition_alpha"]
+    diff = [k for k in model_cfg if k in saved and saved[k] != model_cfg[k] and k not in ("feat_addition_alpha", "mlp_precision")]
     if diff:
         raise CheckpointError(f"{path}: checkpoint network differs from the config in {diff} "
                               f"(checkpoint {[saved[k] for k in diff]}, config {[model_cfg[k] for k in diff]})")

@@ -61,6 +61,8 @@ class ModelConfig:
     triplane_resolution: int = 0  # learned tri-plane point features added to the PE (fields/triplane.py); 0 = off
     triplane_channels: int = 8  # features per plane
     density_grid_resolution: int = 0  # cached density grid guiding the samples (rendering/density_grid.py); 0 = off
+    mlp_precision: str = "fp32"  # fp32 | bf16: the field MLPs' products under bf16 autocast (opt-in speed-up, not
+    # bit-identical); volume rendering, the density grid and the 2-D renderer stay fp32. See models.py
 
     def __post_init__(self):
         _check(self.model_name in MODEL_NAMES, "model_name", f"must be one of {list(MODEL_NAMES)}, got {self.model_name!r}")
@@ -68,6 +70,7 @@ class ModelConfig:
                   "gaze_mlp_width", "gaze_mlp_depth", "gaze_tile", "renderer_min_channels"):
             _check(getattr(self, k) >= 1, k, f"must be >= 1, got {getattr(self, k)}")
         _check(self.pe_freqs >= 0, "pe_freqs", "must be >= 0")
+        _check(self.mlp_precision in ("fp32", "bf16"), "mlp_precision", f"must be fp32 or bf16, got {self.mlp_precision!r}")
         _check(self.triplane_resolution >= 0, "triplane_resolution", "must be >= 0 (0 = off)")
         _check(self.triplane_channels >= 1, "triplane_channels", "must be >= 1")
         _check(self.density_grid_resolution == 0 or self.density_grid_resolution >= 2, "density_grid_resolution",

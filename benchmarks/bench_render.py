@@ -1,9 +1,17 @@
 """Render / train-step timings of HeadNeRF_Gaze, the MLP's achieved GFLOP/s against a plain
 fp32 GEMM, and the speed-up over a "seed-layout" re-implementation of the same field.
 
-Prints numbers only (no asserts). CPU, ``torch.set_num_threads(2)``. Usage:
+Prints numbers only (no asserts). CPU, ``torch.set_num_threads(2)`` unless ``--threads``. Usage:
 
-    python benchmarks/bench_render.py [--only seed|quick] [--repeats N]
+    python benchmarks/bench_render.py [--only seed|quick] [--repeats N] [--threads T] [--clock wall|cpu]
+                                      [--malloc keep|default]
+
+On a machine shared with other jobs, ``--threads 1 --clock cpu`` gives stable numbers (CPU
+time, not time spent waiting for a core). ``--malloc`` chooses the allocator setting of the
+whole process (HeadNeRF/memory.py; opt-in: ``keep`` held 14.5 GB and was OOM-killed at seed size B=2 on this 23 GB VM), so ours and the seed layout always
+run under the same one; compare two runs to see what it buys. The opt-in
+``mlp_precision: bf16`` model (same weights) is timed beside the fp32 one and printed apart:
+it is not bit-identical, and the seed layout stays fp32.
 
 Seed layout (defined here only, as the baseline): 1×1 ``Conv2d`` on ``(B, C, rays, samples)``,
 all ``num_samples`` samples on every ray (no bound-sphere skipping), the shape code / the
@@ -13,6 +21,7 @@ them). Its FLOPs per sample are what the seed executes (the dead ``Gaze_RGB_laye
 """
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -28,7 +37,8 @@ from HeadNeRF.config import ModelConfig, load_yaml  # noqa: E402
 from HeadNeRF.fields.encoding import encoding_dim, positional_encoding  # noqa: E402
 from HeadNeRF.fields.gaze import gaze_input_dim, per_ray_gaze_inputs, pool_eye_mask  # noqa: E402
 from HeadNeRF.geometry.cameras import intrinsics_matrix, scale_intrinsics  # noqa: E402
-from HeadNeRF.models import build_model  # noqa: E402
+from HeadNeRF.memory import keep_freed_memory  # noqa: E402
+from HeadNeRF.models import build_model, mlp_autocast  # noqa: E402
 from HeadNeRF.rendering.rays import generate_rays  # noqa: E402
 
 SHAPE_DIM, APPEARANCE_DIM = 179, 127  # the seed's codes
@@ -159,18 +169,27 @@ def seed_layout_inputs(cfg: ModelConfig, x: dict):
 
 # ----------------------------------------------------------------------------------------------
 
+CLOCK = {"fn": time.perf_counter}  # --clock cpu: time.process_time
+
+
 def interleaved_min(fns: dict, repeats: int, warmup: int = 1) -> dict:
     """{name: fastest ms} with the functions run round-robin, so that slow phases of this noisy
-    VM hit all of them alike (ratios are taken between numbers from the same rounds)."""
+    VM hit all of them alike (ratios are taken between numbers from the same rounds).
+
+    With ``--clock cpu`` the time is the process's CPU time (user + system, page faults
+    included): on a VM shared with other jobs, wall time also counts the time this process
+    waited for a core, which CPU time does not. Use it with ``--threads 1``: with several
+    threads it adds up their spin-waits too."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     best = {k: math.inf for k in fns}
+    clock = CLOCK["fn"]
     for _ in range(repeats):
         for k, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            best[k] = min(best[k], (time.perf_counter() - t0) * 1e3)
+            best[k] = min(best[k], (clock() - t0) * 1e3)
     return best
 
 
@@ -180,6 +199,9 @@ def bench_config(name: str, cfg: ModelConfig, repeats: int, train_repeats: int) 
     torch.manual_seed(0)
     model = build_model(cfg, SHAPE_DIM, APPEARANCE_DIM).eval()
     seed = SeedLayoutField(cfg).eval()
+    # the same weights with the opt-in ModelConfig.mlp_precision = "bf16" (not bit-identical; reported apart)
+    model_bf16 = build_model(dataclasses.replace(cfg, mlp_precision="bf16"), SHAPE_DIM, APPEARANCE_DIM).eval()
+    model_bf16.load_state_dict(model.state_dict())
     x1 = inputs(cfg, 1)
     rays = model.make_rays(x1["R_w2c"], x1["t_w2c"], x1["K"], training=False)
     n_hit = rays.ray_index.numel()
@@ -196,6 +218,10 @@ def bench_config(name: str, cfg: ModelConfig, repeats: int, train_repeats: int) 
     def seed_field():
         return seed(pe, x1["shape_code"], x1["appearance_code"], ray_inputs)
 
+    def field_bf16():
+        with mlp_autocast("bf16", "cpu"):
+            return field()
+
     W = cfg.mlp_width
     a_sq, b_sq = torch.randn(2048, 2048), torch.randn(2048, 2048)
     a_sh, b_sh = torch.randn(samples, W), torch.randn(W, W)
@@ -205,6 +231,7 @@ def bench_config(name: str, cfg: ModelConfig, repeats: int, train_repeats: int) 
         t = interleaved_min({
             "frame": lambda: model(**x1), "field": field, "decode": lambda: model.renderer.decode(featmap),
             "seed_field": seed_field, "gemm_square": lambda: a_sq @ b_sq, "gemm_shape": lambda: a_sh @ b_sh,
+            "frame_bf16": lambda: model_bf16(**x1), "field_bf16": field_bf16,
         }, repeats)
     g_field, g_seed = flops / t["field"] / 1e6, seed_flops / t["seed_field"] / 1e6
     g_square, g_shape = 2 * 2048**3 / t["gemm_square"] / 1e6, 2 * samples * W * W / t["gemm_shape"] / 1e6
@@ -215,6 +242,8 @@ def bench_config(name: str, cfg: ModelConfig, repeats: int, train_repeats: int) 
     print(f"MLP field (ours):                     {t['field']:9.1f} ms  {flops / 1e9:7.2f} GFLOP -> {g_field:6.1f} GFLOP/s")
     print(f"MLP field (seed layout, 1×1 conv):    {t['seed_field']:9.1f} ms  {seed_flops / 1e9:7.2f} GFLOP -> {g_seed:6.1f} GFLOP/s"
           f"  -> speed-up of ours {t['seed_field'] / t['field']:.2f}×")
+    print(f"opt-in mlp_precision bf16 (ours):     {t['frame_bf16']:9.1f} ms/frame -> speed-up {seed_frame / t['frame_bf16']:.2f}×;"
+          f"  MLP field {t['field_bf16']:.1f} ms -> {t['seed_field'] / t['field_bf16']:.2f}× the fp32 seed layout")
     print(f"fp32 GEMM 2048×2048 @ 2048×2048:      {g_square:6.1f} GFLOP/s   ours/GEMM = {g_field / g_square:.2f}  "
           f"seed/GEMM = {g_seed / g_square:.2f}")
     print(f"fp32 GEMM ({samples}×{W}) @ ({W}×{W}): {g_shape:6.1f} GFLOP/s   ours/GEMM = {g_field / g_shape:.2f}  "
@@ -223,6 +252,7 @@ def bench_config(name: str, cfg: ModelConfig, repeats: int, train_repeats: int) 
     # Training steps: jitter, template and background on, as training.py asks for them.
     model.train()
     seed.train()
+    model_bf16.train()
     for B in (1, 2):
         xb = inputs(cfg, B)
         gen = torch.Generator().manual_seed(0)
@@ -239,14 +269,24 @@ def bench_config(name: str, cfg: ModelConfig, repeats: int, train_repeats: int) 
                                              True, True, gen)
             (main["features"].mean() + tmpl["features"].mean()).backward()
 
+        def field_step_bf16():
+            r = model_bf16.make_rays(xb["R_w2c"], xb["t_w2c"], xb["K"], training=True, generator=gen)
+            with mlp_autocast("bf16", "cpu"):
+                main, tmpl = model_bf16.render_fields(r, xb["shape_code"], xb["appearance_code"], xb["gaze_head"],
+                                                      pooled_b, True, True, gen)
+            (main["features"].mean() + tmpl["features"].mean()).backward()
+
         def seed_field_step():
             f, d = seed(pe_b, xb["shape_code"], xb["appearance_code"], ri_b)
             (f.mean() + d.mean()).backward()
 
-        t = interleaved_min({"step": step, "field": field_step, "seed_field": seed_field_step}, train_repeats)
+        t = interleaved_min({"step": step, "field": field_step, "seed_field": seed_field_step,
+                             "field_bf16": field_step_bf16}, train_repeats)
         print(f"train step B={B} (fwd+bwd, template + background): {t['step']:9.1f} ms;  MLP field fwd+bwd: ours "
-              f"{t['field']:.1f} ms vs seed layout {t['seed_field']:.1f} ms -> {t['seed_field'] / t['field']:.2f}×")
+              f"{t['field']:.1f} ms vs seed layout {t['seed_field']:.1f} ms -> {t['seed_field'] / t['field']:.2f}×;  "
+              f"opt-in bf16 {t['field_bf16']:.1f} ms -> {t['seed_field'] / t['field_bf16']:.2f}×")
     model.zero_grad(set_to_none=True)
+    model_bf16.zero_grad(set_to_none=True)
 
 
 def main():
@@ -254,9 +294,18 @@ def main():
     parser.add_argument("--only", choices=list(CONFIGS), default=None)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds (inference)")
     parser.add_argument("--train-repeats", type=int, default=2, help="interleaved timing rounds (train steps)")
+    parser.add_argument("--malloc", choices=("keep", "default"), default="default",
+                        help="keep: glibc keeps freed memory (HeadNeRF/memory.py); default: glibc's own settings. Process-wide: ours and the seed layout always run under the same one")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: process CPU time (for a shared, overloaded machine; use with --threads 1)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU fp32")
+    torch.set_num_threads(args.threads)
+    if args.clock == "cpu":
+        CLOCK["fn"] = time.process_time
+    kept = args.malloc == "keep" and keep_freed_memory()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU fp32, {args.clock} clock, "
+          f"allocator: {'freed memory kept' if kept else 'glibc default'}")
     for name, cfg in CONFIGS.items():
         if args.only in (None, name):
             bench_config(name, cfg, args.repeats, args.train_repeats)

@@ -227,3 +227,17 @@ def test_rows_without_gaze_label_train_only_the_gaze_free_baseline(tiny_dataset,
     kept_rows = {r.row for r in parts["train_ds"].rows if r.subject == 0}
     assert (0 in kept_rows and 1 in kept_rows) == expect_kept
     assert len(parts["train_ds"]) == (n_all if expect_kept else n_all - 2)
+
+
+def test_keep_freed_memory_changes_no_result():
+    """The opt-in allocator setting (HeadNeRF/memory.py): in effect on Linux/glibc, idempotent, and a
+    computation gives bit-identical results under it."""
+    from HeadNeRF.memory import keep_freed_memory
+
+    g = torch.Generator().manual_seed(0)
+    a, w = torch.randn(3000, 64, generator=g), torch.randn(64, 64, generator=g)
+    before = torch.relu(a @ w).sum(0)
+    applied = keep_freed_memory()
+    assert applied or not sys.platform.startswith("linux")  # glibc Linux: mallopt is there
+    assert keep_freed_memory() == applied
+    assert torch.equal(torch.relu(a @ w).sum(0), before)
