@@ -99,8 +99,6 @@ class LossConfig:
     vgg_weights_path: str = ""
     latent_reg: float = 0.001  # mean square of the per-image latent offsets
     camera_reg: float = 0.001  # mean square of the per-image camera refinements
-    gaze_functional: float = 0.0  # needs gaze_estimator_path (a checkpoint from Evaluation)
-    gaze_estimator_path: str = ""
 
     def __post_init__(self):
         _check(self.photometric in ("mse", "l1"), "loss_config.photometric", f"must be mse or l1, got {self.photometric!r}")
@@ -109,8 +107,6 @@ class LossConfig:
                 _check(getattr(self, f.name) >= 0, f"loss_config.{f.name}", f"weights must be >= 0, got {getattr(self, f.name)}")
         _check(self.vgg == 0 or bool(self.vgg_weights_path), "loss_config.vgg",
                "the VGG loss needs loss_config.vgg_weights_path (ImageNet VGG16 weights cannot be downloaded offline); set vgg: 0 or give the path")
-        _check(self.gaze_functional == 0 or bool(self.gaze_estimator_path), "loss_config.gaze_functional",
-               "the functional gaze loss needs loss_config.gaze_estimator_path; set gaze_functional: 0 or give the path")
 
 
 @dataclasses.dataclass
@@ -211,6 +207,14 @@ def _coerce(value, tp, key: str):
     return value
 
 
+# Keys older configs may still hold, with why they went and what to do instead.
+REMOVED_KEYS = {
+    "loss_config.gaze_functional": "removed (it was never implemented: training renders random pixel subsets, so a "
+                                   "gaze estimator never sees a whole image per step); delete the line",
+    "loss_config.gaze_estimator_path": "removed with loss_config.gaze_functional; delete the line",
+}
+
+
 def from_dict(cls, raw: dict, prefix: str = ""):
     """Build dataclass ``cls`` from a plain dict, rejecting unknown keys (with a suggestion)."""
     if raw is None:
@@ -220,6 +224,8 @@ def from_dict(cls, raw: dict, prefix: str = ""):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key in raw:
+        if f"{prefix}{key}" in REMOVED_KEYS:
+            raise ConfigError(f"{prefix}{key}: {REMOVED_KEYS[prefix + key]}")
         if key not in fields:
             near = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
             hint = f"; did you mean '{prefix}{near[0]}'?" if near else f"; valid keys: {sorted(fields)}"

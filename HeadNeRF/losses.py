@@ -101,9 +101,6 @@ def total_loss(out: dict, batch: dict, cfg: LossConfig, vgg: VGGPerceptual | Non
         terms["latent_reg"] = latent_offsets.square().mean()
     if camera_offsets is not None and cfg.camera_reg > 0:
         terms["camera_reg"] = camera_offsets.square().mean()
-    if cfg.gaze_functional > 0:
-        raise ConfigError("loss_config.gaze_functional: the functional gaze loss needs a gaze estimator trained by "
-                          "Evaluation.py, which this version does not ship yet; set gaze_functional: 0")
     weights = {"head": cfg.head, "nonhead": cfg.nonhead, "eye": cfg.eye, "background": cfg.background,
                "template": cfg.template, "template_eye": cfg.template_eye, "vgg": cfg.vgg,
                "latent_reg": cfg.latent_reg, "camera_reg": cfg.camera_reg}

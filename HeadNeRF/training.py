@@ -270,8 +270,6 @@ def prepare(cfg: TrainConfig, resume: str | None = None):
     val_ds = GazeDataset(cfg.data.dataset_dir, "val", subjects=cfg.data.subjects or None,
                          image_size=cfg.model.image_size, require_gaze=require_gaze)
     vgg = VGGPerceptual(loss_cfg.vgg_weights_path) if loss_cfg.vgg > 0 else None
-    if loss_cfg.gaze_functional > 0:
-        total_loss({}, {}, loss_cfg)  # raises the explanatory ConfigError
     state = None
     if resume:
         state = load_checkpoint(resume)

@@ -110,3 +110,8 @@ def test_a_config_that_is_not_a_mapping_is_refused(tmp_path):
     path.write_text("- steps\n- 10\n")
     with pytest.raises(ConfigError, match="must be a YAML mapping"):
         load_yaml(str(path))
+
+
+def test_removed_keys_say_why_and_what_to_do(tmp_path):
+    with pytest.raises(ConfigError, match=r"loss_config\.gaze_functional: removed .*delete the line"):
+        load_yaml(write(tmp_path, {"loss_config": {"gaze_functional": 0.0}}))
