@@ -55,7 +55,7 @@ def main(argv=None) -> int:
         make_estimator_dataset,
         train_estimator,
     )
-    from HeadNeRF.training import TrainingAborted
+    from HeadNeRF.loop import TrainingAborted
 
     try:
         cfg = load_yaml(args.config_file, EstimatorConfig)

@@ -33,7 +33,8 @@ def main(argv=None) -> int:
     from HeadNeRF.checkpoint import CheckpointError
     from HeadNeRF.config import ConfigError, load_yaml
     from HeadNeRF.data.layout import DataFormatError
-    from HeadNeRF.training import TrainingAborted, train
+    from HeadNeRF.loop import TrainingAborted
+    from HeadNeRF.training import train
 
     try:
         cfg = load_yaml(args.config_file)

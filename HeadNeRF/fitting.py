@@ -43,7 +43,7 @@ import torch
 from .checkpoint import CheckpointError, load_checkpoint
 from .data.codes import join_code, split_code
 from .config import ConfigError, ModelConfig, from_dict
-from .geometry.gaze import head_pose_from_rotation, rotate_pitch_yaw
+from .geometry.gaze import gaze_in_head_frame, head_pose_from_rotation, rotate_pitch_yaw
 from .losses import VGGPerceptual, masked_error
 from .metrics import masked_psnr
 from .models import build_model, camera_for_head_pose, eval_mode
@@ -120,7 +120,7 @@ def _metadata_from_dataset(config: dict) -> dict | None:
     """camera_convention / code_mean recomputed from the training data of an older checkpoint, or None."""
     try:
         from .data.dataset import GazeDataset
-        from .training import data_metadata
+        from .data.statistics import data_metadata
 
         data = config.get("data", {})
         ds = GazeDataset(data["dataset_dir"], "train", subjects=data.get("subjects") or None)
@@ -402,7 +402,7 @@ def fit_image(model, target: FitTarget, cfg: FitConfig | None = None, progress: 
 
     def forward(net, pixels):
         R, t = _refined_camera(target.R_w2c, target.t_w2c, cam) if cfg.fit_camera else (target.R_w2c, target.t_w2c)
-        gaze_head = rotate_pitch_yaw(gaze, target.R_w2c.transpose(-1, -2))
+        gaze_head = gaze_in_head_frame(gaze, target.R_w2c)
         out = net(target.shape_code + d_shape, target.appearance_code + d_app, R, t, target.K, gaze_head=gaze_head,
                   eye_mask=target.eye_mask, training=False, pixels=pixels)
         return out["image"]
@@ -424,7 +424,7 @@ def fit_image(model, target: FitTarget, cfg: FitConfig | None = None, progress: 
                 pixels = None
                 tgt = maps
                 if per_pixel:
-                    from .training import gather_pixels, sample_pixels
+                    from .rendering.pixels import gather_pixels, sample_pixels
 
                     pixels = sample_pixels(target.eye_mask, cfg.rays_per_step, cfg.eye_ray_weight, gen)
                     tgt = gather_pixels(maps, pixels)
@@ -515,7 +515,7 @@ def fit_image(model, target: FitTarget, cfg: FitConfig | None = None, progress: 
                            camera_offset=cam.detach().reshape(-1).clone(), steps_run=steps_run,
                            head_pose=head_pose_from_rotation(R)[0].cpu())
         # head-frame gaze from the unrefined rotation, as in the fit
-        gaze_head = rotate_pitch_yaw(result.gaze, target.R_w2c.transpose(-1, -2))
+        gaze_head = gaze_in_head_frame(result.gaze, target.R_w2c)
         result.gaze = rotate_pitch_yaw(gaze_head, R)  # the same eyeball direction in the refined camera's frame
         result.render = render_fit(result)
         head = target.head_mask
@@ -611,9 +611,9 @@ def render_fit(result: FitResult, gaze: torch.Tensor | None = None, head_pose: t
     if gaze_head is not None:
         gaze_head = ex(gaze_head.float())
     elif gaze is None:  # the fitted eyeball direction, seen from this view
-        gaze_head = ex(rotate_pitch_yaw(result.gaze, result.R_w2c.transpose(-1, -2)))
+        gaze_head = ex(gaze_in_head_frame(result.gaze, result.R_w2c))
     else:
-        gaze_head = rotate_pitch_yaw(ex(gaze.float()), R.transpose(-1, -2))
+        gaze_head = gaze_in_head_frame(ex(gaze.float()), R)
     c = codes or result.codes
     shape, app = ex(c["shape_code"]), ex(c["appearance_code"])
     images = []
@@ -655,7 +655,6 @@ def ground_truth_quality(model, info: ModelInfo, dataset_dir: str, subject: int 
 
     from .data.dataset import GazeDataset
     from .data.synthetic import render_view
-    from .training import gaze_in_head_frame
 
     ds = GazeDataset(dataset_dir, "test", subjects=[subject] if subject is not None else None,
                      image_size=info.image_size)

@@ -71,7 +71,7 @@ from .fields.gaze import GazeMLP, gaze_input_dim, grid_coords, per_ray_gaze_inpu
 from .fields.triplane import TriplaneEncoding
 from .fields.trunk import ConditionalTrunk
 from .geometry.cameras import scale_intrinsics
-from .geometry.gaze import gaze_rotation, rotate_pitch_yaw
+from .geometry.gaze import gaze_in_head_frame, gaze_rotation
 from .neural_renderer import NeuralRenderer
 from .rendering.density_grid import EMPTY_RAY_OPACITY, DensityGrid, grid_bin_weights, grid_guided_samples
 from .rendering.rays import generate_rays, pixel_index_centers, ray_sphere_bounds, rays_through
@@ -400,7 +400,7 @@ def redirect(model: nn.Module, codes: dict, camera: dict, gaze: torch.Tensor, he
     R, t = camera["R_w2c"], camera["t_w2c"]
     if head_pose is not None:
         R, t = camera_for_head_pose(R, t, head_pose)
-    gaze_head = rotate_pitch_yaw(gaze, R.transpose(-1, -2))
+    gaze_head = gaze_in_head_frame(gaze, R)
     with eval_mode(model):
         out = model(codes["shape_code"], codes["appearance_code"], R, t, camera["K"], gaze_head=gaze_head,
                     eye_mask=eye_mask)

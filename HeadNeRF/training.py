@@ -29,68 +29,28 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 
 import torch
 import torch.distributed as dist
 import yaml
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from .checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig, to_dict
 from .data.dataset import GazeDataset
-from .geometry import rotate_pitch_yaw
+from .data.statistics import data_metadata
+from .geometry.gaze import gaze_in_head_frame
+from .loop import StepBatchSampler, TrainingAborted, backward_if_finite, step_or_skip
 from .losses import VGGPerceptual, total_loss
 from .metrics import masked_psnr
 from .models import build_model, eval_mode
-from .rendering.rays import pixel_strip
+from .rendering.pixels import gather_pixels, sample_pixels
 
-__all__ = ["train", "TrainingAborted", "gaze_in_head_frame", "PerImageOffsets", "StepBatchSampler", "prepare",
-           "sample_pixels", "gather_pixels", "data_metadata", "backward_if_finite", "step_or_skip"]
-
-
-class TrainingAborted(RuntimeError):
-    """Training stopped on purpose (too many bad steps). One-line message."""
+__all__ = ["train", "TrainingAborted", "PerImageOffsets", "prepare", "forward_batch", "validate", "redirection_report"]
 
 
 # ----------------------------------------------------------------------------------------------
 # Small pieces
-
-
-def gaze_in_head_frame(gaze_cam: torch.Tensor, R_w2c: torch.Tensor) -> torch.Tensor:
-    """(B,2) gaze label in the camera frame -> (B,2) gaze in the head (world) frame."""
-    return rotate_pitch_yaw(gaze_cam, R_w2c.transpose(-1, -2))
-
-
-def backward_if_finite(loss: torch.Tensor, params: list) -> torch.Tensor:
-    """Backpropagate ``loss`` when it is finite. Returns a () float tensor: 1 when the loss and every
-    gradient are finite, else 0 (a tensor, so that DDP ranks can all-reduce it before deciding)."""
-    finite = torch.isfinite(loss).float()
-    if finite.item():
-        loss.backward()
-        grads = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
-        finite = torch.stack(grads).all().float() if grads else finite
-    return finite
-
-
-def step_or_skip(finite: bool, loss: torch.Tensor, optimizer, params: list, grad_clip: float, bad_steps: int,
-                 max_bad_steps: int, step: int, run_dir: str, lr_key: str) -> int:
-    """Take the optimiser step when ``finite``; otherwise skip it with a warning and raise
-    TrainingAborted after ``max_bad_steps`` in a row (the last good checkpoint stays untouched).
-    Returns the new count of consecutive skipped steps."""
-    if finite:
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        optimizer.step()
-        return 0
-    bad_steps += 1
-    warnings.warn(f"step {step}: non-finite loss or gradient ({loss.item()}); step skipped "
-                  f"({bad_steps}/{max_bad_steps} in a row)")
-    if bad_steps >= max_bad_steps:
-        raise TrainingAborted(f"{bad_steps} consecutive non-finite losses at step {step}; aborting. "
-                              f"The last good checkpoint in {run_dir}/checkpoints is untouched; "
-                              f"lower {lr_key} or check the data")
-    return bad_steps
 
 
 class PerImageOffsets(torch.nn.Module):
@@ -119,96 +79,6 @@ class PerImageOffsets(torch.nn.Module):
             dR = axis_angle_to_matrix(cam[:, :3])
             R, t = dR @ R, (dR @ t.unsqueeze(-1)).squeeze(-1) + cam[:, 3:]
         return shape_code, app_code, R, t, lat, cam
-
-
-class StepBatchSampler(torch.utils.data.Sampler):
-    """Yields the index batches of steps ``start_step .. total_steps-1`` (see module docstring)."""
-
-    def __init__(self, dataset, batch_size: int, seed: int, start_step: int, total_steps: int,
-                 rank: int = 0, world_size: int = 1):
-        self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
-                                          drop_last=True)
-        self.batch_size, self.start, self.total = batch_size, start_step, total_steps
-        self.per_epoch = len(self.sampler) // batch_size
-        if self.per_epoch == 0:
-            raise ConfigError(f"batch_size: {batch_size} x {world_size} process(es) is more than the "
-                              f"{len(dataset)} training images; lower batch_size")
-
-    def __len__(self) -> int:
-        return self.total - self.start
-
-    def __iter__(self):
-        epoch, order = None, None
-        for step in range(self.start, self.total):
-            e, k = divmod(step, self.per_epoch)
-            if e != epoch:
-                self.sampler.set_epoch(e)
-                epoch, order = e, list(self.sampler)
-            yield order[k * self.batch_size:(k + 1) * self.batch_size]
-
-
-PIXEL_KEYS = ("image", "head_mask", "eye_mask", "template_image")  # per-pixel maps of a batch
-
-
-def sample_pixels(eye_mask: torch.Tensor, count: int, eye_weight: float, generator=None) -> torch.Tensor:
-    """Draw ``count`` distinct pixels per image, eye pixels ``eye_weight`` times likelier.
-
-    Args:
-        eye_mask: (B, 1, S, S) in [0, 1].
-    Returns:
-        (B, count) long row-major pixel indices.
-    """
-    weights = 1.0 + (eye_weight - 1.0) * eye_mask.flatten(1)  # (B, S*S)
-    return torch.multinomial(weights, count, replacement=False, generator=generator)
-
-
-def gather_pixels(batch: dict, pixels: torch.Tensor) -> dict:
-    """The batch with its per-pixel maps (B, C, S, S) replaced by (B, C, 1, K) strips at ``pixels (B, K)``.
-
-    Every per-pixel loss then reads the strips exactly as it reads whole images.
-    """
-    out = dict(batch)
-    for key in PIXEL_KEYS:
-        if key in batch:
-            out[key] = pixel_strip(batch[key], pixels)
-    return out
-
-
-def data_metadata(dataset: GazeDataset) -> dict:
-    """What single-photo fitting needs to know about the training data, saved in every checkpoint.
-
-    * ``camera_convention``: ``{"focal_factor": median K00 / S, "distance": median distance of the
-      camera centre from the point the normalised cameras look at (head_model.FACE_CENTER),
-      "t_norm": median |t_w2c|}`` over the rows, so a photo is normalised the way the training
-      images were (``HeadNeRF.face.normalise_face(..., focal_factor, distance)``).
-    * ``code_mean``: (D,) float32 mean latent code of the rows (code_slices order), the
-      initialisation when a photo's codes cannot be fitted in this code layout.
-    """
-    import h5py
-    import numpy as np
-
-    from .data.synthetic.head_model import FACE_CENTER
-
-    focal, dist, tnorm, codes = [], [], [], []
-    by_subject: dict = {}
-    for ref in dataset.rows:
-        by_subject.setdefault(ref.subject, []).append(ref.row)
-    for sid, rows in by_subject.items():
-        rows = sorted(set(rows))  # h5py reads increasing index lists
-        with h5py.File(dataset.paths[sid], "r") as f:
-            S = f["face_patch"].shape[1]
-            K = np.asarray(f["cam_K"][rows], dtype=np.float64)
-            R = np.asarray(f["cam_R_w2c"][rows], dtype=np.float64)
-            t = np.asarray(f["cam_t_w2c"][rows], dtype=np.float64)
-            codes.append(np.asarray(f["latent_code"][rows], dtype=np.float64))
-        centre = -np.einsum("nji,nj->ni", R, t)  # camera centres in the head frame
-        focal.append(K[:, 0, 0] / S)
-        dist.append(np.linalg.norm(centre - np.asarray(FACE_CENTER), axis=1))
-        tnorm.append(np.linalg.norm(t, axis=1))
-    return {"camera_convention": {"focal_factor": float(np.median(np.concatenate(focal))),
-                                  "distance": float(np.median(np.concatenate(dist))),
-                                  "t_norm": float(np.median(np.concatenate(tnorm)))},
-            "code_mean": torch.as_tensor(np.concatenate(codes).mean(0), dtype=torch.float32)}
 
 
 def _git_hash() -> str:

@@ -86,7 +86,8 @@ def redirect_rows(model, ds, rows, device, targets_per_source: int | None = None
     from HeadNeRF.evaluation.readout import GazeReadout, view_yaw_deg
     from HeadNeRF.geometry.gaze import angular_error_deg
     from HeadNeRF.models import eval_mode
-    from HeadNeRF.training import _to, gaze_in_head_frame
+    from HeadNeRF.geometry.gaze import gaze_in_head_frame
+    from HeadNeRF.training import _to
 
     train_frames = set(range(10_000)) - set(ds.split.heldout_frames)
     pairs = []

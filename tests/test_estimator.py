@@ -33,7 +33,7 @@ from HeadNeRF.estimator.eyes import (
     normalised_to_pixels,
     pixels_to_normalised,
 )
-from HeadNeRF.training import TrainingAborted
+from HeadNeRF.loop import TrainingAborted
 
 SCRIPT = os.path.join(ROOT, "train_gaze_estimator.py")
 NO_AUGMENT = {"hflip": 0, "brightness": 0, "contrast": 0, "saturation": 0, "blur_prob": 0, "shift_px": 0,

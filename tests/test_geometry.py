@@ -84,3 +84,15 @@ def test_normalized_camera_looks_at_face_without_roll():
     assert abs(float(R[0, 1] @ head_x[0])) < 1e-6  # camera y axis is perpendicular to the head x axis (no roll)
     direction = torch.nn.functional.normalize(face - phys, dim=-1)
     assert torch.allclose(R[0, 2], direction[0], atol=1e-6)
+
+
+def test_gaze_in_head_frame_undoes_the_camera_rotation():
+    from HeadNeRF.geometry.gaze import gaze_in_head_frame, rotate_pitch_yaw
+    from pytorch3d.transforms import random_rotations
+
+    torch.manual_seed(3)
+    R = random_rotations(5, dtype=torch.float64)
+    gaze_head = (torch.rand(5, 2, dtype=torch.float64) - 0.5)
+    gaze_cam = rotate_pitch_yaw(gaze_head, R)  # head frame -> camera frame
+    assert torch.allclose(gaze_in_head_frame(gaze_cam, R), gaze_head, atol=1e-9)
+    assert gaze_in_head_frame(gaze_cam[0], R[0]).shape == (2,)

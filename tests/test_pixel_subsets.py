@@ -13,7 +13,8 @@ from HeadNeRF.fields.gaze import grid_coords, pool_eye_mask
 from HeadNeRF.fields.triplane import TriplaneEncoding
 from HeadNeRF.models import MODEL_CLASSES
 from HeadNeRF.rendering.rays import generate_rays, pixel_index_centers, rays_through
-from HeadNeRF.training import gather_pixels, sample_pixels, train
+from HeadNeRF.rendering.pixels import gather_pixels, sample_pixels
+from HeadNeRF.training import train
 from test_models import inputs, make
 from conftest import tiny_config_dict
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..data.dataset import GazeDataset
 from ..data.layout import SPLIT_FILE, DataFormatError, subject_file_name
-from ..geometry.gaze import rotate_pitch_yaw
+from ..geometry.gaze import gaze_in_head_frame
 from .eyes import eye_centres_from_landmarks
 
 __all__ = ["MARKER_FILE", "LabelledFaces", "make_estimator_dataset", "to_input"]
@@ -90,7 +90,7 @@ class LabelledFaces(torch.utils.data.Dataset):
             gaze.append(g)
             head.append(h)
             # the gaze in the head frame (the eyeball's rotation relative to the head), as training.py
-            eye.append(rotate_pitch_yaw(torch.from_numpy(g), torch.from_numpy(R).transpose(-1, -2)).numpy())
+            eye.append(gaze_in_head_frame(torch.from_numpy(g), torch.from_numpy(R)).numpy())
             centres.append(eye_centres_from_landmarks(torch.from_numpy(lm), stored).numpy())
         if not refs:
             raise DataFormatError(f"{dataset_dir}: no rows with gaze labels among subjects {sorted(by_subject)} "

@@ -319,7 +319,7 @@ def train_estimator(cfg: EstimatorConfig, resume: str | None = None, dry_run: bo
         stop["signal"] = signum
 
     old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    from ..training import StepBatchSampler, backward_if_finite, step_or_skip
+    from ..loop import StepBatchSampler, backward_if_finite, step_or_skip
 
     params = list(model.parameters())
 

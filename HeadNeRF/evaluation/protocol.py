@@ -365,10 +365,10 @@ def _readout(ctx: Context, subject: int, row: int):
 
 def eye_in_head(gaze_cam, R_w2c: torch.Tensor) -> list[float]:
     """A camera-frame (pitch, yaw) of a view with rotation R_w2c (3, 3) -> the head-frame (eye-in-head) gaze."""
-    from ..geometry.gaze import rotate_pitch_yaw
+    from ..geometry.gaze import gaze_in_head_frame
 
     g = torch.as_tensor(gaze_cam, dtype=torch.float64).reshape(1, 2)
-    return rotate_pitch_yaw(g, R_w2c.double().reshape(1, 3, 3).transpose(-1, -2))[0].tolist()
+    return gaze_in_head_frame(g, R_w2c.double().reshape(1, 3, 3))[0].tolist()
 
 
 def read_exact(ctx: Context, subject: int, row: int, image: torch.Tensor, requested_head) -> dict:

@@ -11,6 +11,7 @@ from .cameras import (  # noqa: F401
     scale_intrinsics,
 )
 from .gaze import (  # noqa: F401
+    gaze_in_head_frame,
     angular_error_deg,
     gaze_rotation,
     head_pose_from_rotation,

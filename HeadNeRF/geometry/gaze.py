@@ -26,6 +26,7 @@ __all__ = [
     "head_pose_from_rotation",
     "gaze_rotation",
     "rotate_pitch_yaw",
+    "gaze_in_head_frame",
     "angular_error_deg",
 ]
 
@@ -83,6 +84,13 @@ def rotate_pitch_yaw(pitch_yaw: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
     """
     v = pitch_yaw_to_vector(pitch_yaw)
     return vector_to_pitch_yaw((R @ v.unsqueeze(-1)).squeeze(-1))
+
+
+def gaze_in_head_frame(gaze_cam: torch.Tensor, R_w2c: torch.Tensor) -> torch.Tensor:
+    """(..., 2) gaze in a camera frame (the labels' convention) -> (..., 2) gaze in the head (world) frame.
+
+    The one named conversion between the two frames (``R_w2c``: (..., 3, 3) head frame -> camera)."""
+    return rotate_pitch_yaw(gaze_cam, R_w2c.transpose(-1, -2))
 
 
 def angular_error_deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

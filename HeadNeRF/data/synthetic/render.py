@@ -40,7 +40,7 @@ from pytorch3d import _C
 
 from HeadNeRF.geometry.cameras import (camera_center, intrinsics_matrix, normalized_camera_w2c, project_points,
                                        scale_intrinsics)
-from HeadNeRF.geometry.gaze import pitch_yaw_to_vector, rotate_pitch_yaw, vector_to_pitch_yaw, head_pose_from_rotation
+from HeadNeRF.geometry.gaze import pitch_yaw_to_vector, gaze_in_head_frame, vector_to_pitch_yaw, head_pose_from_rotation
 from . import head_model as hm
 
 __all__ = ["render_view", "render", "rasterize_views", "mesh_for_code", "default_tile_size", "prepare_view",
@@ -365,7 +365,7 @@ def render(code, camera, gaze, head_pose, image_size: int = 128, device: str = "
     B = max(len(cams), len(head), len(gaze_cam))
     cams, head = np.broadcast_to(cams, (B,)), np.broadcast_to(head, (B, 2))
     R, t, K = rig.normalized_cameras(cams, head, image_size)
-    gaze_head = rotate_pitch_yaw(gaze_cam.expand(B, 2), R.transpose(-1, -2))
+    gaze_head = gaze_in_head_frame(gaze_cam.expand(B, 2), R)
     out = render_view(code, R, t, K, image_size, gaze_head, device=device, supersample=supersample)
     axis = pitch_yaw_to_vector(gaze_head)
     out.update(

@@ -1,0 +1,80 @@
+"""Scaffolding shared by the package's optimisation loops (NeRF training, estimator training, fitting).
+
+One idea: a step that cannot hurt. ``backward_if_finite`` backpropagates only a finite loss and
+reports whether every gradient is finite; ``step_or_skip`` then takes the optimiser step or skips
+it with a warning, and raises :class:`TrainingAborted` after ``max_bad_steps`` skips in a row (the
+last good checkpoint stays untouched). ``StepBatchSampler`` makes the data order a pure function of
+(seed, step), so a resumed loop sees exactly the batches an uninterrupted one would have seen.
+
+Imports only torch and ``HeadNeRF.config``: every loop may stand on it, none stands on another loop.
+"""
+
+import warnings
+
+import torch
+from torch.utils.data import DistributedSampler
+
+from .config import ConfigError
+
+__all__ = ["TrainingAborted", "backward_if_finite", "step_or_skip", "StepBatchSampler"]
+
+
+class TrainingAborted(RuntimeError):
+    """Training stopped on purpose (too many bad steps). One-line message."""
+
+
+def backward_if_finite(loss: torch.Tensor, params: list) -> torch.Tensor:
+    """Backpropagate ``loss`` when it is finite. Returns a () float tensor: 1 when the loss and every
+    gradient are finite, else 0 (a tensor, so that DDP ranks can all-reduce it before deciding)."""
+    finite = torch.isfinite(loss).float()
+    if finite.item():
+        loss.backward()
+        grads = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+        finite = torch.stack(grads).all().float() if grads else finite
+    return finite
+
+
+def step_or_skip(finite: bool, loss: torch.Tensor, optimizer, params: list, grad_clip: float, bad_steps: int,
+                 max_bad_steps: int, step: int, run_dir: str, lr_key: str) -> int:
+    """Take the optimiser step when ``finite``; otherwise skip it with a warning and raise
+    TrainingAborted after ``max_bad_steps`` in a row (the last good checkpoint stays untouched).
+    Returns the new count of consecutive skipped steps."""
+    if finite:
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        return 0
+    bad_steps += 1
+    warnings.warn(f"step {step}: non-finite loss or gradient ({loss.item()}); step skipped "
+                  f"({bad_steps}/{max_bad_steps} in a row)")
+    if bad_steps >= max_bad_steps:
+        raise TrainingAborted(f"{bad_steps} consecutive non-finite losses at step {step}; aborting. "
+                              f"The last good checkpoint in {run_dir}/checkpoints is untouched; "
+                              f"lower {lr_key} or check the data")
+    return bad_steps
+
+
+class StepBatchSampler(torch.utils.data.Sampler):
+    """Yields the index batches of steps ``start_step .. total_steps-1`` (see module docstring)."""
+
+    def __init__(self, dataset, batch_size: int, seed: int, start_step: int, total_steps: int,
+                 rank: int = 0, world_size: int = 1):
+        self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                                          drop_last=True)
+        self.batch_size, self.start, self.total = batch_size, start_step, total_steps
+        self.per_epoch = len(self.sampler) // batch_size
+        if self.per_epoch == 0:
+            raise ConfigError(f"batch_size: {batch_size} x {world_size} process(es) is more than the "
+                              f"{len(dataset)} training images; lower batch_size")
+
+    def __len__(self) -> int:
+        return self.total - self.start
+
+    def __iter__(self):
+        epoch, order = None, None
+        for step in range(self.start, self.total):
+            e, k = divmod(step, self.per_epoch)
+            if e != epoch:
+                self.sampler.set_epoch(e)
+                epoch, order = e, list(self.sampler)
+            yield order[k * self.batch_size:(k + 1) * self.batch_size]
