@@ -16,6 +16,7 @@ import yaml
 
 __all__ = [
     "ConfigError",
+    "check_field",
     "ModelConfig",
     "LossConfig",
     "DataConfig",
@@ -33,7 +34,8 @@ class ConfigError(ValueError):
     """A config value or key is wrong. The message is one line and names the key."""
 
 
-def _check(cond: bool, key: str, msg: str) -> None:
+def check_field(cond: bool, key: str, msg: str) -> None:
+    """Raise ConfigError("key: msg") unless ``cond`` (the range and cross-field checks of every config class)."""
     if not cond:
         raise ConfigError(f"{key}: {msg}")
 
@@ -65,23 +67,23 @@ class ModelConfig:
     # bit-identical); volume rendering, the density grid and the 2-D renderer stay fp32. See models.py
 
     def __post_init__(self):
-        _check(self.model_name in MODEL_NAMES, "model_name", f"must be one of {list(MODEL_NAMES)}, got {self.model_name!r}")
+        check_field(self.model_name in MODEL_NAMES, "model_name", f"must be one of {list(MODEL_NAMES)}, got {self.model_name!r}")
         for k in ("featmap_size", "featmap_channels", "image_size", "num_samples", "mlp_width", "mlp_depth",
                   "gaze_mlp_width", "gaze_mlp_depth", "gaze_tile", "renderer_min_channels"):
-            _check(getattr(self, k) >= 1, k, f"must be >= 1, got {getattr(self, k)}")
-        _check(self.pe_freqs >= 0, "pe_freqs", "must be >= 0")
-        _check(self.mlp_precision in ("fp32", "bf16"), "mlp_precision", f"must be fp32 or bf16, got {self.mlp_precision!r}")
-        _check(self.triplane_resolution >= 0, "triplane_resolution", "must be >= 0 (0 = off)")
-        _check(self.triplane_channels >= 1, "triplane_channels", "must be >= 1")
-        _check(self.density_grid_resolution == 0 or self.density_grid_resolution >= 2, "density_grid_resolution",
+            check_field(getattr(self, k) >= 1, k, f"must be >= 1, got {getattr(self, k)}")
+        check_field(self.pe_freqs >= 0, "pe_freqs", "must be >= 0")
+        check_field(self.mlp_precision in ("fp32", "bf16"), "mlp_precision", f"must be fp32 or bf16, got {self.mlp_precision!r}")
+        check_field(self.triplane_resolution >= 0, "triplane_resolution", "must be >= 0 (0 = off)")
+        check_field(self.triplane_channels >= 1, "triplane_channels", "must be >= 1")
+        check_field(self.density_grid_resolution == 0 or self.density_grid_resolution >= 2, "density_grid_resolution",
                f"must be 0 (off) or >= 2, got {self.density_grid_resolution}")
         ratio = self.image_size // self.featmap_size
-        _check(self.image_size % self.featmap_size == 0 and ratio & (ratio - 1) == 0, "image_size",
+        check_field(self.image_size % self.featmap_size == 0 and ratio & (ratio - 1) == 0, "image_size",
                f"image_size/featmap_size must be a power of two, got {self.image_size}/{self.featmap_size}")
-        _check(0 <= self.skip_layer < self.mlp_depth, "skip_layer", f"must be in [0, mlp_depth), got {self.skip_layer}")
-        _check(self.bound_radius > 0, "bound_radius", "must be > 0")
-        _check(self.template_gaze_noise >= 0, "template_gaze_noise", "must be >= 0")
-        _check(0.0 <= self.feat_addition_alpha <= 1.0, "feat_addition_alpha", "must be in [0, 1]")
+        check_field(0 <= self.skip_layer < self.mlp_depth, "skip_layer", f"must be in [0, mlp_depth), got {self.skip_layer}")
+        check_field(self.bound_radius > 0, "bound_radius", "must be > 0")
+        check_field(self.template_gaze_noise >= 0, "template_gaze_noise", "must be >= 0")
+        check_field(0.0 <= self.feat_addition_alpha <= 1.0, "feat_addition_alpha", "must be in [0, 1]")
 
 
 @dataclasses.dataclass
@@ -101,11 +103,11 @@ class LossConfig:
     camera_reg: float = 0.001  # mean square of the per-image camera refinements
 
     def __post_init__(self):
-        _check(self.photometric in ("mse", "l1"), "loss_config.photometric", f"must be mse or l1, got {self.photometric!r}")
+        check_field(self.photometric in ("mse", "l1"), "loss_config.photometric", f"must be mse or l1, got {self.photometric!r}")
         for f in dataclasses.fields(self):
             if f.type is float:
-                _check(getattr(self, f.name) >= 0, f"loss_config.{f.name}", f"weights must be >= 0, got {getattr(self, f.name)}")
-        _check(self.vgg == 0 or bool(self.vgg_weights_path), "loss_config.vgg",
+                check_field(getattr(self, f.name) >= 0, f"loss_config.{f.name}", f"weights must be >= 0, got {getattr(self, f.name)}")
+        check_field(self.vgg == 0 or bool(self.vgg_weights_path), "loss_config.vgg",
                "the VGG loss needs loss_config.vgg_weights_path (ImageNet VGG16 weights cannot be downloaded offline); set vgg: 0 or give the path")
 
 
@@ -117,8 +119,8 @@ class DataConfig:
     num_workers: int = 0
 
     def __post_init__(self):
-        _check(self.max_rows_per_subject >= 0, "data.max_rows_per_subject", "must be >= 0")
-        _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        check_field(self.max_rows_per_subject >= 0, "data.max_rows_per_subject", "must be >= 0")
+        check_field(self.num_workers >= 0, "data.num_workers", "must be >= 0")
 
 
 @dataclasses.dataclass
@@ -155,23 +157,23 @@ class TrainConfig:
     def __post_init__(self):
         for k in ("steps", "batch_size", "val_every", "ckpt_every", "log_every", "image_every", "val_images", "max_bad_steps",
                   "report_images"):
-            _check(getattr(self, k) >= 1, k, f"must be >= 1, got {getattr(self, k)}")
-        _check(self.rays_per_image >= 0, "rays_per_image", "must be >= 0")
-        _check(self.eye_ray_weight > 0, "eye_ray_weight", f"must be > 0, got {self.eye_ray_weight}")
+            check_field(getattr(self, k) >= 1, k, f"must be >= 1, got {getattr(self, k)}")
+        check_field(self.rays_per_image >= 0, "rays_per_image", "must be >= 0")
+        check_field(self.eye_ray_weight > 0, "eye_ray_weight", f"must be > 0, got {self.eye_ray_weight}")
         if self.rays_per_image > 0:
-            _check(self.model.featmap_size == self.model.image_size, "rays_per_image",
+            check_field(self.model.featmap_size == self.model.image_size, "rays_per_image",
                    f"training on pixel subsets needs a per-pixel renderer: set model.featmap_size = "
                    f"model.image_size (now {self.model.featmap_size} and {self.model.image_size}), or rays_per_image: 0")
-            _check(self.rays_per_image <= self.model.image_size ** 2, "rays_per_image",
+            check_field(self.rays_per_image <= self.model.image_size ** 2, "rays_per_image",
                    f"must be <= image_size² = {self.model.image_size ** 2}")
-            _check(self.loss_config.vgg == 0, "rays_per_image",
+            check_field(self.loss_config.vgg == 0, "rays_per_image",
                    "the VGG loss needs whole images; set rays_per_image: 0 or loss_config.vgg: 0")
-        _check(self.init_lr > 0, "init_lr", f"must be > 0, got {self.init_lr}")
-        _check(self.triplane_lr_scale > 0, "triplane_lr_scale", f"must be > 0, got {self.triplane_lr_scale}")
-        _check(0 < self.lr_decay_factor <= 1, "lr_decay_factor", f"must be in (0, 1], got {self.lr_decay_factor}")
-        _check(self.lr_patience >= 0, "lr_patience", "must be >= 0")
-        _check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
-        _check(self.device in ("cpu", "cuda") or self.device.startswith("cuda:"), "device", f"cpu or cuda, got {self.device!r}")
+        check_field(self.init_lr > 0, "init_lr", f"must be > 0, got {self.init_lr}")
+        check_field(self.triplane_lr_scale > 0, "triplane_lr_scale", f"must be > 0, got {self.triplane_lr_scale}")
+        check_field(0 < self.lr_decay_factor <= 1, "lr_decay_factor", f"must be in (0, 1], got {self.lr_decay_factor}")
+        check_field(self.lr_patience >= 0, "lr_patience", "must be >= 0")
+        check_field(self.grad_clip >= 0, "grad_clip", "must be >= 0")
+        check_field(self.device in ("cpu", "cuda") or self.device.startswith("cuda:"), "device", f"cpu or cuda, got {self.device!r}")
 
 
 def _type_name(tp) -> str:

@@ -6,7 +6,7 @@ the nearest valid key, ranges checked in ``__post_init__`` (one-line :class:`Con
 
 import dataclasses
 
-from ..config import _check
+from ..config import check_field
 
 __all__ = [
     "DEPTHS",
@@ -42,13 +42,13 @@ class EstimatorModelConfig:
     compose_gaze: bool = False  # gaze = head pose (+) eye-in-head (exact in a normalised camera) instead of a free output
 
     def __post_init__(self):
-        _check(self.depth in DEPTHS, "model.depth", f"must be one of {list(DEPTHS)}, got {self.depth}")
-        _check(self.input_size >= 16, "model.input_size", f"must be >= 16, got {self.input_size}")
-        _check(self.stem in STEMS, "model.stem", f"must be one of {list(STEMS)}, got {self.stem!r}")
+        check_field(self.depth in DEPTHS, "model.depth", f"must be one of {list(DEPTHS)}, got {self.depth}")
+        check_field(self.input_size >= 16, "model.input_size", f"must be >= 16, got {self.input_size}")
+        check_field(self.stem in STEMS, "model.stem", f"must be one of {list(STEMS)}, got {self.stem!r}")
         for k in ("eye_crop_height", "eye_crop_width"):
-            _check(getattr(self, k) >= 8, f"model.{k}", f"must be >= 8, got {getattr(self, k)}")
-        _check(0 < self.eye_box_width <= 1, "model.eye_box_width", f"must be in (0, 1], got {self.eye_box_width}")
-        _check(self.eye_channels >= 4, "model.eye_channels", f"must be >= 4, got {self.eye_channels}")
+            check_field(getattr(self, k) >= 8, f"model.{k}", f"must be >= 8, got {getattr(self, k)}")
+        check_field(0 < self.eye_box_width <= 1, "model.eye_box_width", f"must be in (0, 1], got {self.eye_box_width}")
+        check_field(self.eye_channels >= 4, "model.eye_channels", f"must be >= 4, got {self.eye_channels}")
 
 
 @dataclasses.dataclass
@@ -65,9 +65,9 @@ class SyntheticSetConfig:
 
     def __post_init__(self):
         for k in ("num_subjects", "num_cameras", "num_frames", "supersample", "workers"):
-            _check(getattr(self, k) >= 1, f"data.synthetic.{k}", f"must be >= 1, got {getattr(self, k)}")
-        _check(self.num_subjects >= 2, "data.synthetic.num_subjects", "must be >= 2 (train and held-out subjects)")
-        _check(self.image_size >= 8, "data.synthetic.image_size", f"must be >= 8, got {self.image_size}")
+            check_field(getattr(self, k) >= 1, f"data.synthetic.{k}", f"must be >= 1, got {getattr(self, k)}")
+        check_field(self.num_subjects >= 2, "data.synthetic.num_subjects", "must be >= 2 (train and held-out subjects)")
+        check_field(self.image_size >= 8, "data.synthetic.image_size", f"must be >= 8, got {self.image_size}")
 
 
 @dataclasses.dataclass
@@ -82,10 +82,10 @@ class EstimatorDataConfig:
     synthetic: SyntheticSetConfig = dataclasses.field(default_factory=SyntheticSetConfig)
 
     def __post_init__(self):
-        _check(self.max_rows_per_subject >= 0, "data.max_rows_per_subject", "must be >= 0")
-        _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        check_field(self.max_rows_per_subject >= 0, "data.max_rows_per_subject", "must be >= 0")
+        check_field(self.num_workers >= 0, "data.num_workers", "must be >= 0")
         overlap = sorted(set(self.train_subjects) & set(self.heldout_subjects))
-        _check(not overlap, "data.heldout_subjects", f"subjects {overlap} are also in data.train_subjects")
+        check_field(not overlap, "data.heldout_subjects", f"subjects {overlap} are also in data.train_subjects")
 
 
 @dataclasses.dataclass
@@ -108,12 +108,12 @@ class AugmentConfig:
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
-            _check(getattr(self, f.name) >= 0, f"augment.{f.name}", f"must be >= 0, got {getattr(self, f.name)}")
+            check_field(getattr(self, f.name) >= 0, f"augment.{f.name}", f"must be >= 0, got {getattr(self, f.name)}")
         for k in ("hflip", "blur_prob"):
-            _check(getattr(self, k) <= 1, f"augment.{k}", f"is a probability, must be <= 1, got {getattr(self, k)}")
+            check_field(getattr(self, k) <= 1, f"augment.{k}", f"is a probability, must be <= 1, got {getattr(self, k)}")
         for k in ("brightness", "contrast", "saturation", "scale"):
-            _check(getattr(self, k) < 1, f"augment.{k}", f"must be < 1, got {getattr(self, k)}")
-        _check(self.blur_sigma == 0 or self.blur_sigma >= 0.2, "augment.blur_sigma", "must be 0 (off) or >= 0.2")
+            check_field(getattr(self, k) < 1, f"augment.{k}", f"must be < 1, got {getattr(self, k)}")
+        check_field(self.blur_sigma == 0 or self.blur_sigma >= 0.2, "augment.blur_sigma", "must be 0 (off) or >= 0.2")
 
 
 @dataclasses.dataclass
@@ -147,18 +147,18 @@ class EstimatorConfig:
 
     def __post_init__(self):
         for k in ("steps", "batch_size", "val_every", "val_images", "ckpt_every", "log_every", "max_bad_steps"):
-            _check(getattr(self, k) >= 1, k, f"must be >= 1, got {getattr(self, k)}")
-        _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        _check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
-        _check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
-        _check(self.head_pose_weight >= 0, "head_pose_weight", "must be >= 0")
-        _check(self.eye_weight >= 0, "eye_weight", "must be >= 0")
-        _check(self.eye_centre_weight >= 0, "eye_centre_weight", "must be >= 0")
-        _check(0 <= self.eye_crop_label_prob <= 1, "eye_crop_label_prob", "is a probability, must be in [0, 1]")
-        _check(self.eye_crop_jitter_px >= 0, "eye_crop_jitter_px", "must be >= 0")
-        _check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
-        _check(self.num_threads >= 0, "num_threads", "must be >= 0")
-        _check(self.device in ("cpu", "cuda") or self.device.startswith("cuda:"), "device",
+            check_field(getattr(self, k) >= 1, k, f"must be >= 1, got {getattr(self, k)}")
+        check_field(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        check_field(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        check_field(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        check_field(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        check_field(self.head_pose_weight >= 0, "head_pose_weight", "must be >= 0")
+        check_field(self.eye_weight >= 0, "eye_weight", "must be >= 0")
+        check_field(self.eye_centre_weight >= 0, "eye_centre_weight", "must be >= 0")
+        check_field(0 <= self.eye_crop_label_prob <= 1, "eye_crop_label_prob", "is a probability, must be in [0, 1]")
+        check_field(self.eye_crop_jitter_px >= 0, "eye_crop_jitter_px", "must be >= 0")
+        check_field(self.grad_clip >= 0, "grad_clip", "must be >= 0")
+        check_field(self.num_threads >= 0, "num_threads", "must be >= 0")
+        check_field(self.device in ("cpu", "cuda") or self.device.startswith("cuda:"), "device",
                f"cpu or cuda, got {self.device!r}")
 

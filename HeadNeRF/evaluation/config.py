@@ -9,17 +9,12 @@ before anything runs.
 
 import dataclasses
 
-from ..config import ConfigError, from_dict, load_yaml
+from ..config import ConfigError, check_field, from_dict, load_yaml
 
 __all__ = ["CODE_INITS", "REGIMES", "ControllabilityConfig", "EvalConfig", "MetricsConfig", "fit_config_for", "load_eval_config"]
 
 REGIMES = ("codes", "finetune")  # latent codes only | codes + network fine-tuning for finetune_steps
 CODE_INITS = ("mean", "dataset")  # the fit's starting code: the checkpoint's mean code | the row's stored code
-
-
-def _check(cond: bool, key: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"{key}: {msg}")
 
 
 @dataclasses.dataclass
@@ -42,11 +37,11 @@ class MetricsConfig:
     whiten_background: bool = True  # set the target's non-head pixels to white (GazeNeRF scores on white)
 
     def __post_init__(self):
-        _check(self.lpips_net in ("alex", "vgg", "squeeze"), "metrics.lpips_net",
+        check_field(self.lpips_net in ("alex", "vgg", "squeeze"), "metrics.lpips_net",
                f"must be alex, vgg or squeeze, got {self.lpips_net!r}")
-        _check(self.fid_backbone in ("torch_fidelity", "torchvision"), "metrics.fid_backbone",
+        check_field(self.fid_backbone in ("torch_fidelity", "torchvision"), "metrics.fid_backbone",
                f"must be torch_fidelity or torchvision, got {self.fid_backbone!r}")
-        _check(self.identity_size >= 32, "metrics.identity_size", f"must be >= 32, got {self.identity_size}")
+        check_field(self.identity_size >= 32, "metrics.identity_size", f"must be >= 32, got {self.identity_size}")
 
 
 @dataclasses.dataclass
@@ -60,14 +55,14 @@ class ControllabilityConfig:
     resolution: list = dataclasses.field(default_factory=lambda: [5, 5])  # [pitch rows, yaw columns]
 
     def __post_init__(self):
-        _check(self.inputs_per_subject >= 1, "controllability.inputs_per_subject", "must be >= 1")
+        check_field(self.inputs_per_subject >= 1, "controllability.inputs_per_subject", "must be >= 1")
         for k in ("pitch_range", "yaw_range"):
             v = getattr(self, k)
-            _check(len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+            check_field(len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
                    and v[0] <= v[1], f"controllability.{k}", f"must be [low, high] in radians, got {v}")
-            _check(max(abs(float(x)) for x in v) < 1.5, f"controllability.{k}", f"must lie within ±1.5 rad, got {v}")
+            check_field(max(abs(float(x)) for x in v) < 1.5, f"controllability.{k}", f"must lie within ±1.5 rad, got {v}")
         r = self.resolution
-        _check(len(r) == 2 and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in r),
+        check_field(len(r) == 2 and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in r),
                "controllability.resolution", f"must be [rows, columns] of positive integers, got {r}")
 
 
@@ -104,21 +99,21 @@ class EvalConfig:
 
     def __post_init__(self):
         for k in ("checkpoint", "dataset_dir", "results_dir"):
-            _check(bool(getattr(self, k)), k, "must not be empty")
-        _check(self.pairs_per_subject >= 1, "pairs_per_subject", f"must be >= 1, got {self.pairs_per_subject}")
-        _check(self.inputs_per_subject >= 0, "inputs_per_subject", "must be >= 0 (0 = one input per pair)")
-        _check(bool(self.regimes) and all(r in REGIMES for r in self.regimes) and len(set(self.regimes)) == len(self.regimes),
+            check_field(bool(getattr(self, k)), k, "must not be empty")
+        check_field(self.pairs_per_subject >= 1, "pairs_per_subject", f"must be >= 1, got {self.pairs_per_subject}")
+        check_field(self.inputs_per_subject >= 0, "inputs_per_subject", "must be >= 0 (0 = one input per pair)")
+        check_field(bool(self.regimes) and all(r in REGIMES for r in self.regimes) and len(set(self.regimes)) == len(self.regimes),
                "regimes", f"must be a non-empty subset of {list(REGIMES)}, got {self.regimes}")
-        _check(self.code_init in CODE_INITS, "code_init", f"must be one of {list(CODE_INITS)}, got {self.code_init!r}")
-        _check(self.finetune_steps >= 1 or "finetune" not in self.regimes, "finetune_steps",
+        check_field(self.code_init in CODE_INITS, "code_init", f"must be one of {list(CODE_INITS)}, got {self.code_init!r}")
+        check_field(self.finetune_steps >= 1 or "finetune" not in self.regimes, "finetune_steps",
                "must be >= 1 when the 'finetune' regime is on")
-        _check(all(isinstance(s, int) and not isinstance(s, bool) for s in self.subjects), "subjects",
+        check_field(all(isinstance(s, int) and not isinstance(s, bool) for s in self.subjects), "subjects",
                f"must be a list of integer subject ids, got {self.subjects}")
-        _check("finetune_steps" not in self.fit, "fit.finetune_steps",
+        check_field("finetune_steps" not in self.fit, "fit.finetune_steps",
                "set the top-level finetune_steps instead (the 'codes' regime uses 0, 'finetune' uses finetune_steps)")
-        _check(self.grid_pairs >= 0, "grid_pairs", "must be >= 0")
-        _check(self.num_threads >= 0, "num_threads", "must be >= 0")
-        _check(self.device in ("cpu", "cuda") or self.device.startswith("cuda:"), "device", f"cpu or cuda, got {self.device!r}")
+        check_field(self.grid_pairs >= 0, "grid_pairs", "must be >= 0")
+        check_field(self.num_threads >= 0, "num_threads", "must be >= 0")
+        check_field(self.device in ("cpu", "cuda") or self.device.startswith("cuda:"), "device", f"cpu or cuda, got {self.device!r}")
 
 
 def fit_config_for(cfg: EvalConfig, regime: str, seed: int):

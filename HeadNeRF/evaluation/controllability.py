@@ -55,7 +55,7 @@ def controllability(ctx, inputs: list[tuple[int, int]], fit_cache: dict, progres
     from tqdm import tqdm
 
     from ..geometry.gaze import rotate_pitch_yaw
-    from .protocol import _item, _read, _readout, _row_reading, fit_input, render_at
+    from .protocol import dataset_item, estimator_reading, row_readout, row_estimate, fit_input, render_at
 
     cc = ctx.cfg.controllability
     grid = gaze_grid(cc.pitch_range, cc.yaw_range, cc.resolution)
@@ -67,16 +67,16 @@ def controllability(ctx, inputs: list[tuple[int, int]], fit_cache: dict, progres
         fit = fit_cache.get((subject, row), {}).get("codes")
         if fit is None:
             fit = fit_input(ctx, subject, row, ["codes"])["codes"]
-        item = _item(ctx, subject, row)
+        item = dataset_item(ctx, subject, row)
         requests = rotate_pitch_yaw(grid.reshape(-1, 2), item["R_w2c"][None])  # (rows*cols, 2) camera frame
         renders = [render_at(fit, item, req) for req in requests]  # (1, 3, S, S) each
         entry = {"subject": subject, "input_row": row}
         if ctx.estimator is not None:
-            err = [M.angle_error_deg(_read(ctx, im)["gaze"], req.double().tolist()) for im, req in zip(renders, requests)]
+            err = [M.angle_error_deg(estimator_reading(ctx, im)["gaze"], req.double().tolist()) for im, req in zip(renders, requests)]
             entry["errors_deg"] = np.reshape(err, (rows, cols)).tolist()
             entry["mean_deg"] = float(np.mean(err))
         if subject in ctx.readout:  # the generator's gaze that draws each render, in this input's view
-            reads = _readout(ctx, subject, row).read_batch([im[0].permute(1, 2, 0).clamp(0, 1) for im in renders])
+            reads = row_readout(ctx, subject, row).read_batch([im[0].permute(1, 2, 0).clamp(0, 1) for im in renders])
             read = np.array([[float(x) for x in r["gaze_head"]] for r in reads])  # (rows*cols, 2), NaN: no eye visible
             err = [M.angle_error_deg(g, q) if np.isfinite(g).all() else np.nan for g, q in zip(read, flat_head.tolist())]
             entry["readout_read_head"] = read.reshape(rows, cols, 2).tolist()
@@ -85,7 +85,7 @@ def controllability(ctx, inputs: list[tuple[int, int]], fit_cache: dict, progres
         if ctx.subjects[subject].gaze_valid[row]:
             own = item["gaze"].tolist()
         else:
-            own = _row_reading(ctx, subject, row)["gaze"] if ctx.estimator is not None else None
+            own = row_estimate(ctx, subject, row)["gaze"] if ctx.estimator is not None else None
         centre_cam = rotate_pitch_yaw(centre, item["R_w2c"][None])[0].double().tolist()
         flat = requests.double().tolist()
         entry["ignore_request"] = {  # rotations keep angles: the same in the head frame

@@ -300,7 +300,7 @@ def run_key(ctx: Context) -> dict:
 
 # ----------------------------------------------------------------------------------------- rows
 
-def _item(ctx: Context, subject: int, row: int) -> dict:
+def dataset_item(ctx: Context, subject: int, row: int) -> dict:
     key = ("item", subject, row)
     if key not in ctx.cache:
         if (subject, row) not in ctx.index_of:
@@ -316,7 +316,7 @@ def _whitened(ctx: Context, item: dict) -> torch.Tensor:
     return img
 
 
-def _read(ctx: Context, image: torch.Tensor) -> dict:
+def estimator_reading(ctx: Context, image: torch.Tensor) -> dict:
     """Estimator reading of one (1, 3, S, S) image: {"gaze": [p, y], "head_pose": [p, y]} (float64 lists)."""
     from ..estimator import estimate
 
@@ -326,30 +326,30 @@ def _read(ctx: Context, image: torch.Tensor) -> dict:
     return {"gaze": out["gaze"][0].double().cpu().tolist(), "head_pose": out["head_pose"][0].double().cpu().tolist()}
 
 
-def _row_reading(ctx: Context, subject: int, row: int) -> dict:
+def row_estimate(ctx: Context, subject: int, row: int) -> dict:
     key = ("read", subject, row)
     if key not in ctx.cache:
-        ctx.cache[key] = _read(ctx, _whitened(ctx, _item(ctx, subject, row)))
+        ctx.cache[key] = estimator_reading(ctx, _whitened(ctx, dataset_item(ctx, subject, row)))
     return ctx.cache[key]
 
 
 def _row_embedding(ctx: Context, subject: int, row: int):
     key = ("emb", subject, row)
     if key not in ctx.cache:
-        ctx.cache[key] = ctx.identity(_whitened(ctx, _item(ctx, subject, row))[0])
+        ctx.cache[key] = ctx.identity(_whitened(ctx, dataset_item(ctx, subject, row))[0])
     return ctx.cache[key]
 
 
 def _row_features(ctx: Context, subject: int, row: int) -> np.ndarray:
     key = ("fid", subject, row)
     if key not in ctx.cache:
-        ctx.cache[key] = ctx.fid(_whitened(ctx, _item(ctx, subject, row)))[0]
+        ctx.cache[key] = ctx.fid(_whitened(ctx, dataset_item(ctx, subject, row)))[0]
     return ctx.cache[key]
 
 
 # ---------------------------------------------------------------------------------- exact readout
 
-def _readout(ctx: Context, subject: int, row: int):
+def row_readout(ctx: Context, subject: int, row: int):
     """The exact readout of one synthetic row's view (generator code, camera at the model's size), cached."""
     from .readout import GazeReadout
 
@@ -357,7 +357,7 @@ def _readout(ctx: Context, subject: int, row: int):
     if key not in ctx.cache:
         with h5py.File(ctx.subjects[subject].path, "r") as f:
             code = np.asarray(f["latent_code"][row], dtype=np.float32)
-        item = _item(ctx, subject, row)
+        item = dataset_item(ctx, subject, row)
         ctx.cache[key] = GazeReadout(code, item["R_w2c"], item["t_w2c"], item["K"], ctx.image_size,
                                      supersample=ctx.readout[subject])
     return ctx.cache[key]
@@ -377,7 +377,7 @@ def read_exact(ctx: Context, subject: int, row: int, image: torch.Tensor, reques
     Returns {"gaze_readout": [p, y] head frame, "gaze_readout_residual", "gaze_err_readout": degrees} (NaN when
     no eye is visible in that view).
     """
-    r = _readout(ctx, subject, row).read(image[0].permute(1, 2, 0).clamp(0, 1))
+    r = row_readout(ctx, subject, row).read(image[0].permute(1, 2, 0).clamp(0, 1))
     g = [float(x) for x in r["gaze_head"]]
     ok = r["eyes_visible"] > 0
     return {"gaze_readout": g if ok else None, "gaze_readout_residual": float(r["residual"]),
@@ -407,7 +407,7 @@ def fit_input(ctx: Context, subject: int, input_row: int, regimes, progress: boo
         target = dataclasses.replace(target, shape_code=shape_code[None].clone(), appearance_code=app_code[None].clone(),
                                      code_init="mean")
     if not ctx.subjects[subject].gaze_valid[input_row]:  # no label: the fit estimates the gaze, from the estimator's reading
-        read = _row_reading(ctx, subject, input_row)
+        read = row_estimate(ctx, subject, input_row)
         target = dataclasses.replace(target, gaze=torch.tensor([read["gaze"]], dtype=torch.float32), gaze_known=False)
     fits = {"codes": fit_image(ctx.model, target, fit_config_for(ctx.cfg, "codes", seed), progress=progress)}
     if "finetune" in regimes:
@@ -441,7 +441,7 @@ def _score_image(ctx: Context, pred: torch.Tensor, target_img: torch.Tensor, tar
                  target_read: dict, target_label: dict, target_emb) -> tuple[dict, np.ndarray | None]:
     m = {k: float(v[0]) for k, v in M.image_metrics(pred, target_img, target_mask).items()}
     m["lpips"] = float(ctx.lpips(pred, target_img)[0]) if ctx.lpips is not None else math.nan
-    read = _read(ctx, pred)
+    read = estimator_reading(ctx, pred)
     m["gaze_pred"] = read["gaze"]
     m["head_pred"] = read["head_pose"]
     m["gaze_err_est"] = M.angle_error_deg(read["gaze"], target_read["gaze"])
@@ -461,10 +461,10 @@ def _score_image(ctx: Context, pred: torch.Tensor, target_img: torch.Tensor, tar
 def score_pair(ctx: Context, pair: Pair, fits: dict) -> tuple[dict, dict, dict]:
     """Score one pair. Returns (record, images {name: (1,3,S,S)}, FID features {name: (2048,)})."""
     rows = ctx.subjects[pair.subject]
-    inp, tgt = _item(ctx, pair.subject, pair.input_row), _item(ctx, pair.subject, pair.target_row)
+    inp, tgt = dataset_item(ctx, pair.subject, pair.input_row), dataset_item(ctx, pair.subject, pair.target_row)
     t_label, i_label = label(rows, pair.target_row), label(rows, pair.input_row)
-    t_read = _row_reading(ctx, pair.subject, pair.target_row)
-    i_read = _row_reading(ctx, pair.subject, pair.input_row)
+    t_read = row_estimate(ctx, pair.subject, pair.target_row)
+    i_read = row_estimate(ctx, pair.subject, pair.input_row)
     requested = t_label["gaze"] if t_label["gaze"] is not None else t_read["gaze"]
     t_img, t_mask = _whitened(ctx, tgt), tgt["head_mask"][None]
     t_emb = _row_embedding(ctx, pair.subject, pair.target_row) if ctx.identity is not None else None
@@ -536,7 +536,7 @@ def _reference_item(ctx: Context, subject: int, row: int) -> dict | None:
     from ..data.dataset import GazeDataset
 
     if (subject, row) in ctx.index_of:
-        return _item(ctx, subject, row)
+        return dataset_item(ctx, subject, row)
     key = ("ref_ds", subject)
     if key not in ctx.cache:
         try:

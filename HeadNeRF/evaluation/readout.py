@@ -73,7 +73,7 @@ import torch
 
 from HeadNeRF.data.synthetic import head_model as hm
 from HeadNeRF.data.synthetic import rig
-from HeadNeRF.data.synthetic.render import _single_thread, prepare_view, shade_eye_pixels, shade_image
+from HeadNeRF.data.synthetic.render import single_thread, prepare_view, shade_eye_pixels, shade_image
 from HeadNeRF.geometry.cameras import camera_center, scale_intrinsics
 from HeadNeRF.geometry.gaze import angular_error_deg, vector_to_pitch_yaw
 
@@ -186,7 +186,7 @@ class GazeReadout:
             self.eye_visible, self.prepare_seconds = self._work.eye_visible, self._work.prepare_seconds
             return
         t0 = time.perf_counter()
-        with _single_thread():
+        with single_thread():
             prep = prepare_view(self.code, R[None], t[None], scale_intrinsics(K[None], n), S * n)
             self._prep = prep
             self._eye_idx = torch.nonzero(prep["is_eye"], as_tuple=True)[0]  # (E,) into the foreground pixels
@@ -288,7 +288,7 @@ class GazeReadout:
             return self._full.render(gaze_head, quantize)
         g = torch.as_tensor(gaze_head, dtype=torch.float32).reshape(-1, 2) if not torch.is_tensor(gaze_head) \
             else gaze_head.detach().float().cpu().reshape(-1, 2)
-        with _single_thread():
+        with single_thread():
             base = self._base_q if quantize else self._base_f
             full = base / (self.n * self.n)
             full = torch.floor(full + 0.5) / 255.0 if quantize else full
@@ -382,7 +382,7 @@ class GazeReadout:
         if visible == 0 or not imgs:
             return [{"gaze_head": torch.full((2,), math.nan), "residual": math.nan, "eyes_visible": visible,
                      "blur_px": math.nan} for _ in imgs]
-        with _single_thread():
+        with single_thread():
             w = torch.stack([self._pixel_weight(None if weights is None else weights[i]) for i in range(len(imgs))])
             targets = torch.stack([self._normalise(im.reshape(-1, 3)[self.compare_pixels], w[i])
                                    for i, im in enumerate(imgs)])  # (N, C, 3)

@@ -174,7 +174,7 @@ def ray_sphere(rays: np.ndarray, centre: np.ndarray, radius: float) -> tuple[np.
     return pts, hit
 
 
-def _pixel_rays(xy: np.ndarray, K: np.ndarray) -> np.ndarray:
+def pixel_rays(xy: np.ndarray, K: np.ndarray) -> np.ndarray:
     """(N, 2) continuous pixel coordinates -> (N, 3) ray directions (z = 1)."""
     Kinv = np.linalg.inv(np.asarray(K, np.float64))
     return np.c_[xy, np.ones(len(xy))] @ Kinv.T
@@ -232,7 +232,7 @@ def _edge_score(grey: np.ndarray, contour: np.ndarray, centre: np.ndarray, radiu
     xy = np.c_[xs.ravel() + 0.5, ys.ravel() + 0.5]
     keep = opening_occupancy(xy, contour, inset=0.5) > 0.5
     g_px = grey[ys.ravel()[keep], xs.ravel()[keep]].astype(np.float64)
-    dirs = (ray_sphere(_pixel_rays(xy[keep], K), centre, radius)[0] - centre) / radius if len(g_px) else None
+    dirs = (ray_sphere(pixel_rays(xy[keep], K), centre, radius)[0] - centre) / radius if len(g_px) else None
     cos_iris = math.cos(iris_angle)
 
     def score(cand):
@@ -330,7 +330,7 @@ def estimate_eyeballs(lm478: np.ndarray, R_head: np.ndarray, t_head: np.ndarray,
         # pixel units at the eye's depth: 1 unit = 1 px there
         f = float(np.sqrt(K[0, 0] * K[1, 1]))
         z = depth
-        ray = _pixel_rays(centroid[None], K)[0]
+        ray = pixel_rays(centroid[None], K)[0]
         opening = ray * z  # camera coordinates (head units)
         scale = z / f  # head units per pixel at the eye
         centre = opening + R @ (np.asarray(anatomy.centre_offset, np.float64) * radius_px * scale)
@@ -342,7 +342,7 @@ def estimate_eyeballs(lm478: np.ndarray, R_head: np.ndarray, t_head: np.ndarray,
             centre = (R @ mean_centres[len(eyes)] + t) / scale
             radius = mean_radius / scale
         iris_px = lm478[iris_idx, :2]
-        pts, _ = ray_sphere(_pixel_rays(iris_px[None], K), centre, radius)
+        pts, _ = ray_sphere(pixel_rays(iris_px[None], K), centre, radius)
         start = (pts[0] - centre) / radius
         eye = Eyeball(side, contour.astype(np.float32), centre, float(radius), start, anatomy.iris_angle, width,
                       height, anatomy)

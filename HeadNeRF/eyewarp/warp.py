@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from .eyeball import Eyeball, _pixel_rays, eye_frame, opening_occupancy, project, ray_sphere
+from .eyeball import Eyeball, pixel_rays, eye_frame, opening_occupancy, project, ray_sphere
 
 __all__ = ["ELLIPSE_AXES", "periocular_mask", "rotation_between", "warp_eye"]
 
@@ -98,7 +98,7 @@ def _fill_colours(image: np.ndarray, eye: Eyeball, K: np.ndarray, inset: float):
     rgb = image[ys.ravel(), xs.ravel(), :3].astype(np.float32)
     if inside.sum() < 3:
         return np.full(3, 235.0, np.float32), np.full(3, 80.0, np.float32)
-    pts, _ = ray_sphere(_pixel_rays(xy[inside], K), eye.centre, eye.radius)
+    pts, _ = ray_sphere(pixel_rays(xy[inside], K), eye.centre, eye.radius)
     cos = ((pts - eye.centre) / eye.radius) @ eye.gaze
     iris = cos > math.cos(eye.iris_angle)
     rgb_in = rgb[inside]
@@ -168,7 +168,7 @@ def warp_eye(image: np.ndarray, out: np.ndarray, eye: Eyeball, gaze_new: np.ndar
     fill = np.zeros(len(p), np.float32)  # 1 where the eyeball colour is synthesised
     fill_rgb = np.zeros((len(p), 3), np.float32)
     if show.any():
-        X, _ = ray_sphere(_pixel_rays(p[show], K), eye.centre, eye.radius)
+        X, _ = ray_sphere(pixel_rays(p[show], K), eye.centre, eye.radius)
         M = rotation_between(g1, g0)  # new axis -> current axis
         Xs = eye.centre + (X - eye.centre) @ M.T
         src_xy = project(Xs, K)

@@ -37,12 +37,12 @@ def collect(num: int, seed: int = 100, progress: bool = True) -> list[dict]:
     from HeadNeRF.data.synthetic import head_model as hm
     from HeadNeRF.data.synthetic import render, rig
     from HeadNeRF.data.synthetic.render import (
-        _single_thread,
+        single_thread,
         mesh_for_code,
         rasterize_views,
     )
 
-    from .detect import _box_area, _run_mesh
+    from .detect import box_area, run_mesh
 
     rng = np.random.default_rng(seed)
     recs = []
@@ -52,13 +52,13 @@ def collect(num: int, seed: int = 100, progress: bool = True) -> list[dict]:
         code = hm.sample_code(rng)
         head, _ = rig.sample_frames(rng, 4)
         out = render(code, cam, rng.normal(0, 0.2, 2).astype(np.float32), head[0], S, supersample=2)
-        meshes = _run_mesh(out["image"][0])
+        meshes = run_mesh(out["image"][0])
         if not meshes:
             recs.append(dict(ok=False, S=S, cam=cam))
             continue
-        lm = max(meshes, key=_box_area)
+        lm = max(meshes, key=box_area)
         mesh = mesh_for_code(code)
-        with _single_thread():
+        with single_thread():
             p2f, bary, _ = rasterize_views(
                 torch.from_numpy(mesh.verts), torch.from_numpy(mesh.faces), torch.from_numpy(out["cam_R_w2c"]),
                 torch.from_numpy(out["cam_t_w2c"]), torch.from_numpy(out["cam_K"]), S,

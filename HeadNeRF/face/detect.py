@@ -109,7 +109,7 @@ def close() -> None:
             _MESH = None
 
 
-def _run_mesh(image_rgb: np.ndarray) -> list[np.ndarray]:
+def run_mesh(image_rgb: np.ndarray) -> list[np.ndarray]:
     """All meshes (each (478, 3) float32 px) mediapipe finds in an RGB uint8 image."""
     img = np.ascontiguousarray(image_rgb, dtype=np.uint8)
     H, W = img.shape[:2]
@@ -123,7 +123,7 @@ def _run_mesh(image_rgb: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def _box_area(lm: np.ndarray) -> float:
+def box_area(lm: np.ndarray) -> float:
     span = lm[:, :2].max(0) - lm[:, :2].min(0)
     return float(span[0] * span[1])
 
@@ -171,7 +171,7 @@ def _mesh_in_crop(image_rgb: np.ndarray, box: np.ndarray) -> np.ndarray | None:
     A = np.array([[scale, 0, -scale * x0 + 0.5 * (scale - 1)], [0, scale, -scale * y0 + 0.5 * (scale - 1)]])
     crop = cv2.warpAffine(image_rgb, A, (CROP_SIZE, CROP_SIZE), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REPLICATE)
-    meshes = _run_mesh(crop)
+    meshes = run_mesh(crop)
     if not meshes:
         return None
     # the mesh whose centre is closest to the crop centre
@@ -203,20 +203,20 @@ def analyse_face(image_rgb: np.ndarray, face_index: int | None = None, name: str
 
         img = to_rgb_uint8(img)
     H, W = img.shape[:2]
-    meshes = _run_mesh(img)
-    small = bool(meshes) and max(np.sqrt(_box_area(m)) for m in meshes) < SMALL_FACE * min(H, W)
+    meshes = run_mesh(img)
+    small = bool(meshes) and max(np.sqrt(box_area(m)) for m in meshes) < SMALL_FACE * min(H, W)
     if not meshes or small or (face_index is not None and face_index >= len(meshes)):
         # Small faces: boxes from a classic detector, then the mesh on a crop around each.
         found = []
         for box in detect_face_boxes(img)[:MAX_FACES]:
             m = _mesh_in_crop(img, box)
-            if m is not None and not any(np.abs(m[:, :2].mean(0) - f[:, :2].mean(0)).max() < 0.3 * np.sqrt(_box_area(f))
+            if m is not None and not any(np.abs(m[:, :2].mean(0) - f[:, :2].mean(0)).max() < 0.3 * np.sqrt(box_area(f))
                                          for f in found + meshes):
                 found.append(m)
         meshes = meshes + found
     if not meshes:
         raise NoFaceError(name)
-    meshes.sort(key=lambda a: -_box_area(a))
+    meshes.sort(key=lambda a: -box_area(a))
     k = 0 if face_index is None else int(face_index)
     if k < 0 or k >= len(meshes):
         raise FaceIndexError(name, k, len(meshes))

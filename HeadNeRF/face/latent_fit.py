@@ -268,7 +268,7 @@ class AppearanceRenderer:
         import torch
 
         from HeadNeRF.data.synthetic import head_model as hm
-        from HeadNeRF.data.synthetic.render import _single_thread, mesh_for_code, rasterize_views, render_view
+        from HeadNeRF.data.synthetic.render import single_thread, mesh_for_code, rasterize_views, render_view
         from HeadNeRF.geometry.cameras import camera_center
         from HeadNeRF.geometry.gaze import pitch_yaw_to_vector
 
@@ -284,7 +284,7 @@ class AppearanceRenderer:
         verts, faces = torch.from_numpy(mesh.verts), torch.from_numpy(mesh.faces)
         normals, face_part = torch.from_numpy(mesh.normals), torch.from_numpy(mesh.face_part)
         B, S = len(R), int(size)
-        with _single_thread():
+        with single_thread():
             p2f, bary, _ = rasterize_views(verts, faces, R, t, K, S, cull_normals=torch.from_numpy(mesh.cull_normals))
             fg = p2f[..., 0] >= 0
             b_of_pix = torch.arange(B).view(B, 1, 1).expand(B, S, S)[fg]

@@ -141,7 +141,7 @@ def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
     return m.squeeze(1) > 0.5
 
 
-class _single_thread:
+class single_thread:
     """Run torch ops single-threaded: on this 2-core machine the intra-op thread pool made small
     ops (argsort, gathers) 100× slower under load, and rendering is many small ops."""
 
@@ -166,7 +166,7 @@ def render_view(code, R_w2c, t_w2c, K, image_size: int, gaze_head, device: str =
     if n < 1:
         raise ValueError(f"supersample must be >= 1, got {supersample}")
     K_t = _as_tensor(K).reshape(-1, 3, 3)
-    with contextlib.nullcontext() if str(device).startswith("cuda") else _single_thread():
+    with contextlib.nullcontext() if str(device).startswith("cuda") else single_thread():
         out = _render_view(code, R_w2c, t_w2c, scale_intrinsics(K_t, n) if n > 1 else K_t, image_size * n,
                            gaze_head, device, tile)
         if n == 1:
