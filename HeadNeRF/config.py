@@ -72,7 +72,8 @@ class ModelConfig:
                   "gaze_mlp_width", "gaze_mlp_depth", "gaze_tile", "renderer_min_channels"):
             check_field(getattr(self, k) >= 1, k, f"must be >= 1, got {getattr(self, k)}")
         check_field(self.pe_freqs >= 0, "pe_freqs", "must be >= 0")
-        check_field(self.mlp_precision in ("fp32", "bf16"), "mlp_precision", f"must be fp32 or bf16, got {self.mlp_precision!r}")
+        check_field(self.mlp_precision in ("fp32", "bf16", "auto"), "mlp_precision",
+                    f"must be fp32, bf16 or auto, got {self.mlp_precision!r}")
         check_field(self.triplane_resolution >= 0, "triplane_resolution", "must be >= 0 (0 = off)")
         check_field(self.triplane_channels >= 1, "triplane_channels", "must be >= 1")
         check_field(self.density_grid_resolution == 0 or self.density_grid_resolution >= 2, "density_grid_resolution",

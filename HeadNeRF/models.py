@@ -79,7 +79,7 @@ from .rendering.sampling import stratified_samples
 from .rendering.volume import alpha_from_density, composite, depth_and_opacity, transmittance_weights
 
 __all__ = ["HeadNeRF", "HeadNeRF_Gaze", "GazeNeRF", "MODEL_CLASSES", "build_model", "redirect",
-           "camera_for_head_pose", "RayBatch", "eval_mode", "mlp_autocast"]
+           "camera_for_head_pose", "RayBatch", "eval_mode", "mlp_autocast", "native_bf16_cpu", "resolve_mlp_precision"]
 
 
 @dataclasses.dataclass
@@ -128,9 +128,29 @@ def mlp_autocast(precision: str, device_type: str):
     benchmarks/bench_render.py prints both modes. Off by default: the renderer tests pin fp32
     outputs, and the quality of a whole quickstart in bf16 is not measured yet.
     """
-    if precision == "fp32":
+    if resolve_mlp_precision(precision, device_type) == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type, dtype=torch.bfloat16)
+
+
+def native_bf16_cpu(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16 flags; Linux's cpuinfo).
+
+    Elsewhere (no cpuinfo, or only AVX2/AVX512 without them) bf16 autocast is emulated and slower
+    than fp32, so ``auto`` stays fp32 there."""
+    try:
+        with open(cpuinfo) as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_mlp_precision(precision: str, device_type: str) -> str:
+    """``auto`` -> ``bf16`` on a CPU with native bf16, else ``fp32`` (and fp32 on CUDA); other values unchanged."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device_type == "cpu" and native_bf16_cpu() else "fp32"
 
 
 def render_rays(rays: RayBatch, features: torch.Tensor, density: torch.Tensor) -> dict:

@@ -43,7 +43,7 @@ from .geometry.gaze import gaze_in_head_frame
 from .loop import StepBatchSampler, TrainingAborted, backward_if_finite, step_or_skip
 from .losses import VGGPerceptual, total_loss
 from .metrics import masked_psnr
-from .models import build_model, eval_mode
+from .models import build_model, eval_mode, resolve_mlp_precision
 from .rendering.pixels import gather_pixels, sample_pixels
 
 __all__ = ["train", "TrainingAborted", "PerImageOffsets", "prepare", "forward_batch", "validate", "redirection_report"]
@@ -459,7 +459,8 @@ def train(cfg: TrainConfig, resume: str | None = None, dry_run: bool = False, pr
         if bar is not None:
             bar.close()
 
-    report = {"steps": step, "train_seconds": round(time.time() - t_start, 1), "model_name": cfg.model.model_name}
+    report = {"steps": step, "train_seconds": round(time.time() - t_start, 1), "model_name": cfg.model.model_name,
+              "mlp_precision": resolve_mlp_precision(cfg.model.mlp_precision, device.type)}
     if rank == 0:
         frame_rows, cam_rows = _split_val_rows(val_ds)
         frame_rows, cam_rows = _spread(frame_rows, cfg.report_images), _spread(cam_rows, cfg.report_images)

@@ -285,3 +285,17 @@ def test_mlp_precision_rejects_unknown_values():
 
     with pytest.raises(ConfigError, match="mlp_precision"):
         tiny_cfg(mlp_precision="fp16")
+
+
+def test_mlp_precision_auto_is_bf16_only_on_cpus_with_native_bf16(tmp_path):
+    from HeadNeRF.models import native_bf16_cpu, resolve_mlp_precision
+
+    with_bf16, without = tmp_path / "a", tmp_path / "b"
+    with_bf16.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16 amx_tile\n")
+    without.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512bw\n")
+    assert native_bf16_cpu(str(with_bf16)) and not native_bf16_cpu(str(without))
+    assert not native_bf16_cpu(str(tmp_path / "missing"))
+    assert resolve_mlp_precision("auto", "cuda") == "fp32"
+    assert resolve_mlp_precision("auto", "cpu") == ("bf16" if native_bf16_cpu() else "fp32")
+    assert resolve_mlp_precision("fp32", "cpu") == "fp32" and resolve_mlp_precision("bf16", "cpu") == "bf16"
+    tiny_cfg(mlp_precision="auto")  # accepted by the config
