@@ -9,6 +9,7 @@ last good checkpoint stays untouched). ``StepBatchSampler`` makes the data order
 Imports only torch and ``HeadNeRF.config``: every loop may stand on it, none stands on another loop.
 """
 
+import signal
 import warnings
 
 import torch
@@ -16,7 +17,7 @@ from torch.utils.data import DistributedSampler
 
 from .config import ConfigError
 
-__all__ = ["TrainingAborted", "backward_if_finite", "step_or_skip", "StepBatchSampler"]
+__all__ = ["TrainingAborted", "backward_if_finite", "step_or_skip", "StepBatchSampler", "StopOnSignal"]
 
 
 class TrainingAborted(RuntimeError):
@@ -78,3 +79,39 @@ class StepBatchSampler(torch.utils.data.Sampler):
                 self.sampler.set_epoch(e)
                 epoch, order = e, list(self.sampler)
             yield order[k * self.batch_size:(k + 1) * self.batch_size]
+
+
+class StopOnSignal:
+    """SIGINT/SIGTERM end a loop at the next step boundary instead of in the middle of a step.
+
+    ``install()`` replaces the handlers with one that only records the signal; the loop calls
+    ``exit_if_requested(checkpoint, message)`` once per step, which writes the checkpoint, prints the
+    message (``{signum}`` is filled in; None prints nothing, e.g. on DDP ranks > 0) and exits with
+    ``128 + signum``; ``restore()`` (in the loop's ``finally``) puts the old handlers back.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def _record(self, signum, _frame) -> None:
+        self.signum = signum
+
+    def install(self) -> "StopOnSignal":
+        self._old = {s: signal.signal(s, self._record) for s in self.SIGNALS}
+        return self
+
+    def restore(self) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+        self._old = {}
+
+    def exit_if_requested(self, checkpoint, message: str | None) -> None:
+        if self.signum is None:
+            return
+        checkpoint()
+        if message:
+            print(message.format(signum=self.signum))
+        raise SystemExit(128 + self.signum)

@@ -25,7 +25,6 @@ small and each does one thing.
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -40,7 +39,7 @@ from .config import ConfigError, TrainConfig, to_dict
 from .data.dataset import GazeDataset
 from .data.statistics import data_metadata
 from .geometry.gaze import gaze_in_head_frame
-from .loop import StepBatchSampler, TrainingAborted, backward_if_finite, step_or_skip
+from .loop import StepBatchSampler, StopOnSignal, TrainingAborted, backward_if_finite, step_or_skip
 from .losses import VGGPerceptual, total_loss
 from .metrics import masked_psnr
 from .models import build_model, eval_mode, resolve_mlp_precision
@@ -386,12 +385,7 @@ def train(cfg: TrainConfig, resume: str | None = None, dry_run: bool = False, pr
                              **metadata},
                             os.path.join(run_dir, "checkpoints", f"{tag}.pt"))
 
-    stop = {"signal": None}
-
-    def on_signal(signum, _frame):
-        stop["signal"] = signum
-
-    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop = StopOnSignal().install()  # Ctrl-C / SIGTERM: finish the step, checkpoint, exit
     sampler = StepBatchSampler(train_ds, cfg.batch_size, cfg.seed, step, cfg.steps, rank, world)
     loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=cfg.data.num_workers,
                         persistent_workers=False, pin_memory=device.type == "cuda")
@@ -447,15 +441,11 @@ def train(cfg: TrainConfig, resume: str | None = None, dry_run: bool = False, pr
                 writer.add_image("val/gt_render_gaze_sweep", _image_grid(model, val_ds, device), step)
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
                 checkpoint()
-            if stop["signal"] is not None:
-                checkpoint()
-                if rank == 0:
-                    print(f"\n[train] signal {stop['signal']} received: checkpoint written at step {step} to "
-                          f"{run_dir}/checkpoints/last.pt; continue with --resume {run_dir}")
-                raise SystemExit(128 + stop["signal"])
+            stop.exit_if_requested(checkpoint, None if rank else (
+                f"\n[train] signal {{signum}} received: checkpoint written at step {step} to "
+                f"{run_dir}/checkpoints/last.pt; continue with --resume {run_dir}"))
     finally:
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
+        stop.restore()
         if bar is not None:
             bar.close()
 

@@ -418,3 +418,29 @@ def test_composed_gaze_is_exact_on_normalised_rows(tiny_dataset):
     with torch.no_grad():
         out = model(torch.rand(3, 3, 32, 32))
     torch.testing.assert_close(out[:, :2], compose_gaze(out[:, 2:4], out[:, 4:6]))
+
+
+def test_sigterm_checkpoints_and_exits_with_128_plus_signal(tiny_dataset, tmp_path):
+    """The estimator loop shares HeadNeRF.loop.StopOnSignal with the NeRF loop: SIGTERM ends it at a step
+    boundary with a checkpoint that resumes."""
+    import signal as sig
+
+    cfg = from_dict(EstimatorConfig, tiny_estimator_config(tiny_dataset, str(tmp_path / "run"), steps=50))
+    import HeadNeRF.loop as loop
+
+    original = loop.StopOnSignal.install
+
+    def install_then_signal(self):
+        out = original(self)
+        self._record(sig.SIGTERM, None)  # as if SIGTERM arrived during the first step
+        return out
+
+    loop.StopOnSignal.install = install_then_signal
+    try:
+        with pytest.raises(SystemExit) as info:
+            train_estimator(cfg, progress=False)
+    finally:
+        loop.StopOnSignal.install = original
+    assert info.value.code == 128 + sig.SIGTERM
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == 1 and sig.getsignal(sig.SIGTERM) is not None

@@ -28,7 +28,6 @@ Conventions are those of ``HeadNeRF/training.py`` (the NeRF's loop):
 import json
 import math
 import os
-import signal
 import sys
 import time
 
@@ -313,13 +312,9 @@ def train_estimator(cfg: EstimatorConfig, resume: str | None = None, dry_run: bo
                          "config": to_dict(cfg), "estimator": meta, "train_seconds": train_seconds,
                          "rng": {"torch": torch.get_rng_state(), "generator": gen.get_state().cpu()}}, ckpt_path)
 
-    stop = {"signal": None}
+    from ..loop import StepBatchSampler, StopOnSignal, backward_if_finite, step_or_skip
 
-    def on_signal(signum, _frame):
-        stop["signal"] = signum
-
-    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    from ..loop import StepBatchSampler, backward_if_finite, step_or_skip
+    stop = StopOnSignal().install()  # Ctrl-C / SIGTERM: finish the step, checkpoint, exit
 
     params = list(model.parameters())
 
@@ -393,14 +388,10 @@ def train_estimator(cfg: EstimatorConfig, resume: str | None = None, dry_run: bo
                 t_last = time.time()  # held-out scoring is not training time
             if step % cfg.ckpt_every == 0 or step == end:
                 checkpoint()
-            if stop["signal"] is not None:
-                checkpoint()
-                print(f"\n[estimator] signal {stop['signal']} received: checkpoint written at step {step} to "
-                      f"{ckpt_path}; continue with --resume {run_dir}")
-                raise SystemExit(128 + stop["signal"])
+            stop.exit_if_requested(checkpoint, f"\n[estimator] signal {{signum}} received: checkpoint written at step "
+                                               f"{step} to {ckpt_path}; continue with --resume {run_dir}")
     finally:
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
+        stop.restore()
         if bar is not None:
             bar.close()
 
