@@ -12,21 +12,16 @@ import tempfile
 
 import torch
 
+from .run_lock import left_by_a_dead_writer, writer_prefix
+
 __all__ = ["CheckpointError", "remove_stale_temporaries", "save_checkpoint", "load_safely", "load_checkpoint", "check_compatible"]
+
+
+TMP_PREFIX = ".tmp_"  # temporaries are .tmp_<pid>_<random>.pt until renamed onto the checkpoint
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable or belongs to another model. One-line message."""
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_stale_temporaries(directory: str) -> list[str]:
@@ -36,10 +31,7 @@ def remove_stale_temporaries(directory: str) -> list[str]:
     if not os.path.isdir(directory):
         return removed
     for name in os.listdir(directory):
-        if not (name.startswith(".tmp_") and name.endswith(".pt")):
-            continue
-        head = name[len(".tmp_"):].split("_", 1)[0]
-        if head.isdigit() and _pid_alive(int(head)) and int(head) != os.getpid():
+        if not (name.endswith(".pt") and left_by_a_dead_writer(name, TMP_PREFIX)):
             continue
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(directory, name))
@@ -52,7 +44,7 @@ def save_checkpoint(state: dict, path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     remove_stale_temporaries(directory)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp_{os.getpid()}_", suffix=".pt", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=writer_prefix(TMP_PREFIX), suffix=".pt", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)

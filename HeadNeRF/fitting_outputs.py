@@ -44,6 +44,7 @@ from .fitting import (
     render_fit,
     split_code,
 )
+from .run_lock import left_by_a_dead_writer, writer_prefix
 
 __all__ = [
     "LATENT_FORMAT",
@@ -95,11 +96,8 @@ def remove_dead_work_dirs(save_root: str) -> list[str]:
     """Delete ``.fitting_tmp_<pid>_*`` folders of runs that were killed (their pid is gone)."""
     removed = []
     for name in os.listdir(save_root) if os.path.isdir(save_root) else []:
-        if not name.startswith(WORK_PREFIX):
-            continue
-        head = name[len(WORK_PREFIX):].split("_", 1)[0]
-        if head.isdigit() and int(head) != os.getpid() and os.path.exists(f"/proc/{head}"):
-            continue  # a live run (Linux: /proc; elsewhere old folders are always cleaned)
+        if not left_by_a_dead_writer(name, WORK_PREFIX):
+            continue  # not ours, or a live run's
         shutil.rmtree(os.path.join(save_root, name), ignore_errors=True)
         removed.append(name)
     return removed
@@ -469,7 +467,7 @@ def fit_single_image(model_path: str, img: str, save_root: str, mask: str | None
 
     os.makedirs(save_root, exist_ok=True)
     stale_work = remove_dead_work_dirs(save_root)
-    work = tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}_", dir=save_root)
+    work = tempfile.mkdtemp(prefix=writer_prefix(WORK_PREFIX), dir=save_root)
     try:
         eye_code = code.numpy() if is_synthetic_layout(info.code_slices) else None
         inp = target.image[0].cpu()

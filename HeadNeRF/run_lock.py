@@ -15,7 +15,35 @@ import socket
 import sys
 import time
 
-__all__ = ["RunLock", "RunLockError"]
+__all__ = ["RunLock", "RunLockError", "left_by_a_dead_writer", "writer_prefix"]
+
+
+def writer_prefix(prefix: str) -> str:
+    """The name prefix of a temporary this process writes: ``<prefix><pid>_`` (see :func:`left_by_a_dead_writer`)."""
+    return f"{prefix}{os.getpid()}_"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def left_by_a_dead_writer(name: str, prefix: str) -> bool:
+    """Whether ``name`` (``<prefix><pid>_...``, from :func:`writer_prefix`) is a temporary that nobody is writing.
+
+    True when its writer's pid is gone, when it is this process's own leftover, or when the name carries
+    no pid (the older naming); False for another live process's temporary and for names without ``prefix``.
+    A run killed mid-write (``kill -9``) leaves such files; the next run removes them.
+    """
+    if not name.startswith(prefix):
+        return False
+    head = name[len(prefix):].split("_", 1)[0]
+    return not (head.isdigit() and int(head) != os.getpid() and _alive(int(head)))
 
 
 class RunLockError(RuntimeError):

@@ -182,3 +182,14 @@ def test_nan_labels_are_named_as_nan(tmp_path):
         f["face_gaze"][...] = gaze
     with h5py.File(path, "r") as f, pytest.raises(DataFormatError, match=r"face_gaze.*NaN/inf values, first in row 1"):
         validate_file(f)
+
+
+def test_left_by_a_dead_writer_keeps_live_writers_temporaries():
+    from HeadNeRF.run_lock import left_by_a_dead_writer, writer_prefix
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    assert left_by_a_dead_writer(f".tmp_{int(dead.stdout)}_x.pt", ".tmp_")
+    assert not left_by_a_dead_writer(f".tmp_{os.getppid()}_x.pt", ".tmp_")  # a live process (our parent)
+    assert left_by_a_dead_writer(writer_prefix(".tmp_") + "x.pt", ".tmp_")  # our own leftover
+    assert left_by_a_dead_writer(".tmp_k3j2.pt", ".tmp_")  # the older naming, without a pid
+    assert not left_by_a_dead_writer("merged.png", ".tmp_")
