@@ -60,6 +60,7 @@ Common forward signature: see ``GazeModelBase.forward``.
 """
 
 import contextlib
+import functools
 import dataclasses
 
 import torch
@@ -133,6 +134,7 @@ def mlp_autocast(precision: str, device_type: str):
     return torch.autocast(device_type, dtype=torch.bfloat16)
 
 
+@functools.lru_cache(maxsize=None)  # read once per process: mlp_autocast asks on every forward
 def native_bf16_cpu(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16 flags; Linux's cpuinfo).
 
