@@ -284,6 +284,24 @@ def _count_images(src: SubjectSource) -> int:
         return 0
 
 
+def _common_patch_size(subjects: list[SubjectSource], log) -> int | None:
+    """The first subject's patch size when the h5 inputs mix sizes (with a note), else None (each keeps its own)."""
+    sizes = {}
+    for s in subjects:
+        try:
+            with h5py.File(s.path, "r") as f:
+                if "face_patch" in f and f["face_patch"].ndim == 4:
+                    sizes[s.name] = int(f["face_patch"].shape[1])
+        except OSError:
+            pass
+    if len(set(sizes.values())) <= 1:
+        return None
+    first = next(iter(sizes.values()))
+    log(f"note: mixed patch sizes {sorted(set(sizes.values()))}; all subjects are written at {first} px "
+        f"(the first subject's; set --image_size to choose)")
+    return first
+
+
 def run(cfg: PreprocessConfig, log=None) -> RunSummary:
     """Run the preprocessing; see the module docstring. Raises InputError only when nothing can be done
     (including another run holding save_dir)."""
@@ -307,21 +325,7 @@ def _run_locked(cfg: PreprocessConfig, log) -> RunSummary:
                           photo_focal_factor=cfg.photo_focal_factor, fit_codes=cfg.fit_codes,
                           fit_appearance=cfg.fit_appearance)
     if fmt != "images" and cfg.image_size is None:  # mixed patch sizes: one size for the whole folder
-        sizes = {}
-        for s in subjects:
-            try:
-                import h5py
-
-                with h5py.File(s.path, "r") as f:
-                    if "face_patch" in f and f["face_patch"].ndim == 4:
-                        sizes[s.name] = int(f["face_patch"].shape[1])
-            except OSError:
-                pass
-        if len(set(sizes.values())) > 1:
-            first = next(iter(sizes.values()))
-            log(f"note: mixed patch sizes {sorted(set(sizes.values()))}; all subjects are written at {first} px "
-                f"(the first subject's; set --image_size to choose)")
-            opts.image_size = first
+        opts.image_size = _common_patch_size(subjects, log)
     summary = RunSummary()
     total_images = sum(_count_images(s) for s in subjects)
     sub_bar = tqdm(total=len(subjects), desc="subjects", unit="subject", disable=not cfg.progress, position=0)
