@@ -103,6 +103,21 @@ def remove_dead_work_dirs(save_root: str) -> list[str]:
     return removed
 
 
+def publish_outputs(work: str, save_root: str, outputs: list[str], report: dict, removed_before: list[str]) -> None:
+    """Move a finished run's outputs from its work folder into save_root; fit.json last, since its presence
+    marks a complete folder. An earlier run's outputs that this run did not write are removed and listed in
+    ``report["removed_old_outputs"]`` (with ``removed_before``, e.g. killed runs' work folders)."""
+    if any(name.startswith("redirected/") for name in outputs):
+        os.makedirs(os.path.join(save_root, "redirected"), exist_ok=True)
+    if os.path.isfile(os.path.join(save_root, "fit.json")):  # the folder is incomplete while outputs move
+        os.unlink(os.path.join(save_root, "fit.json"))
+    report["removed_old_outputs"] = remove_stale_outputs(save_root, outputs) + removed_before
+    with open(os.path.join(work, "fit.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    for name in outputs + ["fit.json"]:
+        os.replace(os.path.join(work, name), os.path.join(save_root, name))
+
+
 def remove_stale_outputs(save_root: str, keep: list[str]) -> list[str]:
     """Delete the command's outputs in save_root that are not in ``keep`` (written by an earlier run)."""
     keep_set, removed = set(keep), []
@@ -520,15 +535,7 @@ def fit_single_image(model_path: str, img: str, save_root: str, mask: str | None
         }
         if estimated is not None:
             report["estimator"] = estimated
-        if any(name.startswith("redirected/") for name in outputs):
-            os.makedirs(os.path.join(save_root, "redirected"), exist_ok=True)
-        if os.path.isfile(os.path.join(save_root, "fit.json")):  # the folder is incomplete while outputs move
-            os.unlink(os.path.join(save_root, "fit.json"))
-        report["removed_old_outputs"] = remove_stale_outputs(save_root, outputs) + stale_work
-        with open(os.path.join(work, "fit.json"), "w") as f:
-            json.dump(report, f, indent=1)
-        for name in outputs + ["fit.json"]:  # fit.json last: its presence marks a complete folder
-            os.replace(os.path.join(work, name), os.path.join(save_root, name))
+        publish_outputs(work, save_root, outputs, report, stale_work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return report
