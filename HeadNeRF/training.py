@@ -204,9 +204,11 @@ def redirection_report(model, val_ds: GazeDataset, device, max_sources: int = 16
 
     With ``readout`` (the rows carry the generator's own codes), the gaze of each render is read
     exactly (``evaluation.readout``: the generator gaze that best redraws it) and compared with B's
-    gaze: ``readout`` holds the mean/median errors in degrees of the model, of copying A (the
-    "ignore the request" reference) and of the exact targets themselves (the readout's floor), and
-    ``check``: "met" when the model's mean error is at most half the copy's, else "NOT met".
+    gaze: ``readout`` holds the mean/median errors in degrees of the model, of copying A and of the model
+    rendered at A's own gaze (the "ignore the request" references) and of the exact targets themselves
+    (the readout's floor), and
+    ``check``: "met" when the model's mean error is at most half of both the copy's and the model's own
+    render at A's gaze ("no_redirection": a gaze-blind model equals it by construction), else "NOT met".
     """
     import h5py
     import numpy as np
