@@ -6,55 +6,38 @@ directory, is flushed to disk, then ``os.replace``-d over the target: an interru
 write never leaves a half-written checkpoint under the real name.
 """
 
-import contextlib
 import os
-import tempfile
 
 import torch
 
-from .run_lock import left_by_a_dead_writer, writer_prefix
+from .atomic_io import atomic_write, remove_stale_temporaries as _remove_stale
 
-__all__ = ["CheckpointError", "remove_stale_temporaries", "save_checkpoint", "load_safely", "load_checkpoint", "check_compatible"]
+__all__ = ["CheckpointError", "LAST_CHECKPOINT", "checkpoint_path", "remove_stale_temporaries", "save_checkpoint",
+           "load_safely", "load_checkpoint", "check_compatible"]
 
 
-TMP_PREFIX = ".tmp_"  # temporaries are .tmp_<pid>_<random>.pt until renamed onto the checkpoint
+LAST_CHECKPOINT = os.path.join("checkpoints", "last.pt")  # a run directory's checkpoint, relative to the run
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable or belongs to another model. One-line message."""
 
 
+def checkpoint_path(run_or_file: str) -> str:
+    """A run directory -> its ``checkpoints/last.pt``; anything else is taken as the checkpoint file itself."""
+    return os.path.join(run_or_file, LAST_CHECKPOINT) if os.path.isdir(run_or_file) else run_or_file
+
+
 def remove_stale_temporaries(directory: str) -> list[str]:
     """Delete ``.tmp_<pid>_*.pt`` files of writers that are gone (a run killed mid-write leaves one,
     up to the checkpoint's size). Temporaries of live processes are kept. Returns the removed paths."""
-    removed = []
-    if not os.path.isdir(directory):
-        return removed
-    for name in os.listdir(directory):
-        if not (name.endswith(".pt") and left_by_a_dead_writer(name, TMP_PREFIX)):
-            continue
-        with contextlib.suppress(OSError):
-            os.unlink(os.path.join(directory, name))
-            removed.append(os.path.join(directory, name))
-    return removed
+    return _remove_stale(directory, ".pt")
 
 
 def save_checkpoint(state: dict, path: str) -> None:
     """Atomically write ``state`` to ``path`` (temporaries of killed earlier writers are removed first)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    remove_stale_temporaries(directory)
-    fd, tmp = tempfile.mkstemp(prefix=writer_prefix(TMP_PREFIX), suffix=".pt", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    remove_stale_temporaries(os.path.dirname(os.path.abspath(path)))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_safely(path: str, what: str = "checkpoint", map_location="cpu"):
@@ -81,8 +64,7 @@ def load_safely(path: str, what: str = "checkpoint", map_location="cpu"):
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:
     """Load a checkpoint safely (no pickle). Raises CheckpointError with a one-line message."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "checkpoints", "last.pt")
+    path = checkpoint_path(path)
     state = load_safely(path, "checkpoint", map_location)
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path}: not a HeadNeRF checkpoint (expected keys 'model' and 'config')")

@@ -247,7 +247,7 @@ def main() -> None:
                   f"{q.get('b_gaze_error_deg_floor_mean', math.nan):.2f}; same-view head PSNR "
                   f"{q['a_same_view_psnr_head']:.2f} dB", flush=True)
     if args.json:
-        from HeadNeRF.evaluation.report import atomic_write_text
+        from HeadNeRF.atomic_io import atomic_write_text
 
         atomic_write_text(args.json, json.dumps({"summary": summary, "pairs": records}, indent=1))
 

@@ -16,13 +16,13 @@ import os
 
 import numpy as np
 
+from ..atomic_io import atomic_write_text
+
 __all__ = [
     "METRIC_KEYS",
     "PUBLISHED_XGAZE",
     "aggregate",
     "append_record",
-    "atomic_write_json",
-    "atomic_write_text",
     "combine_grids",
     "plot_gaze_vs_redirection",
     "read_records",
@@ -58,36 +58,6 @@ PUBLISHED_XGAZE = [
 
 
 # ------------------------------------------------------------------------------------ file i/o
-
-def atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _json_safe(x):
-    """NaN -> None, ±inf -> "inf"/"-inf" (strict JSON for metrics.json)."""
-    if isinstance(x, float):
-        if math.isnan(x):
-            return None
-        if math.isinf(x):
-            return "inf" if x > 0 else "-inf"
-        return x
-    if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, np.generic):
-        return _json_safe(x.item())
-    return x
-
-
-def atomic_write_json(path: str, obj) -> None:
-    atomic_write_text(path, json.dumps(_json_safe(obj), indent=2, allow_nan=False) + "\n")
-
 
 def read_records(path: str, log=print) -> dict[int, dict]:
     """Finished pairs by pair index.

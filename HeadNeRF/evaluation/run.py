@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from ..atomic_io import atomic_write_json
 from ..config import to_dict
 from . import report as R
 from .config import EvalConfig
@@ -120,7 +121,7 @@ def _evaluate_locked(ctx, t0: float, max_new_pairs: int | None, progress: bool, 
         raise EvaluationError(f"{out_dir}: per_pair.jsonl without run_state.json (not written by this tool?); "
                               "use another results_dir or delete that one")
     else:
-        R.atomic_write_json(state_path, {"run_key": key})
+        atomic_write_json(state_path, {"run_key": key})
     write_pairs_file(os.path.join(out_dir, "pairs.txt"), ctx.pairs,
                      header=f"pairs of {cfg.dataset_dir} ({'from ' + cfg.pairs_file if cfg.pairs_file else f'seed {cfg.seed}'})")
     records = R.read_records(log_path, log=log)
@@ -181,7 +182,7 @@ def _evaluate_locked(ctx, t0: float, max_new_pairs: int | None, progress: bool, 
                 ctrl = cached["result"]
         if ctrl is None:
             ctrl = controllability(ctx, ctrl_inputs, fit_cache, progress=progress)
-            R.atomic_write_json(ctrl_path, {"key": ckey, "result": ctrl})
+            atomic_write_json(ctrl_path, {"key": ckey, "result": ctrl})
         plot_controllability(ctrl, os.path.join(out_dir, "controllability.png"))
 
     fid = _fid(ctx, out_dir, recs, regimes) if ctx.fid is not None else None
@@ -210,7 +211,7 @@ def _evaluate_locked(ctx, t0: float, max_new_pairs: int | None, progress: bool, 
     R.combine_grids(rows, os.path.join(out_dir, "grid.png"), ["input", "target"] + regimes)
     R.plot_gaze_vs_redirection(recs, regimes, os.path.join(out_dir, "gaze_error_vs_redirection.png"))
     R.write_report_md(os.path.join(out_dir, "report.md"), result)
-    R.atomic_write_json(os.path.join(out_dir, "metrics.json"), result)  # last: its presence means "complete"
+    atomic_write_json(os.path.join(out_dir, "metrics.json"), result)  # last: its presence means "complete"
     o = agg["overall"]
     for r in regimes:
         c = agg["checks"][r]
