@@ -111,6 +111,28 @@ def h5py_string_kind(ds):
     return "fixed" if ds.dtype.kind == "S" else None
 
 
+def read_row(path: str, row: int, keys: tuple[str, ...] = ()) -> dict:
+    """One row of a subject file, the one way to read a row outside ``GazeDataset``.
+
+    Args:
+        path: a subject file (``subject<ID:04d>.h5``).
+        row: the row index (0 <= row < N).
+        keys: per-row keys of :data:`KEYS` to read at ``row`` (e.g. ``("latent_code", "cam_R_w2c")``);
+            empty reads only the file's attributes.
+    Returns:
+        {key: float32 array of that row, "source": the file's ``source`` attr (str, "" when absent),
+        "supersample": its ``supersample`` attr (int, 1 when absent), "image_size": S}.
+    """
+    import h5py  # lazy: the layout's names are imported by light modules (configs, splits) too
+
+    with h5py.File(path, "r") as f:
+        out = {k: np.asarray(f[k][row], dtype=np.float32) for k in keys}
+        out["source"] = str(f.attrs.get("source", ""))
+        out["supersample"] = int(f.attrs.get("supersample", 1))
+        out["image_size"] = int(f["face_patch"].shape[1])
+    return out
+
+
 def read_gaze_valid(h5file) -> np.ndarray:
     """(N,) bool: ``gaze_valid`` when the file has it, else all True."""
     n = h5file["valid_mask"].shape[0]

@@ -24,7 +24,7 @@ Usage::
 
 from .config import ControllabilityConfig, EvalConfig, MetricsConfig, load_eval_config
 from .pairs import Pair, PairsError, generate_pairs, load_pairs_file
-from .protocol import EvaluationError
+from .base import EvaluationError
 from .run import evaluate
 
 __all__ = [

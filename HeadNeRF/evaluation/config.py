@@ -118,7 +118,7 @@ class EvalConfig:
 
 def fit_config_for(cfg: EvalConfig, regime: str, seed: int):
     """The FitConfig of one regime, with a per-input seed (``fit`` fields + finetune steps + seed)."""
-    from ..fitting import FitConfig
+    from ..fitting import FitConfig  # lazy: fitting imports evaluation (its ground-truth readout), a cycle
 
     raw = dict(cfg.fit)
     raw["finetune_steps"] = cfg.finetune_steps if regime == "finetune" else 0

@@ -24,7 +24,12 @@ import warnings
 import numpy as np
 import torch
 
+from tqdm import tqdm
+
+from ..atomic_io import atomic_write
+from ..geometry.gaze import rotate_pitch_yaw
 from . import metrics as M
+from .protocol import dataset_item, estimator_reading, fit_input, render_at, row_estimate, row_readout
 
 __all__ = ["controllability", "gaze_grid", "plot_controllability"]
 
@@ -52,11 +57,6 @@ def controllability(ctx, inputs: list[tuple[int, int]], fit_cache: dict, progres
     per-subject means, overall mean (estimator; None without one), the ``readout`` maps on synthetic
     subjects (requested vs read eye-in-head gaze per cell), and the ``ignore_request`` references.
     """
-    from tqdm import tqdm
-
-    from ..geometry.gaze import rotate_pitch_yaw
-    from .protocol import dataset_item, estimator_reading, row_readout, row_estimate, fit_input, render_at
-
     cc = ctx.cfg.controllability
     grid = gaze_grid(cc.pitch_range, cc.yaw_range, cc.resolution)
     rows, cols = grid.shape[:2]
@@ -139,9 +139,7 @@ def _heat(ax, err: np.ndarray, pitch, yaw, title: str):
 def plot_controllability(result: dict, path: str) -> None:
     """Heat maps of the mean error per requested gaze (estimator and/or exact readout; degrees) and, with the
     readout, the requested vs read eye-in-head gazes; written to ``path`` (PNG)."""
-    import os
-
-    import matplotlib
+    import matplotlib  # lazy: only the figure needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -180,7 +178,7 @@ def plot_controllability(result: dict, path: str) -> None:
             ax.grid(alpha=0.3)
             ax.set_aspect("equal", adjustable="datalim")
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
+    finally:
+        plt.close(fig)

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..data.layout import Split, subject_file_name
 from ..run_lock import RunLock, RunLockError
+from .base import EvaluationError
 
 __all__ = ["ResultsLock", "check_training_subjects", "code_version", "dataset_fingerprint", "subject_fingerprint",
            "training_subjects_of_estimator", "training_subjects_of_nerf"]
@@ -33,12 +34,6 @@ __all__ = ["ResultsLock", "check_training_subjects", "code_version", "dataset_fi
 # the per-row keys whose content a record depends on (images, masks, labels, cameras, codes)
 _ROW_KEYS = ("face_patch", "mask", "eye_mask", "face_gaze", "face_head_pose", "cam_R_w2c", "cam_t_w2c", "cam_K",
              "latent_code", "valid_mask", "gaze_valid", "frame_index", "cam_index")
-
-
-def _error(msg: str) -> Exception:
-    from .protocol import EvaluationError
-
-    return EvaluationError(msg)
 
 
 # ---------------------------------------------------------------------------------- who trained on what
@@ -123,7 +118,7 @@ def check_training_subjects(what: str, checkpoint_file: str, train_dir: str | No
             seen.append((s, train_prints.get(p, s)))
     if seen:
         names = ", ".join(f"{s}" + (f" (its subject {t})" if t != s else "") for s, t in seen)
-        raise _error(f"the {what} {checkpoint_file} was trained on evaluated subject(s) {names} of {train_dir}; "
+        raise EvaluationError(f"the {what} {checkpoint_file} was trained on evaluated subject(s) {names} of {train_dir}; "
                             "evaluate on subjects it never saw (config `subjects`) or retrain it without them")
     return (f"checked: the {what} trained on subjects {train_subjects} of {train_dir}, none of them is an evaluated "
             f"labelled subject (compared by content)")
@@ -182,4 +177,4 @@ class ResultsLock(RunLock):
         try:
             return self.acquire()
         except RunLockError as exc:
-            raise _error(str(exc)) from None
+            raise EvaluationError(str(exc)) from None

@@ -18,12 +18,14 @@ comment); rows are row indices of the subject's HDF5 file (0-based, invalid rows
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 
 import h5py
 import numpy as np
 
+from ..atomic_io import atomic_write_text
 from ..data.layout import Split, subject_file_name
 
 __all__ = [
@@ -165,17 +167,11 @@ def load_pairs_file(path: str, subject_rows: dict[int, SubjectRows]) -> list[Pai
 
 def write_pairs_file(path: str, pairs: list[Pair], header: str = "") -> None:
     """Write pairs in the pairs-file format (atomically)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        if header:
-            f.write("".join(f"# {h}\n" for h in header.splitlines()))
-        f.write("# subject input_row target_row\n")
-        f.writelines(f"{p.subject} {p.input_row} {p.target_row}\n" for p in pairs)
-    os.replace(tmp, path)
+    text = "".join(f"# {h}\n" for h in header.splitlines()) if header else ""
+    text += "# subject input_row target_row\n" + "".join(f"{p.subject} {p.input_row} {p.target_row}\n" for p in pairs)
+    atomic_write_text(path, text)
 
 
 def pairs_digest(pairs: list[Pair]) -> str:
     """A short stable fingerprint of a pair list (part of the run key)."""
-    import hashlib
-
     return hashlib.sha256(json.dumps([[p.subject, p.input_row, p.target_row] for p in pairs]).encode()).hexdigest()[:16]

@@ -43,15 +43,20 @@ import dataclasses
 import hashlib
 import math
 import os
+import re
 
-import h5py
 import numpy as np
 import torch
 
-from ..checkpoint import CheckpointError
+from ..checkpoint import CheckpointError, checkpoint_path, load_checkpoint
 from ..config import ConfigError, to_dict
-from ..data.layout import DataFormatError
+from ..data.layout import DataFormatError, read_row
+from ..data.codes import split_code
+from ..data.dataset import GazeDataset
+from ..estimator import estimate, load_estimator
+from ..geometry.gaze import gaze_in_head_frame
 from . import metrics as M
+from .base import EvaluationError, candidates, no_redirection
 from .config import EvalConfig, fit_config_for
 from .guards import (
     check_training_subjects,
@@ -70,26 +75,10 @@ from .pairs import (
     pairs_digest,
     read_subject_rows,
 )
+from .readout import GazeReadout
 
 __all__ = ["Context", "EvaluationError", "candidates", "fit_input", "input_seed", "no_redirection", "prepare",
            "score_pair"]
-
-NO_REDIRECTION = "_no_redirection"  # suffix of a regime's no-redirection row ("codes_no_redirection")
-
-
-def no_redirection(regime: str) -> str:
-    """The record key of a regime's no-redirection baseline."""
-    return regime + NO_REDIRECTION
-
-
-def candidates(regimes) -> list[str]:
-    """What is scored against the target, in table order: each regime, its no-redirection row, copy the input."""
-    return [c for r in regimes for c in (r, no_redirection(r))] + ["copy_input"]
-
-
-class EvaluationError(ValueError):
-    """Bad input for an evaluation (one line; nothing is written)."""
-
 
 def sha256_file(path: str, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
@@ -103,7 +92,7 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
 
 
 def _checkpoint_file(path: str, what: str, hint: str) -> str:
-    file = os.path.join(path, "checkpoints", "last.pt") if os.path.isdir(path) else path
+    file = checkpoint_path(path)
     if not os.path.isfile(file):
         raise EvaluationError(f"{what} {path}: checkpoint not found ({hint})")
     return file
@@ -147,9 +136,7 @@ class Context:
 
 def prepare(cfg: EvalConfig, progress: bool = True) -> Context:
     """Load and check everything before any pair runs. Raises EvaluationError (one line)."""
-    from ..data.dataset import GazeDataset
-    from ..estimator import load_estimator
-    from ..fitting import load_trained_model
+    from ..fitting import load_trained_model  # lazy: fitting imports evaluation (its ground-truth readout), a cycle
 
     device = cfg.device
     if cfg.num_threads:
@@ -226,7 +213,7 @@ def _readout_subjects(dataset_dir: str, subjects: dict, code_slices: dict, image
     code (``source == "synthetic"`` and the synthetic code layout). The dataset's images are box-filtered
     ``supersample`` times; resized by an integer factor f (area) they are box-filtered ``supersample * f`` times.
     """
-    from ..fitting import is_synthetic_layout
+    from ..fitting import is_synthetic_layout  # lazy: fitting imports evaluation (its ground-truth readout), a cycle
 
     if not is_synthetic_layout(code_slices):
         return {}, "skipped: the dataset's latent codes are not the synthetic generator's (real data: estimator only)"
@@ -234,8 +221,8 @@ def _readout_subjects(dataset_dir: str, subjects: dict, code_slices: dict, image
     for s, rows in subjects.items():
         if rows.source != "synthetic":
             continue
-        with h5py.File(rows.path, "r") as f:
-            ss, stored = int(f.attrs.get("supersample", 1)), int(f["face_patch"].shape[1])
+        info = read_row(rows.path, 0)
+        ss, stored = info["supersample"], info["image_size"]
         if stored % image_size:
             approx.append(s)
         out[s] = max(1, ss * stored // image_size)
@@ -250,8 +237,6 @@ def _readout_subjects(dataset_dir: str, subjects: dict, code_slices: dict, image
 
 def _check_training_subjects(cfg: EvalConfig, ckpt: str, est_ckpt: str, subjects: dict) -> dict:
     """Refuse a NeRF or estimator trained on a labelled evaluated subject (``guards``); notes for the report."""
-    from ..checkpoint import load_checkpoint
-
     labelled = [s for s, r in subjects.items() if r.gaze_valid.any()]
     notes = {}
     for what, file, reader in (("NeRF", ckpt, training_subjects_of_nerf),
@@ -318,8 +303,6 @@ def _whitened(ctx: Context, item: dict) -> torch.Tensor:
 
 def estimator_reading(ctx: Context, image: torch.Tensor) -> dict:
     """Estimator reading of one (1, 3, S, S) image: {"gaze": [p, y], "head_pose": [p, y]} (float64 lists)."""
-    from ..estimator import estimate
-
     if ctx.estimator is None:  # no estimator (synthetic data, exact readout only): no reading, NaN metrics
         return {"gaze": None, "head_pose": None}
     out = estimate(ctx.estimator, image.to(ctx.device).float())
@@ -351,12 +334,9 @@ def _row_features(ctx: Context, subject: int, row: int) -> np.ndarray:
 
 def row_readout(ctx: Context, subject: int, row: int):
     """The exact readout of one synthetic row's view (generator code, camera at the model's size), cached."""
-    from .readout import GazeReadout
-
     key = ("readout", subject, row)
     if key not in ctx.cache:
-        with h5py.File(ctx.subjects[subject].path, "r") as f:
-            code = np.asarray(f["latent_code"][row], dtype=np.float32)
+        code = read_row(ctx.subjects[subject].path, row, ("latent_code",))["latent_code"]
         item = dataset_item(ctx, subject, row)
         ctx.cache[key] = GazeReadout(code, item["R_w2c"], item["t_w2c"], item["K"], ctx.image_size,
                                      supersample=ctx.readout[subject])
@@ -365,8 +345,6 @@ def row_readout(ctx: Context, subject: int, row: int):
 
 def eye_in_head(gaze_cam, R_w2c: torch.Tensor) -> list[float]:
     """A camera-frame (pitch, yaw) of a view with rotation R_w2c (3, 3) -> the head-frame (eye-in-head) gaze."""
-    from ..geometry.gaze import gaze_in_head_frame
-
     g = torch.as_tensor(gaze_cam, dtype=torch.float64).reshape(1, 2)
     return gaze_in_head_frame(g, R_w2c.double().reshape(1, 3, 3))[0].tolist()
 
@@ -394,15 +372,13 @@ def label(rows: SubjectRows, row: int) -> dict:
 
 def fit_input(ctx: Context, subject: int, input_row: int, regimes, progress: bool = False) -> dict:
     """Fit one input row for each regime. Returns {regime: FitResult}."""
-    from ..fitting import fit_image, target_from_dataset_row
+    from ..fitting import fit_image, target_from_dataset_row  # lazy: fitting imports evaluation (its ground-truth readout), a cycle
 
     seed = input_seed(ctx.cfg.seed, subject, input_row)
     ctx.model.load_state_dict(ctx.pristine)  # no fit ever depends on an earlier one (density grid, buffers)
     torch.manual_seed(seed)
     target = target_from_dataset_row(ctx.dataset, ctx.index_of[(subject, input_row)])
     if ctx.cfg.code_init == "mean":  # start where a photo would: the checkpoint's mean code, not the row's own
-        from ..data.codes import split_code
-
         shape_code, app_code = split_code(ctx.info.code_mean, ctx.info.code_slices)
         target = dataclasses.replace(target, shape_code=shape_code[None].clone(), appearance_code=app_code[None].clone(),
                                      code_init="mean")
@@ -427,7 +403,7 @@ def render_at(fit, item: dict, gaze) -> torch.Tensor:
 
     ``gaze`` None keeps the fit's own eyeball direction (its eye-in-head gaze, the input's): the no-redirection row.
     """
-    from ..fitting import render_fit
+    from ..fitting import render_fit  # lazy: fitting imports evaluation (its ground-truth readout), a cycle
 
     cam = {"R_w2c": item["R_w2c"][None], "t_w2c": item["t_w2c"][None], "K": item["K"][None],
            "eye_mask": item["eye_mask"][None]}
@@ -518,8 +494,6 @@ def score_pair(ctx: Context, pair: Pair, fits: dict) -> tuple[dict, dict, dict]:
 
 def _other_subjects(ctx: Context, subject: int) -> list[int]:
     """Subjects of the dataset dir (its subject files) other than ``subject``, sorted."""
-    import re
-
     key = ("other_subjects",)
     if key not in ctx.cache:
         ids = []
@@ -533,7 +507,6 @@ def _other_subjects(ctx: Context, subject: int) -> list[int]:
 
 def _reference_item(ctx: Context, subject: int, row: int) -> dict | None:
     """A row of any subject of the dataset dir at the model's size (evaluated subjects use the main index)."""
-    from ..data.dataset import GazeDataset
 
     if (subject, row) in ctx.index_of:
         return dataset_item(ctx, subject, row)

@@ -66,11 +66,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
+from HeadNeRF.data.dataset import GazeDataset
+from HeadNeRF.data.layout import read_row
 from HeadNeRF.data.synthetic import head_model as hm
 from HeadNeRF.data.synthetic import rig
 from HeadNeRF.data.synthetic.render import single_thread, prepare_view, shade_eye_pixels, shade_image
@@ -281,9 +283,7 @@ class GazeReadout:
         ``quantize=True`` reproduces ``render_view(..., supersample)``'s uint8 image exactly (/255)."""
         if self.work_factor > 1:
             if self._full is None:
-                import dataclasses
-
-                full_cfg = dataclasses.replace(self.config, max_work_size=self.S)
+                full_cfg = replace(self.config, max_work_size=self.S)
                 self._full = GazeReadout(self.code, self.R, self.t, self.K, self.S, self.n, config=full_cfg)
             return self._full.render(gaze_head, quantize)
         g = torch.as_tensor(gaze_head, dtype=torch.float32).reshape(-1, 2) if not torch.is_tensor(gaze_head) \
@@ -554,10 +554,6 @@ def views_from_dataset(dataset_dir: str, split: str = "test", max_views: int | N
 
     Returns (views, image_size, supersample). Raises ValueError when the dataset is not synthetic.
     """
-    import h5py
-
-    from HeadNeRF.data.dataset import GazeDataset
-
     ds = GazeDataset(dataset_dir, split)
     rows = [r for r in ds.rows if cams is None or r.cam in cams]
     if max_views is not None and len(rows) > max_views:  # a fixed random subset: rows are frame-major, a stride
@@ -565,12 +561,11 @@ def views_from_dataset(dataset_dir: str, split: str = "test", max_views: int | N
         rows = [rows[i] for i in keep]
     views, image_size, supersample = [], None, None
     for r in rows:
-        with h5py.File(ds.paths[r.subject], "r") as f:
-            if f.attrs.get("source") != "synthetic":
-                raise ValueError(f"{ds.paths[r.subject]}: the exact readout needs synthetic data "
-                                 f"(source {f.attrs.get('source')!r})")
-            supersample = int(f.attrs.get("supersample", 1))
-            image_size = int(f["face_patch"].shape[1])
-            views.append(tuple(np.asarray(f[k][r.row], dtype=np.float32)
-                               for k in ("latent_code", "cam_R_w2c", "cam_t_w2c", "cam_K")))
+        keys = ("latent_code", "cam_R_w2c", "cam_t_w2c", "cam_K")
+        stored = read_row(ds.paths[r.subject], r.row, keys)
+        if stored["source"] != "synthetic":
+            raise ValueError(f"{ds.paths[r.subject]}: the exact readout needs synthetic data "
+                             f"(source {stored['source']!r})")
+        supersample, image_size = stored["supersample"], stored["image_size"]
+        views.append(tuple(stored[k] for k in keys))
     return views, image_size, supersample

@@ -4,7 +4,7 @@
   pairs finish. :func:`read_records` drops a torn last line (a kill during the write) and
   truncates the file to the last complete record, so a re-run appends cleanly.
 * ``metrics.json``, ``report.md``, ``grid.png``, ``gaze_error_vs_redirection.png`` are written
-  at the end only, each atomically (temp file + ``os.replace``): an interrupted run never
+  at the end only, each atomically (``atomic_io``): an interrupted run never
   leaves a complete-looking report.
 * Aggregation reads only the records (plus the per-pair FID feature files), never in-memory
   state, so a resumed run and an uninterrupted one give equal numbers.
@@ -16,7 +16,9 @@ import os
 
 import numpy as np
 
-from ..atomic_io import atomic_write_text
+from ..atomic_io import atomic_write, atomic_write_text
+from .base import EvaluationError, candidates, no_redirection
+from .metrics import to_uint8
 
 __all__ = [
     "METRIC_KEYS",
@@ -69,8 +71,6 @@ def read_records(path: str, log=print) -> dict[int, dict]:
     Raises:
         EvaluationError: ``path:line: what is wrong`` (one line).
     """
-    from .protocol import EvaluationError
-
     out: dict[int, dict] = {}
     line_of: dict[int, int] = {}
     if not os.path.isfile(path):
@@ -199,8 +199,6 @@ def _checks(o: dict, regimes: list[str]) -> dict:
     of the target). ``at_most_half_of_no_redirection`` is the check frozen eyes cannot pass: the
     no-redirection row gets the head pose from the target camera for free, like the redirection does.
     """
-    from .protocol import no_redirection
-
     key = "gaze_err_label" if o["pairs_with_gaze_label"] else "gaze_err_est"
     floor = o["floor"]["gaze_err_label"] if key == "gaze_err_label" else math.nan
     checks = {}
@@ -230,14 +228,12 @@ def aggregate(records: list[dict], regimes: list[str], fid: dict | None = None) 
 
     ``fid``: optional {"overall": {candidate: value}, "per_subject": {subject: {candidate: value}}}.
     """
-    from .protocol import candidates as all_candidates
-
-    candidates = all_candidates(regimes)
+    names = candidates(regimes)
     records = sorted(records, key=lambda r: r["pair"])
-    out = {"overall": _summary(records, candidates, regimes), "per_subject": {}}
+    out = {"overall": _summary(records, names, regimes), "per_subject": {}}
     for s in sorted({r["subject"] for r in records}):
-        out["per_subject"][str(s)] = _summary([r for r in records if r["subject"] == s], candidates, regimes)
-    for c in candidates:
+        out["per_subject"][str(s)] = _summary([r for r in records if r["subject"] == s], names, regimes)
+    for c in names:
         out["overall"][c]["fid"] = (fid or {}).get("overall", {}).get(c, math.nan)
         for s in out["per_subject"]:
             out["per_subject"][s][c]["fid"] = (fid or {}).get("per_subject", {}).get(s, {}).get(c, math.nan)
@@ -247,7 +243,8 @@ def aggregate(records: list[dict], regimes: list[str], fid: dict | None = None) 
 
 # --------------------------------------------------------------------------------------- report
 
-def _fmt(x, digits: int = 3) -> str:
+def fmt(x, digits: int = 3) -> str:
+    """A number for the report: ``digits`` decimals; "–" for None/NaN, "inf" for infinity."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     if isinstance(x, float) and math.isinf(x):
@@ -266,8 +263,6 @@ def _name(c: str, finetune_steps: int) -> str:
 
 
 def _main_table(summary: dict, regimes: list[str], finetune_steps: int) -> list[str]:
-    from .protocol import candidates
-
     cols = ["gaze_err_est", "head_err_est", "ssim", "psnr", "lpips", "fid", "id_sim"]
     lines = [("| Method | Gaze ° ↓ | Head ° ↓ | SSIM ↑ | PSNR ↑ | LPIPS ↓ | FID ↓ | ID sim ↑ | Gaze ° vs label ↓ | "
              "Head ° vs label ↓ | Gaze ° (exact readout) mean / median ↓ | PSNR head ↑ | L1 ↓ |"),
@@ -275,28 +270,29 @@ def _main_table(summary: dict, regimes: list[str], finetune_steps: int) -> list[
 
     def readout(s):
         return "–" if not s.get("gaze_err_readout_n", 1) or s.get("gaze_err_readout") is None or \
-            math.isnan(s["gaze_err_readout"]) else f"{_fmt(s['gaze_err_readout'], 2)} / {_fmt(s['gaze_err_readout_median'], 2)}"
+            math.isnan(s["gaze_err_readout"]) else f"{fmt(s['gaze_err_readout'], 2)} / {fmt(s['gaze_err_readout_median'], 2)}"
 
     for c in candidates(regimes):
         s = summary[c]
-        vals = [_fmt(s.get(k), 3 if k != "fid" else 2) for k in cols]
-        vals += [_fmt(s["gaze_err_label"]), _fmt(s["head_err_label"]), readout(s), _fmt(s["psnr_head"]),
-                 _fmt(s["l1"], 4)]
+        vals = [fmt(s.get(k), 3 if k != "fid" else 2) for k in cols]
+        vals += [fmt(s["gaze_err_label"]), fmt(s["head_err_label"]), readout(s), fmt(s["psnr_head"]),
+                 fmt(s["l1"], 4)]
         lines.append(f"| {_name(c, finetune_steps)} | " + " | ".join(vals) + " |")
     f = summary["floor"]
     lines.append("| the ground-truth target (floor: estimator vs label; readout vs label) | 0 by definition | "
-                 f"0 by definition | – | – | – | – | – | {_fmt(f['gaze_err_label'])} | {_fmt(f['head_err_label'])} | "
+                 f"0 by definition | – | – | – | – | – | {fmt(f['gaze_err_label'])} | {fmt(f['head_err_label'])} | "
                  f"{readout(f)} | – | – |")
     ref = summary.get("id_reference") or {}
     for k, what in (("same_subject", "ID reference: same subject, target camera, another gaze"),
                     ("other_subject", "ID reference: **another subject**, target camera")):
         if not ref.get(f"{k}_n"):
             continue
-        lines.append(f"| {what} | – | – | – | – | – | – | {_fmt(ref.get(k))} | – | – | – | – | – |")
+        lines.append(f"| {what} | – | – | – | – | – | – | {fmt(ref.get(k))} | – | – | – | – | – |")
     return lines
 
 
-def _met(ok: bool) -> str:
+def met(ok: bool) -> str:
+    """A check's outcome for the report: "met" or "NOT met"."""
     return "met" if ok else "NOT met"
 
 
@@ -305,7 +301,7 @@ def _checks_lines(agg: dict, finetune_steps: int) -> list[str]:
     for r, c in agg["checks"].items():
         against = "the true label" if c["key"] == "gaze_err_label" else "the estimator's reading of the target"
         if c["estimator"]:
-            L.append(f"* **{_name(r, finetune_steps)}**, estimator (gaze error against {against}): {_fmt(c['gaze_err'])}°")
+            L.append(f"* **{_name(r, finetune_steps)}**, estimator (gaze error against {against}): {fmt(c['gaze_err'])}°")
         else:
             L.append(f"* **{_name(r, finetune_steps)}** (no estimator)")
         L += _estimator_check_lines(c) if c["estimator"] else []
@@ -314,14 +310,14 @@ def _checks_lines(agg: dict, finetune_steps: int) -> list[str]:
 
 
 def _estimator_check_lines(c: dict) -> list[str]:
-    L = [f"  * vs **no redirection** {_fmt(c['no_redirection_gaze_err'])}° (ratio "
-         f"{_fmt(c['ratio_to_no_redirection'], 2)}; goal ≤ 0.5: **{_met(c['at_most_half_of_no_redirection'])}**)"
+    L = [f"  * vs **no redirection** {fmt(c['no_redirection_gaze_err'])}° (ratio "
+         f"{fmt(c['ratio_to_no_redirection'], 2)}; goal ≤ 0.5: **{met(c['at_most_half_of_no_redirection'])}**)"
          " — frozen eyes cannot pass this one: the no-redirection row gets the target's head pose too",
-         f"  * vs copy the input {_fmt(c['copy_input_gaze_err'])}° (ratio {_fmt(c['ratio_to_copy_input'], 2)}; "
-         f"goal ≤ 0.5: {_met(c['at_most_half_of_copy_input'])})"]
+         f"  * vs copy the input {fmt(c['copy_input_gaze_err'])}° (ratio {fmt(c['ratio_to_copy_input'], 2)}; "
+         f"goal ≤ 0.5: {met(c['at_most_half_of_copy_input'])})"]
     if c["key"] == "gaze_err_label":
-        L.append(f"  * vs the estimator floor {_fmt(c['floor_gaze_err_label'])}° (ratio {_fmt(c['ratio_to_floor'], 2)}; "
-                 f"aim ≤ 1.5: {_met(c['within_1.5x_of_floor'])})")
+        L.append(f"  * vs the estimator floor {fmt(c['floor_gaze_err_label'])}° (ratio {fmt(c['ratio_to_floor'], 2)}; "
+                 f"aim ≤ 1.5: {met(c['within_1.5x_of_floor'])})")
     return L
 
 
@@ -329,13 +325,13 @@ def _readout_check_lines(ro: dict | None) -> list[str]:
     if not ro:
         return []
     return [f"  * **exact readout** (the generator's gaze that draws the render vs the requested eye-in-head gaze): "
-            f"{_fmt(ro['gaze_err'], 2)}° (median {_fmt(ro['gaze_err_median'], 2)}°) vs no redirection "
-            f"{_fmt(ro['no_redirection_gaze_err'], 2)}° (ratio {_fmt(ro['ratio_to_no_redirection'], 2)}; goal ≤ 0.5: "
-            f"**{_met(ro['at_most_half_of_no_redirection'])}**); the input's own gaze (copy the input, read in its view) "
-            f"{_fmt(ro['copy_input_gaze_err'], 2)}°",
-            f"  * exact readout vs its floor {_fmt(ro['floor'], 2)}° (the exact target read back): aim ≤ "
-            f"{READOUT_FLOOR_FACTOR:g} × floor + {READOUT_FLOOR_SLACK_DEG:g}° = {_fmt(ro['floor_bound'], 2)}°: "
-            f"**{_met(ro['within_floor_bound'])}**"]
+            f"{fmt(ro['gaze_err'], 2)}° (median {fmt(ro['gaze_err_median'], 2)}°) vs no redirection "
+            f"{fmt(ro['no_redirection_gaze_err'], 2)}° (ratio {fmt(ro['ratio_to_no_redirection'], 2)}; goal ≤ 0.5: "
+            f"**{met(ro['at_most_half_of_no_redirection'])}**); the input's own gaze (copy the input, read in its view) "
+            f"{fmt(ro['copy_input_gaze_err'], 2)}°",
+            f"  * exact readout vs its floor {fmt(ro['floor'], 2)}° (the exact target read back): aim ≤ "
+            f"{READOUT_FLOOR_FACTOR:g} × floor + {READOUT_FLOOR_SLACK_DEG:g}° = {fmt(ro['floor_bound'], 2)}°: "
+            f"**{met(ro['within_floor_bound'])}**"]
 
 
 def _identity_lines(o: dict, regimes: list[str], finetune_steps: int) -> list[str]:
@@ -344,16 +340,16 @@ def _identity_lines(o: dict, regimes: list[str], finetune_steps: int) -> list[st
         return ["No identity reference rows (identity is off, or the dataset has no other subject / no other gaze "
                 "from the target cameras)."]
     L = [f"Identity similarity (dlib, cosine × 100) between the target and: the same subject from the target camera at "
-         f"another gaze **{_fmt(ref['same_subject'], 2)}**; **another subject** from the same camera "
-         f"**{_fmt(ref['other_subject'], 2)}** (paired gap {_fmt(ref['gap'], 2)} ± {_fmt(ref['gap_se'], 2)} s.e. over "
-         f"{ref['gap_n']} pairs). Ours: " + ", ".join(f"{_name(r, finetune_steps).removeprefix('ours: ')} {_fmt(o[r]['id_sim'], 2)}"
+         f"another gaze **{fmt(ref['same_subject'], 2)}**; **another subject** from the same camera "
+         f"**{fmt(ref['other_subject'], 2)}** (paired gap {fmt(ref['gap'], 2)} ± {fmt(ref['gap_se'], 2)} s.e. over "
+         f"{ref['gap_n']} pairs). Ours: " + ", ".join(f"{_name(r, finetune_steps).removeprefix('ours: ')} {fmt(o[r]['id_sim'], 2)}"
                                                      for r in regimes) + "."]
     if ref["informative"]:
         L.append(f"The gap is clear (≥ {ID_GAP_MIN:g} points and ≥ {ID_GAP_SE:g} s.e.): the metric tells these subjects "
                  "apart; an ID score near the other-subject row means the render lost the person.")
     else:
         L.append(f"**The identity metric is not informative on this data**: another subject seen from the same camera "
-                 f"scores within {_fmt(ref['gap'], 2)} points of the same subject (a clear gap needs ≥ {ID_GAP_MIN:g} "
+                 f"scores within {fmt(ref['gap'], 2)} points of the same subject (a clear gap needs ≥ {ID_GAP_MIN:g} "
                  f"points and ≥ {ID_GAP_SE:g} s.e.). It measures the view here, not the person; do not read the ID "
                  "column as identity preservation.")
     return L
@@ -374,21 +370,21 @@ def _controllability_lines(ctrl: dict | None) -> list[str]:
     if not (ctrl and ctrl.get("inputs")):
         return ["Not run (controllability.enabled is false)."]
     grid = (f"{len(ctrl['inputs'])} inputs × {len(ctrl['pitch'])}×{len(ctrl['yaw'])} requested eye-in-head gazes (pitch "
-            f"{_fmt(np.degrees(min(ctrl['pitch'])), 0)}…{_fmt(np.degrees(max(ctrl['pitch'])), 0)}°, yaw "
-            f"{_fmt(np.degrees(min(ctrl['yaw'])), 0)}…{_fmt(np.degrees(max(ctrl['yaw'])), 0)}°)")
+            f"{fmt(np.degrees(min(ctrl['pitch'])), 0)}…{fmt(np.degrees(max(ctrl['pitch'])), 0)}°, yaw "
+            f"{fmt(np.degrees(min(ctrl['yaw'])), 0)}…{fmt(np.degrees(max(ctrl['yaw'])), 0)}°)")
     L = []
     ign = ctrl.get("ignore_request") or {}
-    ref = (f" — **ignoring the request** would score {_fmt(ign.get('input_gaze_deg'), 2)}° (always the input's own "
-           f"gaze) or {_fmt(ign.get('grid_centre_deg'), 2)}° (always the grid's centre)")
+    ref = (f" — **ignoring the request** would score {fmt(ign.get('input_gaze_deg'), 2)}° (always the input's own "
+           f"gaze) or {fmt(ign.get('grid_centre_deg'), 2)}° (always the grid's centre)")
     ro = ctrl.get("readout")
     if ro:
-        L.append(f"* **Exact readout** (synthetic): requested vs read eye-in-head gaze, mean **{_fmt(ro['mean_deg'], 2)}°** "
-                 f"(median {_fmt(ro['median_deg'], 2)}°) over {grid}{ref}; per subject: "
-                 + ", ".join(f"{k}: {_fmt(v, 2)}°" for k, v in ro["per_subject_mean_deg"].items()) + ".")
+        L.append(f"* **Exact readout** (synthetic): requested vs read eye-in-head gaze, mean **{fmt(ro['mean_deg'], 2)}°** "
+                 f"(median {fmt(ro['median_deg'], 2)}°) over {grid}{ref}; per subject: "
+                 + ", ".join(f"{k}: {fmt(v, 2)}°" for k, v in ro["per_subject_mean_deg"].items()) + ".")
     if ctrl.get("mean_deg") is not None:
         L.append(f"* Estimator: angle between the requested gaze (turned into each input's camera frame) and the "
-                 f"estimator's reading of the render, mean **{_fmt(ctrl['mean_deg'], 2)}°** over {grid}{ref}; per subject: "
-                 + ", ".join(f"{k}: {_fmt(v, 2)}°" for k, v in ctrl["per_subject_mean_deg"].items()) + ".")
+                 f"estimator's reading of the render, mean **{fmt(ctrl['mean_deg'], 2)}°** over {grid}{ref}; per subject: "
+                 + ", ".join(f"{k}: {fmt(v, 2)}°" for k, v in ctrl["per_subject_mean_deg"].items()) + ".")
     L.append("A value near the ignore-the-request references says the rendered gaze does not follow the request. "
              "Map: `controllability.png`" + (" (heat maps and requested → read arrows)." if ro else "."))
     return L
@@ -438,15 +434,13 @@ def write_report_md(path: str, result: dict) -> None:
     L += ["", "## Metrics used, skipped, and why", ""]
     for k, why in result["metric_notes"].items():
         L.append(f"* **{k}**: {why}")
-    from .protocol import candidates
-
     for c in candidates(regimes):
         rate = o[c].get("id_face_found_rate")
         if rate is not None and not (isinstance(rate, float) and math.isnan(rate)):
             L.append(f"* dlib's HOG detector found a face in {100 * rate:.0f}% of the {_name(c, steps)} images "
                      "(the whole image was the face box otherwise)")
-    L += ["", "Timing: " + ", ".join(f"{NAMES[r]} fit {_fmt(result['timing'].get(r), 1)} s per input" for r in regimes)
-          + f"; evaluation wall time {_fmt(result.get('seconds'), 0)} s (this run; resumed runs count only their part).", ""]
+    L += ["", "Timing: " + ", ".join(f"{NAMES[r]} fit {fmt(result['timing'].get(r), 1)} s per input" for r in regimes)
+          + f"; evaluation wall time {fmt(result.get('seconds'), 0)} s (this run; resumed runs count only their part).", ""]
     L += ["## Published ETH-XGaze results — NOT the same data, for orientation only", "",
           ("These rows are from the papers (anchors.md §1: ETH-XGaze, 15 person-specific subjects × 100 pairs, 512 px, "
           "GazeNeRF's ResNet-50 estimator, FaceX-Zoo identity). They are **not comparable** with the table above: "
@@ -459,6 +453,42 @@ def write_report_md(path: str, result: dict) -> None:
           "values), `pairs.txt`, `grid.png` (input | target | renders), `gaze_error_vs_redirection.png`"
           + (", `controllability.png`" if ctrl and ctrl.get("inputs") else "") + ".", ""]
     atomic_write_text(path, "\n".join(L))
+
+
+def summary_lines(agg: dict, regimes: list[str], ctrl: dict | None) -> list[str]:
+    """The run's closing log lines: per regime the readout and estimator checks, identity, controllability."""
+    o, lines = agg["overall"], []
+    for r in regimes:
+        c = agg["checks"][r]
+        ro = c.get("readout")
+        if ro:
+            lines.append(
+                f"{NAMES[r]}: exact readout {fmt(ro['gaze_err'], 2)}° (median "
+                f"{fmt(ro['gaze_err_median'], 2)}°), no redirection {fmt(ro['no_redirection_gaze_err'], 2)}° "
+                f"(ratio {fmt(ro['ratio_to_no_redirection'], 2)}: {met(ro['at_most_half_of_no_redirection'])}), "
+                f"floor {fmt(ro['floor'], 2)}° (bound {fmt(ro['floor_bound'], 2)}°: {met(ro['within_floor_bound'])})")
+        if not c["estimator"]:
+            continue
+        lines.append(
+            f"{NAMES[r]}: gaze {fmt(o[r]['gaze_err_est'])}° vs estimator on target, "
+            f"{fmt(o[r]['gaze_err_label'])}° vs label (no redirection {fmt(c['no_redirection_gaze_err'])}°: "
+            f"ratio {fmt(c['ratio_to_no_redirection'], 2)}, goal <= 0.5 {met(c['at_most_half_of_no_redirection'])}; "
+            f"copy input {fmt(c['copy_input_gaze_err'])}°, estimator floor {fmt(c['floor_gaze_err_label'])}°), "
+            f"head {fmt(o[r]['head_err_est'])}°, SSIM {fmt(o[r]['ssim'])}, PSNR {fmt(o[r]['psnr'], 2)} dB")
+    ref = o["id_reference"]
+    if ref["gap_n"]:
+        lines.append(
+            f"identity: ours {', '.join(fmt(o[r]['id_sim'], 1) for r in regimes)}; same subject "
+            f"{fmt(ref['same_subject'], 1)}, another subject from the same camera {fmt(ref['other_subject'], 1)}"
+            f" -> {'informative' if ref['informative'] else 'NOT informative on this data'}")
+    if ctrl and ctrl.get("inputs"):
+        ign = ctrl.get("ignore_request") or {}
+        ro = ctrl.get("readout") or {}
+        lines.append(
+            f"controllability over {len(ctrl['inputs'])} inputs: exact readout {fmt(ro.get('mean_deg'), 2)}°, "
+            f"estimator {fmt(ctrl.get('mean_deg'), 2)}° (ignoring the request: {fmt(ign.get('input_gaze_deg'), 2)}° "
+            f"with the input's gaze, {fmt(ign.get('grid_centre_deg'), 2)}° with the grid centre)")
+    return lines
 
 
 def plot_gaze_vs_redirection(records: list[dict], regimes: list[str], path: str) -> None:
@@ -477,8 +507,6 @@ def plot_gaze_vs_redirection(records: list[dict], regimes: list[str], path: str)
     colors = {"codes": "tab:blue", "finetune": "tab:green", "copy_input": "tab:gray",
               "codes_no_redirection": "tab:orange", "finetune_no_redirection": "tab:red"}
     edges = np.linspace(0, max(np.nanmax(x) if len(x) else 1.0, 1e-6), 7)
-    from .protocol import candidates
-
     for c in candidates(regimes):
         y = np.array([r[c][key] for r in records], dtype=float)
         ax.scatter(x, y, s=10, alpha=0.35, color=colors[c])
@@ -500,26 +528,18 @@ def plot_gaze_vs_redirection(records: list[dict], regimes: list[str], path: str)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def _to_uint8(img) -> np.ndarray:
-    from .metrics import to_uint8
-
-    return to_uint8(img[0])
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
+    finally:
+        plt.close(fig)
 
 
 def save_pair_grid(path: str, images: dict, order: list[str]) -> None:
     """One row: input | target | render per regime (PNG, atomically)."""
-    import imageio.v2 as imageio
+    import imageio.v2 as imageio  # lazy: only the figures need it
 
-    row = np.concatenate([_to_uint8(images[k]) for k in order], axis=1)
-    tmp = path + ".tmp.png"
-    imageio.imwrite(tmp, row)
-    os.replace(tmp, path)
+    row = np.concatenate([to_uint8(images[k][0]) for k in order], axis=1)
+    atomic_write(path, lambda tmp: imageio.imwrite(tmp, row))
 
 
 def combine_grids(paths: list[str], out_path: str, header: list[str]) -> None:
@@ -543,7 +563,7 @@ def combine_grids(paths: list[str], out_path: str, header: list[str]) -> None:
     n = len(header)
     for i, name in enumerate(header):
         fig.text((i + 0.5) / n, 0.995, name, ha="center", va="top", fontsize=8)
-    tmp = out_path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out_path)
+    try:
+        atomic_write(out_path, lambda tmp: fig.savefig(tmp, dpi=100))
+    finally:
+        plt.close(fig)

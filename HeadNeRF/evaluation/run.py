@@ -14,17 +14,18 @@ import os
 import time
 
 import numpy as np
+from tqdm import tqdm
 
-from ..atomic_io import atomic_write_json
+from ..atomic_io import atomic_write, atomic_write_json
 from ..config import to_dict
 from . import report as R
 from .config import EvalConfig
 from .controllability import controllability, plot_controllability
+from .base import EvaluationError, candidates
 from .guards import ResultsLock
+from .metrics import fid_from_features
 from .pairs import write_pairs_file
 from .protocol import (
-    EvaluationError,
-    candidates,
     check_inputs_readable,
     fit_input,
     prepare,
@@ -48,14 +49,10 @@ def _controllability_inputs(pairs, per_subject: int) -> list[tuple[int, int]]:
 
 
 def _save_npz(path: str, arrays: dict) -> None:
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
 
 
 def _fid(ctx, results_dir: str, records: list[dict], regimes: list[str]) -> dict:
-    from .metrics import fid_from_features
-
     feats = {}
     for r in records:
         with np.load(os.path.join(results_dir, "features", f"pair_{r['pair']:05d}.npz")) as z:
@@ -103,12 +100,10 @@ def _check_records(records: dict, pairs: list, log_path: str) -> None:
                                   f"{i} is {want!r}; use another results_dir or delete that one")
 
 
-def _evaluate_locked(ctx, t0: float, max_new_pairs: int | None, progress: bool, log) -> dict | None:
-    from tqdm import tqdm
-
-    cfg = ctx.cfg
-    out_dir = cfg.results_dir
-    key = run_key(ctx)
+def _open_results_dir(ctx, key: dict, log) -> dict:
+    """Refuse a results dir of another configuration (or a foreign ``per_pair.jsonl``), record this run's key,
+    write ``pairs.txt`` and return the finished records {pair index: record}."""
+    cfg, out_dir = ctx.cfg, ctx.cfg.results_dir
     state_path, log_path = os.path.join(out_dir, "run_state.json"), os.path.join(out_dir, "per_pair.jsonl")
     if os.path.isfile(state_path):
         with open(state_path) as f:
@@ -126,71 +121,87 @@ def _evaluate_locked(ctx, t0: float, max_new_pairs: int | None, progress: bool, 
                      header=f"pairs of {cfg.dataset_dir} ({'from ' + cfg.pairs_file if cfg.pairs_file else f'seed {cfg.seed}'})")
     records = R.read_records(log_path, log=log)
     _check_records(records, ctx.pairs, log_path)
+    return records
+
+
+def _score_pending(ctx, records: dict, ctrl_inputs: list, max_new_pairs: int | None, progress: bool, log
+                   ) -> tuple[dict, bool]:
+    """Fit each pending input once and score its pairs, appending each record to ``per_pair.jsonl`` (and to
+    ``records``). Returns ({(subject, row): {"codes": fit}} for the controllability inputs, stopped early)."""
+    cfg, out_dir = ctx.cfg, ctx.cfg.results_dir
+    log_path, regimes = os.path.join(out_dir, "per_pair.jsonl"), list(cfg.regimes)
     pending = [p for p in ctx.pairs if p.index not in records]
-    regimes = list(cfg.regimes)
-    ctrl_inputs = _controllability_inputs(ctx.pairs, cfg.controllability.inputs_per_subject) \
-        if cfg.controllability.enabled else []
     fit_cache: dict = {}
-    if pending:
-        for name in ("metrics.json", "report.md"):  # never leave an old complete-looking report beside new work
-            if os.path.isfile(os.path.join(out_dir, name)):
-                os.remove(os.path.join(out_dir, name))
-        if records:
-            log(f"[evaluation] continuing: {len(records)} of {len(ctx.pairs)} pairs already done in {log_path}")
-        groups: dict = {}
-        for p in pending:
-            groups.setdefault((p.subject, p.input_row), []).append(p)
-        os.makedirs(os.path.join(out_dir, "grids"), exist_ok=True)
-        if ctx.fid is not None:
-            os.makedirs(os.path.join(out_dir, "features"), exist_ok=True)
-        bar = tqdm(total=len(ctx.pairs), initial=len(records), desc="pairs", disable=not progress, dynamic_ncols=True)
-        new = 0
-        try:
-            for (subject, row), group in groups.items():
-                fits = fit_input(ctx, subject, row, regimes)
-                if (subject, row) in ctrl_inputs:
-                    fit_cache[(subject, row)] = {"codes": fits["codes"]}
-                for p in group:
-                    rec, images, feats = score_pair(ctx, p, fits)
-                    if feats:
-                        _save_npz(os.path.join(out_dir, "features", f"pair_{p.index:05d}.npz"), feats)
-                    if p.index < cfg.grid_pairs:
-                        R.save_pair_grid(os.path.join(out_dir, "grids", f"pair_{p.index:05d}.png"), images,
-                                         ["input", "target"] + regimes)
-                    R.append_record(log_path, rec)
-                    records[p.index] = rec
-                    new += 1
-                    bar.update(1)
-                    if max_new_pairs is not None and new >= max_new_pairs and len(records) < len(ctx.pairs):
-                        log(f"[evaluation] stopped after {new} new pairs (--max_new_pairs); "
-                            f"{len(ctx.pairs) - len(records)} left: run the same command again to continue")
-                        return None
-                del fits
-        finally:
-            bar.close()
-    recs = [records[p.index] for p in ctx.pairs]
+    if not pending:
+        return fit_cache, False
+    for name in ("metrics.json", "report.md"):  # never leave an old complete-looking report beside new work
+        if os.path.isfile(os.path.join(out_dir, name)):
+            os.remove(os.path.join(out_dir, name))
+    if records:
+        log(f"[evaluation] continuing: {len(records)} of {len(ctx.pairs)} pairs already done in {log_path}")
+    groups: dict = {}
+    for p in pending:
+        groups.setdefault((p.subject, p.input_row), []).append(p)
+    os.makedirs(os.path.join(out_dir, "grids"), exist_ok=True)
+    if ctx.fid is not None:
+        os.makedirs(os.path.join(out_dir, "features"), exist_ok=True)
+    bar = tqdm(total=len(ctx.pairs), initial=len(records), desc="pairs", disable=not progress, dynamic_ncols=True)
+    new = 0
+    try:
+        for (subject, row), group in groups.items():
+            fits = fit_input(ctx, subject, row, regimes)
+            if (subject, row) in ctrl_inputs:
+                fit_cache[(subject, row)] = {"codes": fits["codes"]}
+            for p in group:
+                rec, images, feats = score_pair(ctx, p, fits)
+                if feats:
+                    _save_npz(os.path.join(out_dir, "features", f"pair_{p.index:05d}.npz"), feats)
+                if p.index < cfg.grid_pairs:
+                    R.save_pair_grid(os.path.join(out_dir, "grids", f"pair_{p.index:05d}.png"), images,
+                                     ["input", "target"] + regimes)
+                R.append_record(log_path, rec)
+                records[p.index] = rec
+                new += 1
+                bar.update(1)
+                if max_new_pairs is not None and new >= max_new_pairs and len(records) < len(ctx.pairs):
+                    log(f"[evaluation] stopped after {new} new pairs (--max_new_pairs); "
+                        f"{len(ctx.pairs) - len(records)} left: run the same command again to continue")
+                    return fit_cache, True
+            del fits
+    finally:
+        bar.close()
+    return fit_cache, False
 
+
+def _controllability_map(ctx, key: dict, ctrl_inputs: list, fit_cache: dict, progress: bool) -> dict | None:
+    """The controllability map (reused from ``controllability.json`` when its key matches) and its figure."""
+    if not ctrl_inputs:
+        return None
+    cfg, out_dir = ctx.cfg, ctx.cfg.results_dir
     ctrl = None
-    if ctrl_inputs:
-        ctrl_path = os.path.join(out_dir, "controllability.json")
-        ckey = {"run_key": key, "controllability": to_dict(cfg.controllability), "inputs": ctrl_inputs,
-                "grid": "eye-in-head"}  # what the grid means (a cached map of another meaning is recomputed)
-        if os.path.isfile(ctrl_path):
-            with open(ctrl_path) as f:
-                cached = json.load(f)
-            if cached.get("key") == json.loads(json.dumps(ckey)):
-                ctrl = cached["result"]
-        if ctrl is None:
-            ctrl = controllability(ctx, ctrl_inputs, fit_cache, progress=progress)
-            atomic_write_json(ctrl_path, {"key": ckey, "result": ctrl})
-        plot_controllability(ctrl, os.path.join(out_dir, "controllability.png"))
+    ctrl_path = os.path.join(out_dir, "controllability.json")
+    ckey = {"run_key": key, "controllability": to_dict(cfg.controllability), "inputs": ctrl_inputs,
+            "grid": "eye-in-head"}  # what the grid means (a cached map of another meaning is recomputed)
+    if os.path.isfile(ctrl_path):
+        with open(ctrl_path) as f:
+            cached = json.load(f)
+        if cached.get("key") == json.loads(json.dumps(ckey)):
+            ctrl = cached["result"]
+    if ctrl is None:
+        ctrl = controllability(ctx, ctrl_inputs, fit_cache, progress=progress)
+        atomic_write_json(ctrl_path, {"key": ckey, "result": ctrl})
+    plot_controllability(ctrl, os.path.join(out_dir, "controllability.png"))
+    return ctrl
 
-    fid = _fid(ctx, out_dir, recs, regimes) if ctx.fid is not None else None
-    agg = R.aggregate(recs, regimes, fid)
+
+def _result(ctx, recs: list[dict], ctrl: dict | None, t0: float) -> dict:
+    """The content of ``metrics.json``: config, checkpoints, aggregate (with FID), checks' notes, timing."""
+    cfg, regimes = ctx.cfg, list(ctx.cfg.regimes)
+    fid = _fid(ctx, cfg.results_dir, recs, regimes) if ctx.fid is not None else None
     notes = dict(ctx.skipped)
     if fid is not None:
         notes["fid"] += (f"; {len(recs)} pairs (per subject fewer): FID from so few images is biased upwards")
-    result = {
+    return {
         "config": to_dict(cfg),
         "subjects": sorted(ctx.subjects),
         "sources": {str(s): r.source for s, r in ctx.subjects.items()},
@@ -200,44 +211,40 @@ def _evaluate_locked(ctx, t0: float, max_new_pairs: int | None, progress: bool, 
         "model": {"model_name": ctx.info.model_name, "image_size": ctx.image_size, "step": ctx.info.step},
         "estimator_input_size": int(ctx.est_info.input_size) if ctx.est_info is not None else None,
         "estimator_report": ctx.est_info.report if ctx.est_info is not None else None,
-        "aggregate": agg,
+        "aggregate": R.aggregate(recs, regimes, fid),
         "controllability": ctrl,
         "metric_notes": notes,
         "training_check": ctx.training_check,
         "timing": R.timing(recs, regimes),
         "seconds": time.perf_counter() - t0,
     }
+
+
+def _write_outputs(ctx, result: dict, recs: list[dict]) -> None:
+    """grid.png, the gaze-vs-redirection figure, report.md, then metrics.json (last: its presence means "complete")."""
+    cfg, out_dir, regimes = ctx.cfg, ctx.cfg.results_dir, list(ctx.cfg.regimes)
     rows = [os.path.join(out_dir, "grids", f"pair_{i:05d}.png") for i in range(min(cfg.grid_pairs, len(ctx.pairs)))]
     R.combine_grids(rows, os.path.join(out_dir, "grid.png"), ["input", "target"] + regimes)
     R.plot_gaze_vs_redirection(recs, regimes, os.path.join(out_dir, "gaze_error_vs_redirection.png"))
     R.write_report_md(os.path.join(out_dir, "report.md"), result)
-    atomic_write_json(os.path.join(out_dir, "metrics.json"), result)  # last: its presence means "complete"
-    o = agg["overall"]
-    for r in regimes:
-        c = agg["checks"][r]
-        ro = c.get("readout")
-        if ro:
-            log(f"[evaluation] {R.NAMES[r]}: exact readout {R._fmt(ro['gaze_err'], 2)}° (median "
-                f"{R._fmt(ro['gaze_err_median'], 2)}°), no redirection {R._fmt(ro['no_redirection_gaze_err'], 2)}° "
-                f"(ratio {R._fmt(ro['ratio_to_no_redirection'], 2)}: {R._met(ro['at_most_half_of_no_redirection'])}), "
-                f"floor {R._fmt(ro['floor'], 2)}° (bound {R._fmt(ro['floor_bound'], 2)}°: {R._met(ro['within_floor_bound'])})")
-        if not c["estimator"]:
-            continue
-        log(f"[evaluation] {R.NAMES[r]}: gaze {R._fmt(o[r]['gaze_err_est'])}° vs estimator on target, "
-            f"{R._fmt(o[r]['gaze_err_label'])}° vs label (no redirection {R._fmt(c['no_redirection_gaze_err'])}°: "
-            f"ratio {R._fmt(c['ratio_to_no_redirection'], 2)}, goal <= 0.5 {R._met(c['at_most_half_of_no_redirection'])}; "
-            f"copy input {R._fmt(c['copy_input_gaze_err'])}°, estimator floor {R._fmt(c['floor_gaze_err_label'])}°), "
-            f"head {R._fmt(o[r]['head_err_est'])}°, SSIM {R._fmt(o[r]['ssim'])}, PSNR {R._fmt(o[r]['psnr'], 2)} dB")
-    ref = o["id_reference"]
-    if ref["gap_n"]:
-        log(f"[evaluation] identity: ours {', '.join(R._fmt(o[r]['id_sim'], 1) for r in regimes)}; same subject "
-            f"{R._fmt(ref['same_subject'], 1)}, another subject from the same camera {R._fmt(ref['other_subject'], 1)}"
-            f" -> {'informative' if ref['informative'] else 'NOT informative on this data'}")
-    if ctrl and ctrl.get("inputs"):
-        ign = ctrl.get("ignore_request") or {}
-        ro = ctrl.get("readout") or {}
-        log(f"[evaluation] controllability over {len(ctrl['inputs'])} inputs: exact readout {R._fmt(ro.get('mean_deg'), 2)}°, "
-            f"estimator {R._fmt(ctrl.get('mean_deg'), 2)}° (ignoring the request: {R._fmt(ign.get('input_gaze_deg'), 2)}° "
-            f"with the input's gaze, {R._fmt(ign.get('grid_centre_deg'), 2)}° with the grid centre)")
-    log(f"[evaluation] wrote {os.path.join(out_dir, 'report.md')} and metrics.json")
+    atomic_write_json(os.path.join(out_dir, "metrics.json"), result)
+
+
+def _evaluate_locked(ctx, t0: float, max_new_pairs: int | None, progress: bool, log) -> dict | None:
+    """The run, once the results dir is locked: open it, score the pending pairs, controllability, write."""
+    cfg = ctx.cfg
+    key = run_key(ctx)
+    records = _open_results_dir(ctx, key, log)
+    ctrl_inputs = _controllability_inputs(ctx.pairs, cfg.controllability.inputs_per_subject) \
+        if cfg.controllability.enabled else []
+    fit_cache, stopped = _score_pending(ctx, records, ctrl_inputs, max_new_pairs, progress, log)
+    if stopped:
+        return None
+    recs = [records[p.index] for p in ctx.pairs]
+    ctrl = _controllability_map(ctx, key, ctrl_inputs, fit_cache, progress)
+    result = _result(ctx, recs, ctrl, t0)
+    _write_outputs(ctx, result, recs)
+    for line in R.summary_lines(result["aggregate"], list(cfg.regimes), ctrl):
+        log(f"[evaluation] {line}")
+    log(f"[evaluation] wrote {os.path.join(cfg.results_dir, 'report.md')} and metrics.json")
     return result
