@@ -126,9 +126,14 @@ class DataConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
+    """One training run of ``train_headnerf.py``: the network, its losses, its data and the loop's settings."""
+
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    """The network (``models.build_model``); a checkpoint records it and resuming checks it."""
     loss_config: LossConfig = dataclasses.field(default_factory=LossConfig)
+    """The loss terms' weights (``losses.total_loss``)."""
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    """Which rows train (``data.dataset.GazeDataset``)."""
     run_dir: str = "runs/headnerf"
     seed: int = 0
     steps: int = 1000  # optimisation steps

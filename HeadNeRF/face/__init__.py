@@ -12,6 +12,7 @@ from .image_io import load_image_rgb
 from .masks import face_masks
 from .normalise import NormalisedFace, analyse_and_normalise, normalise_face
 from .pose import default_intrinsics, head_pose_pnp
+from .latent_fit import fit_latent_codes
 
 __all__ = [
     "FaceAnalysis",
@@ -29,9 +30,3 @@ __all__ = [
     "normalise_face",
 ]
 
-
-def fit_latent_codes(faces, code_dim_layout: str = "synthetic", **kwargs):
-    """See :func:`HeadNeRF.face.latent_fit.fit_latent_codes` (imported lazily: it pulls the renderer)."""
-    from .latent_fit import fit_latent_codes as _fit
-
-    return _fit(faces, code_dim_layout=code_dim_layout, **kwargs)

@@ -25,6 +25,11 @@ import itertools
 import os
 
 import numpy as np
+from HeadNeRF.data.synthetic import head_model as hm
+from HeadNeRF.data.synthetic import render, rig
+from HeadNeRF.data.synthetic.render import single_thread, mesh_for_code, rasterize_views
+from .detect import box_area, run_mesh
+from .landmarks68 import landmarks68_from_mesh
 
 __all__ = ["choose_mapping", "collect", "fit_canonical", "main"]
 
@@ -33,16 +38,6 @@ def collect(num: int, seed: int = 100, progress: bool = True) -> list[dict]:
     """Render ``num`` random views and run mediapipe; returns records (ok, lm478, lm2d, R, t, K, pos, ...)."""
     import torch
     from tqdm import tqdm
-
-    from HeadNeRF.data.synthetic import head_model as hm
-    from HeadNeRF.data.synthetic import render, rig
-    from HeadNeRF.data.synthetic.render import (
-        single_thread,
-        mesh_for_code,
-        rasterize_views,
-    )
-
-    from .detect import box_area, run_mesh
 
     rng = np.random.default_rng(seed)
     recs = []
@@ -122,7 +117,6 @@ def fit_canonical(recs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
 
 def mapping_errors(recs: list[dict]) -> np.ndarray:
     """(68,) median error (% interocular) of each iBUG point of the fixed table."""
-    from .landmarks68 import landmarks68_from_mesh
 
     recs = [r for r in recs if r["ok"]]
     G = np.stack([r["lm2d"] for r in recs]).astype(np.float64)

@@ -30,6 +30,7 @@ import numpy as np
 
 from .errors import FaceIndexError, NoFaceError
 from .landmarks68 import iris_from_mesh, landmarks68_from_mesh
+from .image_io import to_rgb_uint8
 
 __all__ = ["MAX_FACES", "FaceAnalysis", "analyse_face", "close", "detect_face_boxes"]
 
@@ -199,7 +200,6 @@ def analyse_face(image_rgb: np.ndarray, face_index: int | None = None, name: str
     if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 2, 3, 4)) or min(img.shape[:2]) < 1:
         raise ValueError(f"analyse_face expects an (H, W, 3) RGB image, got shape {img.shape}")
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:  # grey, alpha, 16-bit, float
-        from .image_io import to_rgb_uint8
 
         img = to_rgb_uint8(img)
     H, W = img.shape[:2]

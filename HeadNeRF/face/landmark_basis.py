@@ -17,6 +17,11 @@ import hashlib
 import os
 
 import numpy as np
+from HeadNeRF.data.synthetic.head_model import CODE_SLICES
+from HeadNeRF.data.synthetic import head_model
+from HeadNeRF.data.synthetic import head_model as hm
+from . import pose
+from .pose import head_params
 
 __all__ = ["landmark_basis", "landmarks_linear", "shape_dims"]
 
@@ -25,16 +30,11 @@ _BASIS = None
 
 def shape_dims() -> tuple[int, int]:
     """(start, end) of identity ⊕ expression in the latent code."""
-    from HeadNeRF.data.synthetic.head_model import CODE_SLICES
 
     return CODE_SLICES["identity"][0], CODE_SLICES["expression"][1]
 
 
 def _cache_path() -> str:
-    from HeadNeRF.data.synthetic import head_model
-
-    from . import pose
-
     h = hashlib.sha1()
     for path in (head_model.__file__, pose.__file__, __file__):  # the model and the code that evaluates it
         with open(path, "rb") as f:
@@ -45,10 +45,6 @@ def _cache_path() -> str:
 
 
 def _compute() -> tuple[np.ndarray, np.ndarray]:
-    from HeadNeRF.data.synthetic import head_model as hm
-
-    from .pose import head_params
-
     s0, s1 = shape_dims()
     code = np.zeros(hm.CODE_DIM, np.float64)
     L0 = hm.landmarks_3d(head_params(code))

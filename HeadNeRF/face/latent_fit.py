@@ -28,6 +28,14 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from HeadNeRF.geometry.gaze import vector_to_pitch_yaw
+from HeadNeRF.data.synthetic.head_model import CODE_DIM
+from HeadNeRF.data.synthetic import head_model as hm
+from HeadNeRF.data.synthetic.render import single_thread, mesh_for_code, rasterize_views, render_view
+from HeadNeRF.geometry.cameras import camera_center
+from HeadNeRF.geometry.gaze import pitch_yaw_to_vector
+from .landmark_basis import landmark_basis
+from .landmark_basis import landmarks_linear
 
 __all__ = ["FitOptions", "fit_latent_codes", "fit_shape", "landmark_error", "region_features", "region_masks",
            "AppearanceRenderer", "fit_appearance"]
@@ -90,6 +98,39 @@ def _weights(lm2d):
     return w[None, :, None] / (SIGMA_LM * _iod(lm2d))[:, None, None]  # (N, 68, 1)
 
 
+def _identity_stage_system(r, Jc, Jp, ident, expression):
+    """Gauss-Newton normal equations (H, g) of the identity stage, with the code prior.
+
+    Unknowns: the shared identity (n_id) then, per row, its expression (6) and pose update (6).
+    Args: r (n, 68, 2) weighted residuals; Jc (n, 68, 2, n_id + 6) and Jp (n, 68, 2, 6) their Jacobians;
+        ident (n_id,) the current identity; expression (n, 6) the rows' current expression codes.
+    Returns: H (dim, dim), g (dim,) with dim = n_id + 12 n.
+    """
+    n, n_id = len(r), len(ident)
+    dim = n_id + n * 12
+    H = np.zeros((dim, dim))
+    g = np.zeros(dim)
+    for i in range(n):
+        Ji = np.zeros((136, dim))
+        Ji[:, :n_id] = Jc[i, ..., :n_id].reshape(136, n_id)
+        o = n_id + 12 * i
+        Ji[:, o:o + 6] = Jc[i, ..., n_id:].reshape(136, -1)
+        Ji[:, o + 6:o + 12] = Jp[i].reshape(136, 6)
+        H += Ji.T @ Ji
+        g += Ji.T @ r[i].reshape(136)
+    prior = np.zeros(dim)
+    prior[:n_id] = ident
+    for i in range(n):
+        prior[n_id + 12 * i:n_id + 12 * i + 6] = expression[i]
+    pw = np.zeros(dim)
+    pw[:n_id] = 1.0 / PRIOR_STD ** 2
+    for i in range(n):
+        pw[n_id + 12 * i:n_id + 12 * i + 6] = 1.0 / PRIOR_STD ** 2
+    H += np.diag(pw) + 1e-6 * np.eye(dim)
+    g += pw * prior
+    return H, g
+
+
 def fit_shape(lm2d, R, t, K, identity_rows: int = 8, shape_iters: int = 6, row_iters: int = 3):
     """Identity (shared) + expression and camera refinement (per row) from 2-D landmarks.
 
@@ -97,7 +138,6 @@ def fit_shape(lm2d, R, t, K, identity_rows: int = 8, shape_iters: int = 6, row_i
     Returns: shape (N, 22) identity ⊕ expression codes, R (N, 3, 3), t (N, 3) refined cameras,
         rms (N,) landmark reprojection error in px.
     """
-    from .landmark_basis import landmark_basis
 
     L0, B = landmark_basis()
     lm2d, R, t, K = (np.asarray(a, np.float64) for a in (lm2d, R, t, K))
@@ -132,28 +172,7 @@ def fit_shape(lm2d, R, t, K, identity_rows: int = 8, shape_iters: int = 6, row_i
     ident = np.zeros(n_id)
     for _ in range(shape_iters):
         cr = np.concatenate([np.broadcast_to(ident, (n, n_id)), code[sub, n_id:]], 1)
-        r, Jc, Jp = residual_and_jac(sub, cr)
-        dim = n_id + n * 12
-        H = np.zeros((dim, dim))
-        g = np.zeros(dim)
-        for i in range(n):
-            Ji = np.zeros((136, dim))
-            Ji[:, :n_id] = Jc[i, ..., :n_id].reshape(136, n_id)
-            o = n_id + 12 * i
-            Ji[:, o:o + 6] = Jc[i, ..., n_id:].reshape(136, -1)
-            Ji[:, o + 6:o + 12] = Jp[i].reshape(136, 6)
-            H += Ji.T @ Ji
-            g += Ji.T @ r[i].reshape(136)
-        prior = np.zeros(dim)
-        prior[:n_id] = ident
-        for i in range(n):
-            prior[n_id + 12 * i:n_id + 12 * i + 6] = code[sub[i], n_id:]
-        pw = np.zeros(dim)
-        pw[:n_id] = 1.0 / PRIOR_STD ** 2
-        for i in range(n):
-            pw[n_id + 12 * i:n_id + 12 * i + 6] = 1.0 / PRIOR_STD ** 2
-        H += np.diag(pw) + 1e-6 * np.eye(dim)
-        g += pw * prior
+        H, g = _identity_stage_system(*residual_and_jac(sub, cr), ident, code[sub, n_id:])
         d = -np.linalg.solve(H, g)
         ident = np.clip(ident + d[:n_id], -2.5, 2.5)
         for i in range(n):
@@ -183,7 +202,6 @@ def fit_shape(lm2d, R, t, K, identity_rows: int = 8, shape_iters: int = 6, row_i
 
 def landmark_error(code_shape, R, t, K, lm2d) -> np.ndarray:
     """(N,) RMS reprojection error (px) of the linear landmark model for (N, 22) shape codes."""
-    from .landmark_basis import landmarks_linear
 
     X = landmarks_linear(code_shape)
     uv, _, _ = _project_jac(X, np.asarray(R, np.float64), np.asarray(t, np.float64), np.asarray(K, np.float64))
@@ -266,11 +284,6 @@ class AppearanceRenderer:
 
     def __init__(self, code, R, t, K, size: int, gaze_head):
         import torch
-
-        from HeadNeRF.data.synthetic import head_model as hm
-        from HeadNeRF.data.synthetic.render import single_thread, mesh_for_code, rasterize_views, render_view
-        from HeadNeRF.geometry.cameras import camera_center
-        from HeadNeRF.geometry.gaze import pitch_yaw_to_vector
 
         self.hm = hm
         code = np.asarray(code, np.float32)
@@ -358,8 +371,6 @@ def fit_appearance(faces, code: np.ndarray, R, t, rows, size: int = 64, iters: i
     import cv2
     import torch
 
-    from HeadNeRF.geometry.gaze import vector_to_pitch_yaw
-
     targets, tvalid, Ks, gazes = [], [], [], []
     for i in rows:
         f = faces[i]
@@ -412,7 +423,6 @@ def fit_latent_codes(faces, code_dim_layout: str = "synthetic", options: FitOpti
     """
     if code_dim_layout != "synthetic":
         raise ValueError(f"unknown code_dim_layout {code_dim_layout!r} (only 'synthetic')")
-    from HeadNeRF.data.synthetic.head_model import CODE_DIM
 
     opt = options or FitOptions()
     if len(faces) == 0:

@@ -23,8 +23,11 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+from HeadNeRF.data.synthetic import head_model as hm
+from HeadNeRF.data.synthetic.render import mesh_for_code
 
 from .landmarks68 import FACE_OVAL, LEFT_EYE_CONTOUR, RIGHT_EYE_CONTOUR
+from .pose import default_intrinsics, head_pose_pnp
 
 __all__ = ["EYE_SCALE", "HAIR_MARGIN", "face_masks", "head_silhouette"]
 
@@ -78,9 +81,6 @@ def head_silhouette(R_w2c: np.ndarray, t_w2c: np.ndarray, K: np.ndarray, shape: 
     """(H, W) bool silhouette (convex hull) of the synthetic head (mean code by default) seen by camera (R, t, K)."""
     import cv2
 
-    from HeadNeRF.data.synthetic import head_model as hm
-    from HeadNeRF.data.synthetic.render import mesh_for_code
-
     mesh = mesh_for_code(np.zeros(hm.CODE_DIM, np.float32) if code is None else np.asarray(code, np.float32))
     cam = mesh.verts.astype(np.float64) @ np.asarray(R_w2c, np.float64).T + np.asarray(t_w2c, np.float64)
     z = np.maximum(cam[:, 2:3], 1e-3)
@@ -124,8 +124,6 @@ def face_masks(image_rgb: np.ndarray, analysis, K: np.ndarray | None = None, pos
         right_eye_mask, eye_mask (their union).
     """
     import cv2
-
-    from .pose import default_intrinsics, head_pose_pnp
 
     H, W = image_rgb.shape[:2]
     lm = np.asarray(analysis.lm478, np.float64)

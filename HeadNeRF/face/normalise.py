@@ -20,6 +20,9 @@ import dataclasses
 
 import numpy as np
 import torch
+from HeadNeRF.data.synthetic.head_model import FACE_CENTER
+from HeadNeRF.geometry.cameras import intrinsics_matrix, normalized_camera_w2c
+from HeadNeRF.geometry.gaze import head_pose_from_rotation
 
 from .detect import FaceAnalysis, analyse_face, apply_homography
 from .masks import face_masks
@@ -65,8 +68,6 @@ def normalising_camera(R_w2c: np.ndarray, t_w2c: np.ndarray, K_image: np.ndarray
     Args: R_w2c (3, 3), t_w2c (3,): head frame -> real camera; K_image (3, 3); image_size S.
     Returns: R_n (3, 3), t_n (3,), K_n (3, 3) float64 and W (3, 3) float64 (image px -> patch px).
     """
-    from HeadNeRF.data.synthetic.head_model import FACE_CENTER
-    from HeadNeRF.geometry.cameras import intrinsics_matrix, normalized_camera_w2c
 
     R = np.asarray(R_w2c, np.float64)
     t = np.asarray(t_w2c, np.float64).reshape(3)
@@ -119,7 +120,6 @@ def normalise_face(image_rgb: np.ndarray, analysis: FaceAnalysis, K_image: np.nd
         code: latent code whose 68 landmarks serve as PnP model points (default: None = dense PnP of
             the mesh against the mean head, see head_pose_pnp).
     """
-    from HeadNeRF.geometry.gaze import head_pose_from_rotation
 
     S = int(image_size)
     K_image = np.asarray(K_image, np.float64)

@@ -25,6 +25,8 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+from HeadNeRF.data.synthetic import head_model as hm
+from HeadNeRF.data.synthetic.head_model import CODE_DIM
 
 __all__ = [
     "DEFAULT_HFOV_DEG",
@@ -63,8 +65,6 @@ def mesh_model_points() -> tuple[np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=64)
 def _landmarks_3d_cached(code_bytes: bytes) -> np.ndarray:
-    from HeadNeRF.data.synthetic import head_model as hm
-
     code = np.frombuffer(code_bytes, dtype=np.float32)
     return hm.landmarks_3d(head_params(code)).astype(np.float64)
 
@@ -73,8 +73,6 @@ def head_params(code):
     """decode(code) with the eyeball centres filled in (as build_mesh does; landmarks_3d needs them)."""
     import dataclasses
 
-    from HeadNeRF.data.synthetic import head_model as hm
-
     P = hm.decode(np.asarray(code, np.float64))
     eyes = hm._eye_centers(P)
     return dataclasses.replace(P, eye_centers=tuple(tuple(float(v) for v in c) for c in eyes))
@@ -82,7 +80,6 @@ def head_params(code):
 
 def model_landmarks_3d(code=None) -> np.ndarray:
     """(68, 3) float64 head-frame landmarks of the synthetic head model for ``code`` (None: mean code)."""
-    from HeadNeRF.data.synthetic.head_model import CODE_DIM
 
     c = np.zeros(CODE_DIM, np.float32) if code is None else np.asarray(code, dtype=np.float32).reshape(CODE_DIM)
     return _landmarks_3d_cached(c.tobytes()).copy()

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from HeadNeRF.geometry.cameras import MM_PER_HEAD_UNIT, intrinsics_matrix, look_at_w2c, project_points
+from HeadNeRF.data.synthetic import head_model as hm
 
 __all__ = [
     "MM_PER_HEAD_UNIT",
@@ -74,7 +75,6 @@ def xgaze_distance() -> float:
 @functools.lru_cache(maxsize=1)
 def mean_landmarks_3d() -> np.ndarray:
     """(68, 3) the synthetic head model's 3-D landmarks for the mean (zero) code, head frame."""
-    from HeadNeRF.data.synthetic import head_model as hm
 
     return hm.landmarks_3d(hm.decode(np.zeros(hm.CODE_DIM, dtype=np.float32))).astype(np.float64)
 

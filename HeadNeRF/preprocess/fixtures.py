@@ -27,6 +27,9 @@ import numpy as np
 import torch
 
 from HeadNeRF.geometry.gaze import head_pose_from_rotation, pitch_yaw_to_vector, rotate_pitch_yaw, vector_to_pitch_yaw
+from HeadNeRF.data.synthetic.render import render_view
+from HeadNeRF.data.synthetic import head_model as hm
+from HeadNeRF.data.synthetic import rig
 
 from . import cameras as cams
 
@@ -52,7 +55,6 @@ def _sample_poses(rng, n, head_deg=(15.0, 20.0), gaze=(0.4, 0.5)):
 
 def render_rows(code, R, t, K, image_size, gaze_head, supersample=1) -> dict:
     """Render rows one camera at a time (each row has its own gaze) -> render_view's dict stacked, plus labels."""
-    from HeadNeRF.data.synthetic.render import render_view
 
     outs = []
     for i in range(len(R)):
@@ -94,8 +96,6 @@ def write_xgaze_fixture(out_dir: str, rows: int = 3, image_size: int = 224, seed
     ``face_gaze``) and, with ``test_subject``, one more test-style subject (no ``face_gaze``, no
     ``facial_landmarks``; its last row is the astronaut photo when ``real_photo``).
     """
-    from HeadNeRF.data.synthetic import head_model as hm
-
     os.makedirs(out_dir, exist_ok=True)
     target, dist = cams.xgaze_face_center(), cams.xgaze_distance()
     manifest = {}
@@ -133,24 +133,29 @@ def write_xgaze_fixture(out_dir: str, rows: int = 3, image_size: int = 224, seed
     return manifest
 
 
+def _render_rig_subject(rng, rows: int, image_size: int, supersample: int) -> tuple:
+    """A random subject (code and poses drawn from ``rng``) seen by rig cameras 0, 1, 2, 0, ...
+
+    Returns (gaze_head (rows, 2), cam_idx (rows,), R (rows, 3, 3), t (rows, 3), K (rows, 3, 3), ``render_rows`` output).
+    """
+    code = hm.sample_code(rng)
+    head, gaze_head = _sample_poses(rng, rows)
+    cam_idx = np.arange(rows) % 3
+    R, t, K = (x.numpy().astype(np.float64) for x in rig.normalized_cameras(cam_idx, head, image_size))
+    return gaze_head, cam_idx, R, t, K, render_rows(code, R, t, K, image_size, gaze_head, supersample)
+
+
 def write_gazenerf_fixture(out_dir: str, rows: int = 3, image_size: int = 64, seed: int = 1, num_subjects: int = 2,
                            supersample: int = 1, code_dim: int = 306) -> dict:
     """GazeNeRF-format files from synthetic renders in the synthetic training framing; returns the manifest.
 
     ``code_dim`` 144 writes GazeGaussian-style codes (identity 80 | expression 64)."""
-    from HeadNeRF.data.synthetic import head_model as hm
-    from HeadNeRF.data.synthetic import rig
-
     os.makedirs(out_dir, exist_ok=True)
     manifest = {}
     s, o = GAZENERF_FIXTURE_SCALE, np.asarray(GAZENERF_FIXTURE_OFFSET)
     for sid in range(num_subjects):
         rng = np.random.default_rng([seed, sid])
-        code = hm.sample_code(rng)
-        head, gaze_head = _sample_poses(rng, rows)
-        cam_idx = np.arange(rows) % 3
-        R, t, K = (x.numpy().astype(np.float64) for x in rig.normalized_cameras(cam_idx, head, image_size))
-        out = render_rows(code, R, t, K, image_size, gaze_head, supersample)
+        gaze_head, cam_idx, R, t, K, out = _render_rig_subject(rng, rows, image_size, supersample)
         # Our camera -> NL3DMM convention: p_ours = s D p_nl + o  =>  R_nl = R D, t_nl = (t + R o) / s.
         R_nl = R @ cams.NL3DMM_TO_HEAD
         t_nl = (t + R @ o) / s
@@ -191,19 +196,12 @@ def write_photo_folder_fixture(out_dir: str, rows: int = 3, image_size: int = 19
     import imageio.v2 as imageio
     from PIL import Image
 
-    from HeadNeRF.data.synthetic import head_model as hm
-    from HeadNeRF.data.synthetic import rig
-
     os.makedirs(out_dir, exist_ok=True)
     manifest = {}
     for k in range(num_subjects):
         folder = f"person_{chr(ord('a') + k)}"
         rng = np.random.default_rng([seed, k])
-        code = hm.sample_code(rng)
-        head, gaze_head = _sample_poses(rng, rows)
-        cam_idx = np.arange(rows) % 3
-        R, t, K = (x.numpy().astype(np.float64) for x in rig.normalized_cameras(cam_idx, head, image_size))
-        out = render_rows(code, R, t, K, image_size, gaze_head, supersample)
+        gaze_head, cam_idx, R, t, K, out = _render_rig_subject(rng, rows, image_size, supersample)
         d = os.path.join(out_dir, folder)
         os.makedirs(d, exist_ok=True)
         names = []

@@ -37,6 +37,9 @@ import torch
 
 from HeadNeRF.data import layout
 from HeadNeRF.geometry.gaze import angular_error_deg, head_pose_from_rotation, rotate_pitch_yaw
+from HeadNeRF.data.synthetic import head_model as hm
+from HeadNeRF import face
+from HeadNeRF.face.latent_fit import FitOptions
 
 from . import cameras as cams
 from .readers import InputError, PhotoLabel, list_photos, open_h5_subject, read_labels_csv
@@ -135,14 +138,10 @@ def _inside(points: np.ndarray, size: int, margin: float = 0.0) -> bool:
 
 
 def _fit_codes(faces: list, opts: ProcessOptions) -> np.ndarray:
-    from HeadNeRF.data.synthetic import head_model as hm
-
     if not faces:
         return np.zeros((0, hm.CODE_DIM), np.float32)
     if not opts.fit_codes:
         return np.zeros((len(faces), hm.CODE_DIM), np.float32)
-    from HeadNeRF import face
-    from HeadNeRF.face.latent_fit import FitOptions
 
     return np.asarray(face.fit_latent_codes(faces, options=FitOptions(fit_appearance=opts.fit_appearance)),
                       dtype=np.float32)
@@ -217,18 +216,13 @@ def _finish_codes(d: dict, pending: list, opts: ProcessOptions) -> float:
 def process_xgaze(path: str, subject_id: int, opts: ProcessOptions, on_image: Callable = lambda: None,
                   image_store: Callable | None = None) -> SubjectRows:
     """An official ETH-XGaze normalised file -> rows (see module docstring)."""
-    from HeadNeRF import face
-    from HeadNeRF.data.synthetic import head_model as hm
-
     notes = []
     with open_h5_subject(path, "xgaze_h5") as src:
         n, in_size = src.n, src.size
         S = int(opts.image_size or in_size)
         if S != in_size:
             notes.append(f"{path}: {in_size} px patches resized to {S} px")
-        d = _alloc(n, S, hm.CODE_DIM, image_store)
-        d["subject_index"][:] = subject_id
-        d["frame_index"], d["cam_index"] = src.read_index("frame_index"), src.read_index("cam_index")
+        d = _new_rows(src, S, hm.CODE_DIM, subject_id, image_store)
         has_gaze = src.has("face_gaze")
         if not has_gaze:
             notes.append(f"{path}: no face_gaze (a test file): rows are written with gaze_valid False")
@@ -288,26 +282,50 @@ def _eye_center(lm: np.ndarray, idx: slice) -> np.ndarray:
     return lm[:, idx].mean(1)
 
 
+def _new_rows(src, S: int, code_dim: int, subject_id: int, image_store: Callable | None) -> dict:
+    """The rows of one subject read from ``src`` (``_alloc``), with its subject, frame and camera indices filled."""
+    d = _alloc(src.n, S, code_dim, image_store)
+    d["subject_index"][:] = subject_id
+    d["frame_index"], d["cam_index"] = src.read_index("frame_index"), src.read_index("cam_index")
+    return d
+
+
+def _gazenerf_codes(src, path: str, notes: list) -> tuple[np.ndarray, dict]:
+    """(N, D) float32 latent codes of a GazeNeRF-format file and their slices (NL3DMM, or GazeGaussian padded)."""
+    n = src.n
+    codes = src.read("latent_codes").astype(np.float32).reshape(n, -1)
+    code_slices = dict(GAZENERF_CODE_SLICES)
+    if codes.shape[1] == GAZEGAUSSIAN_CODE_DIM:  # GazeGaussian: identity 80 | expression 64, no appearance
+        codes = np.concatenate([codes, np.zeros((n, 2), np.float32)], 1)
+        code_slices = dict(GAZEGAUSSIAN_CODE_SLICES)
+        notes.append(f"{path}: GazeGaussian codes (80|64): two zero columns appended as albedo|illumination")
+    elif codes.shape[1] != GAZENERF_CODE_SLICES["illumination"][1]:
+        raise InputError(f"{path}: latent_codes must have 306 columns (NL3DMM 100|79|100|27) or 144 (GazeGaussian "
+                         f"80|64), found {codes.shape[1]}")
+    return codes, code_slices
+
+
+def _gazenerf_gaze(src, path: str, R: np.ndarray, notes: list) -> tuple[np.ndarray | None, str]:
+    """((N, 2) camera-frame gaze or None, the key it came from) of a GazeNeRF-format file with cameras R (N, 3, 3)."""
+    n = src.n
+    if src.has("face_gaze"):
+        return src.read("face_gaze").astype(np.float64).reshape(n, 2), "face_gaze"
+    if src.has("pitchyaw_head"):
+        gh = torch.from_numpy(src.read("pitchyaw_head").astype(np.float64).reshape(n, 2))
+        return rotate_pitch_yaw(gh, torch.from_numpy(R)).numpy(), "pitchyaw_head"
+    notes.append(f"{path}: no face_gaze or pitchyaw_head: rows are written with gaze_valid False")
+    return None, "none"
+
+
 def process_gazenerf(path: str, subject_id: int, opts: ProcessOptions, on_image: Callable = lambda: None,
                      image_store: Callable | None = None) -> SubjectRows:
     """A GazeNeRF-format file -> rows, nothing re-analysed (see module docstring and ``cameras``)."""
-    notes = []
     with open_h5_subject(path, "gazenerf_h5") as src:
-        n, in_size = src.n, src.size
+        notes, n, in_size = [], src.n, src.size
         S = int(opts.image_size or in_size)
         scale = S / in_size
-        codes = src.read("latent_codes").astype(np.float32).reshape(n, -1)
-        code_slices = dict(GAZENERF_CODE_SLICES)
-        if codes.shape[1] == GAZEGAUSSIAN_CODE_DIM:  # GazeGaussian: identity 80 | expression 64, no appearance
-            codes = np.concatenate([codes, np.zeros((n, 2), np.float32)], 1)
-            code_slices = dict(GAZEGAUSSIAN_CODE_SLICES)
-            notes.append(f"{path}: GazeGaussian codes (80|64): two zero columns appended as albedo|illumination")
-        elif codes.shape[1] != GAZENERF_CODE_SLICES["illumination"][1]:
-            raise InputError(f"{path}: latent_codes must have 306 columns (NL3DMM 100|79|100|27) or 144 (GazeGaussian "
-                             f"80|64), found {codes.shape[1]}")
-        d = _alloc(n, S, codes.shape[1], image_store)
-        d["subject_index"][:] = subject_id
-        d["frame_index"], d["cam_index"] = src.read_index("frame_index"), src.read_index("cam_index")
+        codes, code_slices = _gazenerf_codes(src, path, notes)
+        d = _new_rows(src, S, codes.shape[1], subject_id, image_store)
         d["latent_code"][:] = codes
         lm = src.read("facial_landmarks").astype(np.float64).reshape(n, 68, 2) + 0.5  # integer px -> pixel centres
         R_nl = src.read("w2c_Rmat").astype(np.float64).reshape(n, 3, 3)
@@ -318,16 +336,7 @@ def process_gazenerf(path: str, subject_id: int, opts: ProcessOptions, on_image:
         R, t = cams.nl3dmm_to_head(R_nl, t_nl, s, o)
         K = K_in.copy()
         K[:, :2] *= scale
-        if src.has("face_gaze"):
-            gaze = src.read("face_gaze").astype(np.float64).reshape(n, 2)
-            gaze_from = "face_gaze"
-        elif src.has("pitchyaw_head"):
-            gh = torch.from_numpy(src.read("pitchyaw_head").astype(np.float64).reshape(n, 2))
-            gaze = rotate_pitch_yaw(gh, torch.from_numpy(R)).numpy()
-            gaze_from = "pitchyaw_head"
-        else:
-            gaze, gaze_from = None, "none"
-            notes.append(f"{path}: no face_gaze or pitchyaw_head: rows are written with gaze_valid False")
+        gaze, gaze_from = _gazenerf_gaze(src, path, R, notes)
         head_file = src.read("face_head_pose").astype(np.float64).reshape(n, 2) if src.has("face_head_pose") else None
         finite = (np.isfinite(R).all((1, 2)) & np.isfinite(t).all(1) & np.isfinite(K).all((1, 2))
                   & np.isfinite(lm).all((1, 2)) & np.isfinite(codes).all(1))
@@ -412,8 +421,6 @@ def rotation_from_warp(warp: np.ndarray, K_image: np.ndarray, K_patch: np.ndarra
 def process_photos(folder: str, subject_id: int, opts: ProcessOptions, on_image: Callable = lambda: None,
                    image_store: Callable | None = None) -> SubjectRows:
     """A folder of photos (+ optional labels.csv) -> rows."""
-    from HeadNeRF import face
-    from HeadNeRF.data.synthetic import head_model as hm
 
     names = list_photos(folder)
     if not names:
