@@ -25,6 +25,7 @@ __all__ = [
     "from_dict",
     "to_dict",
     "load_yaml",
+    "nested",
 ]
 
 MODEL_NAMES = ("HeadNeRF", "HeadNeRF_Gaze", "GazeNeRF")
@@ -112,6 +113,11 @@ class LossConfig:
                "the VGG loss needs loss_config.vgg_weights_path (ImageNet VGG16 weights cannot be downloaded offline); set vgg: 0 or give the path")
 
 
+def nested(config_class):
+    """A nested config field whose default is ``config_class()`` (its own defaults); YAML fills it as a block."""
+    return dataclasses.field(default_factory=config_class)
+
+
 @dataclasses.dataclass
 class DataConfig:
     dataset_dir: str = "data/synthetic"
@@ -128,12 +134,9 @@ class DataConfig:
 class TrainConfig:
     """One training run of ``train_headnerf.py``: the network, its losses, its data and the loop's settings."""
 
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    """The network (``models.build_model``); a checkpoint records it and resuming checks it."""
-    loss_config: LossConfig = dataclasses.field(default_factory=LossConfig)
-    """The loss terms' weights (``losses.total_loss``)."""
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    """Which rows train (``data.dataset.GazeDataset``)."""
+    model: ModelConfig = nested(ModelConfig)  # the network; a checkpoint records it and resuming checks it
+    loss_config: LossConfig = nested(LossConfig)
+    data: DataConfig = nested(DataConfig)
     run_dir: str = "runs/headnerf"
     seed: int = 0
     steps: int = 1000  # optimisation steps
