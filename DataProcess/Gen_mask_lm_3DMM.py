@@ -15,6 +15,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
 
+from HeadNeRF.cli_checks import output_folder_is_a_file  # noqa: E402 - after the repo root is on the path
+
 FORMATS = ("xgaze_h5", "gazenerf_h5", "images")
 
 
@@ -64,11 +66,10 @@ def main(argv=None) -> int:
     # Cheap checks first (no torch import): a wrong command fails in a fraction of a second.
     if args.se is not None and args.se <= args.sb:
         parser.error(f"--se must be greater than --sb (--se is exclusive), got --sb {args.sb} --se {args.se}")
-    if not os.path.isdir(args.img_dir):
-        print(f"error: {args.img_dir}: input folder not found", file=sys.stderr)
-        return 2
-    if os.path.exists(args.save_dir) and not os.path.isdir(args.save_dir):
-        print(f"error: --save_dir {args.save_dir} is an existing file, not a folder; pass a folder path", file=sys.stderr)
+    problem = (None if os.path.isdir(args.img_dir) else f"{args.img_dir}: input folder not found") \
+        or output_folder_is_a_file(args.save_dir, "--save_dir")
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     from HeadNeRF.preprocess import InputError, PreprocessConfig, run
 
