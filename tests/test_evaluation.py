@@ -125,6 +125,24 @@ def test_metrics_on_known_inputs():
     assert torch.isnan(M.image_metrics(img, img, torch.zeros_like(mask))["psnr_head"]).all()
     const = M.image_metrics(torch.full((1, 3, 8, 8), 0.6), torch.full((1, 3, 8, 8), 0.5), torch.ones(1, 1, 8, 8))
     assert math.isclose(float(const["psnr"]), 20.0, abs_tol=1e-4) and math.isclose(float(const["l1"]), 0.1, abs_tol=1e-6)
+
+
+def test_one_head_psnr_for_training_fit_and_evaluation():
+    """The evaluation's psnr_head is HeadNeRF.metrics.masked_psnr (bit for bit); identical -> inf, empty -> NaN."""
+    from HeadNeRF.evaluation import metrics as M
+    from HeadNeRF.metrics import masked_psnr
+
+    g = torch.Generator().manual_seed(1)
+    pred, target = torch.rand(3, 3, 8, 8, generator=g), torch.rand(3, 3, 8, 8, generator=g)
+    mask = (torch.rand(3, 1, 8, 8, generator=g) > 0.5).float()
+    mask[2] = 0
+    ours = masked_psnr(pred.double(), target.double(), mask.double())
+    assert torch.equal(M.image_metrics(pred, target, mask)["psnr_head"][:2], ours[:2]) and torch.isnan(ours[2])
+    by_hand = -10 * math.log10(float(((pred[0] - target[0]).square() * mask[0]).sum() / (3 * mask[0].sum())))
+    assert math.isclose(float(masked_psnr(pred, target, mask)[0]), by_hand, rel_tol=1e-5)
+    assert torch.isinf(masked_psnr(pred, pred, mask)[:2]).all()  # identical images: +inf dB, not a capped number
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\).*\(3, 3, 8, 8\) and \(3, 8, 8\)"):
+        masked_psnr(pred, target[0])
     assert math.isclose(M.angle_error_deg([0.0, 0.0], [0.0, math.radians(10)]), 10.0, abs_tol=1e-6)
     assert math.isnan(M.angle_error_deg([0.0, 0.0], None))
     e = np.random.default_rng(0).normal(size=128)

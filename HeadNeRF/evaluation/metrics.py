@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..geometry.gaze import angular_error_deg
+from ..metrics import masked_psnr
 
 __all__ = [
     "FIDFeatures",
@@ -55,10 +56,6 @@ def whiten_background(image: torch.Tensor, head_mask: torch.Tensor) -> torch.Ten
     return image * head_mask + (1.0 - head_mask)
 
 
-def _psnr_from_mse(mse: torch.Tensor) -> torch.Tensor:
-    return torch.where(mse > 0, -10.0 * torch.log10(mse.clamp_min(1e-30)), torch.full_like(mse, math.inf))
-
-
 def image_metrics(pred: torch.Tensor, target: torch.Tensor, head_mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """SSIM, PSNR (whole), PSNR (head region), L1 per image.
 
@@ -66,7 +63,7 @@ def image_metrics(pred: torch.Tensor, target: torch.Tensor, head_mask: torch.Ten
         pred, target: (B, 3, H, W) in [0, 1]. head_mask: (B, 1, H, W) {0, 1} (the target's).
     Returns:
         {"ssim", "psnr", "psnr_head", "l1"}: (B,) float64 tensors; PSNR is inf for identical
-        images, psnr_head NaN for an empty mask.
+        images, psnr_head (the package's one head PSNR, ``HeadNeRF.metrics.masked_psnr``) NaN for an empty mask.
     """
     from torchmetrics.functional.image import (
         peak_signal_noise_ratio,
@@ -78,10 +75,7 @@ def image_metrics(pred: torch.Tensor, target: torch.Tensor, head_mask: torch.Ten
     mse = (pred - target).square().flatten(1).mean(1)
     psnr = peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none", dim=(1, 2, 3))
     psnr = torch.where(mse > 0, psnr, torch.full_like(psnr, math.inf))  # torchmetrics divides by zero differently
-    m = head_mask.double().expand_as(pred)
-    den = m.flatten(1).sum(1)
-    mse_head = ((pred - target).square() * m).flatten(1).sum(1) / den.clamp_min(1)
-    psnr_head = torch.where(den > 0, _psnr_from_mse(mse_head), torch.full_like(mse_head, math.nan))
+    psnr_head = masked_psnr(pred, target, head_mask.double())
     l1 = (pred - target).abs().flatten(1).mean(1)
     return {"ssim": ssim.reshape(-1), "psnr": psnr.reshape(-1), "psnr_head": psnr_head, "l1": l1}
 
