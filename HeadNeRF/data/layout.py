@@ -17,6 +17,8 @@ import os
 
 import numpy as np
 
+from ..atomic_io import atomic_write_text
+
 LAYOUT_VERSION = 1
 SPLIT_FILE = "split.json"
 
@@ -244,5 +246,5 @@ class Split:
         return cls(**{k: raw[k] for k in fields})
 
     def save(self, dataset_dir: str) -> None:
-        with open(os.path.join(dataset_dir, SPLIT_FILE), "w") as f:
-            json.dump(dataclasses.asdict(self), f, indent=1)
+        """Write ``dataset_dir/split.json`` atomically."""
+        atomic_write_text(os.path.join(dataset_dir, SPLIT_FILE), json.dumps(dataclasses.asdict(self), indent=1))

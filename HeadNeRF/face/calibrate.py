@@ -25,6 +25,8 @@ import itertools
 import os
 
 import numpy as np
+
+from HeadNeRF.atomic_io import atomic_write
 from HeadNeRF.data.synthetic import head_model as hm
 from HeadNeRF.data.synthetic import render, rig
 from HeadNeRF.data.synthetic.render import single_thread, mesh_for_code, rasterize_views
@@ -136,10 +138,9 @@ def main(argv=None) -> int:
     if args.print_mapping:
         print(choose_mapping(recs))
     C, rel = fit_canonical(recs)
-    tmp = args.out + ".tmp.npz"
-    np.savez(tmp, canonical=C, reliability=rel, mapping_error=mapping_errors(recs).astype(np.float32),
-             num_renders=len(recs), num_detected=sum(r["ok"] for r in recs), seed=args.seed)
-    os.replace(tmp, args.out)
+    atomic_write(args.out, lambda tmp: np.savez(
+        tmp, canonical=C, reliability=rel, mapping_error=mapping_errors(recs).astype(np.float32),
+        num_renders=len(recs), num_detected=sum(r["ok"] for r in recs), seed=args.seed))
     print(f"wrote {args.out} ({sum(r['ok'] for r in recs)}/{len(recs)} renders with a face)")
     return 0
 

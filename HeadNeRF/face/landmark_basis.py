@@ -17,8 +17,9 @@ import hashlib
 import os
 
 import numpy as np
+
+from HeadNeRF.atomic_io import atomic_write
 from HeadNeRF.data.synthetic.head_model import CODE_SLICES
-from HeadNeRF.data.synthetic import head_model
 from HeadNeRF.data.synthetic import head_model as hm
 from . import pose
 from .pose import head_params
@@ -36,7 +37,7 @@ def shape_dims() -> tuple[int, int]:
 
 def _cache_path() -> str:
     h = hashlib.sha1()
-    for path in (head_model.__file__, pose.__file__, __file__):  # the model and the code that evaluates it
+    for path in (hm.__file__, pose.__file__, __file__):  # the model and the code that evaluates it
         with open(path, "rb") as f:
             h.update(f.read())
     h = h.hexdigest()[:12]
@@ -68,10 +69,7 @@ def landmark_basis() -> tuple[np.ndarray, np.ndarray]:
         except (OSError, KeyError, ValueError):
             _BASIS = _compute()
             try:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                tmp = f"{path}.{os.getpid()}.tmp.npz"
-                np.savez(tmp, L0=_BASIS[0], B=_BASIS[1])
-                os.replace(tmp, path)
+                atomic_write(path, lambda tmp: np.savez(tmp, L0=_BASIS[0], B=_BASIS[1]))
             except OSError:
                 pass
     return _BASIS

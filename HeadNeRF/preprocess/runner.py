@@ -39,6 +39,7 @@ import h5py
 from tqdm import tqdm
 
 from HeadNeRF.data import layout
+from HeadNeRF.atomic_io import atomic_write_text
 from HeadNeRF.data.subject_file import SubjectFileWriter, partial_path
 from HeadNeRF.run_lock import RunLock, RunLockError
 
@@ -168,10 +169,7 @@ def _key_to_manifest(subjects: list[SubjectSource], manifest: dict[str, int]) ->
 
 def _write_manifest(save_dir: str, manifest: dict[str, int]) -> None:
     path = os.path.join(save_dir, MANIFEST)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(dict(sorted(manifest.items(), key=lambda kv: kv[1])), f, indent=1)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(dict(sorted(manifest.items(), key=lambda kv: kv[1])), indent=1))
 
 
 def select_subjects(cfg: PreprocessConfig, log) -> tuple[str, list[SubjectSource]]:

@@ -100,8 +100,5 @@ def build_split(save_dir: str, official: dict[int, str] | None = None, log=print
     split = layout.Split(train_subjects=sorted(train), test_subjects=sorted(test),
                          heldout_cameras=[int(c) for c in heldout_cams],
                          heldout_frames=[int(f) for f in all_frames[len(all_frames) - n_frames:]])
-    tmp = os.path.join(save_dir, layout.SPLIT_FILE + ".partial")
-    with open(tmp, "w") as f:
-        json.dump({k: v for k, v in split.__dict__.items()}, f, indent=1)
-    os.replace(tmp, os.path.join(save_dir, layout.SPLIT_FILE))
+    split.save(save_dir)
     return split
