@@ -166,3 +166,24 @@ def test_rotate_feature_groups():
     v = feats[0, 3:6, 1, 2]
     torch.testing.assert_close(out[0, 3:6, 1, 2], R[0] @ v)
     torch.testing.assert_close(out[0, :6].reshape(2, 3, -1).norm(dim=1), feats[0, :6].reshape(2, 3, -1).norm(dim=1))
+
+
+def test_bad_shapes_at_the_rendering_entry_points_name_expected_and_actual():
+    from HeadNeRF.rendering.rays import rays_through
+    from HeadNeRF.shapes import ShapeError
+
+    R, t, K = torch.eye(3).expand(2, 3, 3), torch.tensor([[0.0, 0.0, 4.0]] * 2), torch.eye(3).expand(2, 3, 3)
+    uv = torch.rand(2, 5, 2)
+    assert rays_through(R, t, K, uv)[1].shape == (2, 5, 3)
+    with pytest.raises(ShapeError, match=r"rays_through: K must be \(B=2, 3, 3\), got \(2, 3, 4\)"):
+        rays_through(R, t, torch.zeros(2, 3, 4), uv)
+    with pytest.raises(ShapeError, match=r"rays_through: t_w2c must be \(B=2, 3\), got \(1, 3\)"):
+        rays_through(R, t[:1], K, uv)  # the batch must agree across the arguments
+    with pytest.raises(ShapeError, match=r"generate_rays: R_w2c must be \(B, 3, 3\), got \(3, 3\)"):
+        generate_rays(R[0], t, K, 2, 2)
+    with pytest.raises(ShapeError, match=r"alpha_from_density: .*\(1, 2, 4\) and \(1, 2, 3\)"):
+        alpha_from_density(torch.ones(1, 2, 4), torch.ones(1, 2, 3))
+    with pytest.raises(ShapeError, match=r"composite: values must be weights' shape \(1, 2, 4\) \+ \(C,\), got \(1, 2, 3, 3\)"):
+        composite(torch.ones(1, 2, 4), torch.ones(1, 2, 3, 3))
+    with pytest.raises(ShapeError, match=r"depth_and_opacity: .*\(1, 2, 4\) and \(1, 4\)"):
+        depth_and_opacity(torch.ones(1, 2, 4), torch.ones(1, 4))

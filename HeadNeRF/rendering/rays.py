@@ -17,6 +17,7 @@ Shapes: ``R_w2c (B, 3, 3)``, ``t_w2c (B, 3)``, ``K (B, 3, 3)``; rays ``(B, R, 3)
 import torch
 
 from ..geometry.cameras import camera_center
+from ..shapes import check_shape
 
 __all__ = ["pixel_centers", "pixel_index_centers", "pixel_strip", "generate_rays", "rays_through", "ray_sphere_bounds"]
 
@@ -50,6 +51,7 @@ def generate_rays(
         origins (B, R, 3): the camera centre, repeated per ray.
         directions (B, R, 3): unit directions, so ``origin + t * dir`` is at distance ``t``.
     """
+    check_shape("generate_rays", "R_w2c", R_w2c, ("B", 3, 3))
     uv = pixel_centers(h, w, R_w2c.device, R_w2c.dtype).unsqueeze(0).expand(R_w2c.shape[0], h * w, 2)
     return rays_through(R_w2c, t_w2c, K, uv)
 
@@ -82,6 +84,10 @@ def rays_through(
 
     Returns origins (B, R, 3) and unit directions (B, R, 3), like ``generate_rays``.
     """
+    dims = check_shape("rays_through", "uv", uv, ("B", "R", 2))
+    check_shape("rays_through", "R_w2c", R_w2c, ("B", 3, 3), dims)
+    check_shape("rays_through", "t_w2c", t_w2c, ("B", 3), dims)
+    check_shape("rays_through", "K", K, ("B", 3, 3), dims)
     B, R = uv.shape[:2]
     uv1 = torch.cat((uv, torch.ones_like(uv[..., :1])), dim=-1)  # (B, R, 3)
     # Camera-frame direction K^-1 (u, v, 1); solve instead of inverting K explicitly.
