@@ -10,6 +10,9 @@ Public API (used by the evaluation)::
 Modules: ``config`` (typed YAML), ``model`` (network, loader, ``estimate``), ``data`` (labelled
 rows, the synthetic set), ``augment`` (batch augmentation), ``train`` (loop and report).
 ``train_gaze_estimator.py`` is the command line. See docs/estimator.md.
+
+May import: ``checkpoint``, ``config``, ``data``, ``geometry``, ``loop``. Nothing above it: the
+evaluation and the photo fit import the estimator, never the other way round.
 """
 
 from .config import (

@@ -2,6 +2,7 @@
 
 Modules (one idea each):
 
+* ``base``: the floor: ``EvaluationError`` and the names of what is scored (``candidates``);
 * ``config``: the typed YAML config (``EvalConfig``; ``fit`` holds ``fitting.FitConfig`` fields);
 * ``pairs``: deterministic input -> target pairs per test subject (or a pairs file);
 * ``metrics``: SSIM/PSNR/L1 (torchmetrics), LPIPS (lpips), FID (torchmetrics), dlib identity, angles;
@@ -15,6 +16,11 @@ Modules (one idea each):
   ignore-the-request references (no target image needed);
 * ``report``: the resumable ``per_pair.jsonl``, aggregation, ``report.md`` and figures;
 * ``run``: ``evaluate(cfg)``, what ``Evaluation.py`` calls.
+
+Inside the package the arrows go down: ``run`` -> ``protocol``/``controllability``/``report`` ->
+``guards``/``pairs``/``metrics``/``readout``/``config`` -> ``base``. The package may import
+``fitting`` (lazily: fitting's ground-truth check imports ``readout``), ``estimator``, ``data``,
+``geometry``, ``checkpoint``, ``config``, ``metrics``, ``atomic_io``, ``run_lock``.
 
 Usage::
 

@@ -3,6 +3,11 @@
 ``eyeball.py`` (eye model from the face analysis), ``warp.py`` (the backward warp of one eye),
 ``redirect.py`` (targets -> images, refusals), ``outputs.py`` (the files FittingSingleImage.py writes).
 See docs/photo_redirection.md.
+
+May import: ``face``, ``geometry``, ``data`` (the synthetic head model for its eye geometry),
+``evaluation.readout`` (its synthetic check). TODO(lead): ``outputs`` imports ``fitting_outputs``'s
+writers while ``fitting_outputs`` calls ``write_photo_redirection``: a cycle to cut by moving the
+writers to a floor module.
 """
 
 from .eyeball import HEAD_MODEL, HUMAN, EyeAnatomy, Eyeball, estimate_eyeballs

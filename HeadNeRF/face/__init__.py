@@ -4,6 +4,10 @@ Photo -> :func:`load_image_rgb` -> :func:`analyse_face` (mediapipe 478 points, i
 :func:`head_pose_pnp` (PnP against the synthetic head model's landmarks) -> :func:`normalise_face`
 (ETH-XGaze-style warp into the training framing, masks) -> :func:`fit_latent_codes` (the "3DMM"
 step: the synthetic head model's code). Design and accuracy: docs/face_analysis.md.
+
+May import: ``data`` (the synthetic head model: its landmarks and renders), ``geometry``,
+``atomic_io``; mediapipe, dlib and cv2 are imported lazily where used. Nothing above it
+(``preprocess``, the photo fit and ``eyewarp`` import ``face``).
 """
 
 from .detect import FaceAnalysis, analyse_face, close  # noqa: F401

@@ -1,4 +1,9 @@
-"""Camera and gaze geometry (pure tensor functions; conventions in docs/conventions.md)."""
+"""Camera and gaze geometry (pure tensor functions; conventions in docs/conventions.md).
+
+Owns: ``cameras`` (intrinsics, world->camera, camera centres, projection, the normalised camera)
+and ``gaze`` (pitch/yaw <-> vectors and rotations, the camera -> head frame change
+``gaze_in_head_frame``, angular errors). The bottom floor: imports nothing of the package.
+"""
 
 from .cameras import (  # noqa: F401
     MM_PER_HEAD_UNIT,

@@ -6,6 +6,9 @@
 Modules: ``readers`` (input formats, detection), ``cameras`` (input cameras -> our head frame),
 ``subject`` (one subject -> rows), ``split`` (split.json), ``runner`` (selection, resume, workers,
 summary), ``fixtures`` (small inputs of every format for tests and benchmarks).
+
+May import: ``data`` (layout, writers, the synthetic head for fixtures), ``face``, ``geometry``,
+``atomic_io``, ``run_lock``. Nothing imports ``preprocess`` but the command and its tests.
 """
 
 from .readers import FORMATS, InputError, detect_format, list_subjects
