@@ -17,8 +17,8 @@ Modules (one idea each):
 * ``report``: the resumable ``per_pair.jsonl``, aggregation, ``report.md`` and figures;
 * ``run``: ``evaluate(cfg)``, what ``Evaluation.py`` calls.
 
-Inside the package the arrows go down: ``run`` -> ``protocol``/``controllability``/``report`` ->
-``guards``/``pairs``/``metrics``/``readout``/``config`` -> ``base``. The package may import
+Inside the package the arrows go down: ``run`` -> ``controllability`` -> ``protocol`` ->
+``guards``/``pairs``/``readout``/``metrics``/``config``; ``report`` and ``guards`` -> ``base``. The package may import
 ``fitting`` (lazily: fitting's ground-truth check imports ``readout``), ``estimator``, ``data``,
 ``geometry``, ``checkpoint``, ``config``, ``metrics``, ``atomic_io``, ``run_lock``.
 
