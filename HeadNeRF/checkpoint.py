@@ -12,7 +12,7 @@ import torch
 
 from .atomic_io import atomic_write, remove_stale_temporaries as _remove_stale
 
-__all__ = ["CheckpointError", "LAST_CHECKPOINT", "checkpoint_path", "remove_stale_temporaries", "save_checkpoint",
+__all__ = ["CheckpointError", "LAST_CHECKPOINT", "checkpoint_path", "run_dir_of", "remove_stale_temporaries", "save_checkpoint",
            "load_safely", "load_checkpoint", "check_compatible"]
 
 
@@ -26,6 +26,15 @@ class CheckpointError(ValueError):
 def checkpoint_path(run_or_file: str) -> str:
     """A run directory -> its ``checkpoints/last.pt``; anything else is taken as the checkpoint file itself."""
     return os.path.join(run_or_file, LAST_CHECKPOINT) if os.path.isdir(run_or_file) else run_or_file
+
+
+def run_dir_of(checkpoint_file: str) -> str:
+    """The run directory of a run's checkpoint file (``<run>/checkpoints/last.pt`` -> ``<run>``, absolute):
+    the inverse of :func:`checkpoint_path` for a run directory."""
+    run = os.path.abspath(checkpoint_file)
+    for _ in LAST_CHECKPOINT.split(os.sep):
+        run = os.path.dirname(run)
+    return run
 
 
 def remove_stale_temporaries(directory: str) -> list[str]:

@@ -6,7 +6,16 @@ import pickle
 import pytest
 import torch
 
-from HeadNeRF.checkpoint import CheckpointError, check_compatible, load_checkpoint, load_safely, save_checkpoint
+from HeadNeRF.checkpoint import (
+    LAST_CHECKPOINT,
+    CheckpointError,
+    check_compatible,
+    checkpoint_path,
+    load_checkpoint,
+    load_safely,
+    run_dir_of,
+    save_checkpoint,
+)
 
 
 class _Payload:  # a pickled object: weights_only loading must refuse it
@@ -19,6 +28,15 @@ def test_round_trip_and_directory_form(tmp_path):
     loaded = load_checkpoint(str(tmp_path))
     assert loaded["step"] == 4 and torch.equal(loaded["model"]["w"], state["model"]["w"])
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".tmp_")]
+
+
+def test_checkpoint_path_and_run_dir_of_are_inverse(tmp_path):
+    run = tmp_path / "runs" / "a"
+    (run / "checkpoints").mkdir(parents=True)
+    file = checkpoint_path(str(run))
+    assert file == os.path.join(str(run), LAST_CHECKPOINT) and run_dir_of(file) == str(run)
+    other = str(tmp_path / "elsewhere.pt")
+    assert checkpoint_path(other) == other  # a file is taken as itself (it need not exist yet)
 
 
 @pytest.mark.parametrize("kind", ["pickle", "garbage", "truncated", "text"])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from HeadNeRF.data.dataset import GazeDataset
-from HeadNeRF.data.layout import DataFormatError, Split, subject_file_name
+from HeadNeRF.data.layout import DataFormatError, Split, read_row, subject_file_name
 
 
 def test_reads_what_was_written(tiny_dataset):
@@ -26,6 +26,19 @@ def test_reads_what_was_written(tiny_dataset):
         assert torch.equal(item["image"], torch.from_numpy(f["face_patch"][row]).permute(2, 0, 1).float() / 255)
         assert np.allclose(item["gaze"].numpy(), f["face_gaze"][row])
         assert np.allclose(item["K"].numpy(), f["cam_K"][row])
+
+
+def test_read_row_matches_the_dataset(tiny_dataset):
+    ds = GazeDataset(tiny_dataset, "all")
+    sid, row = ds.rows[7][:2]
+    path = os.path.join(tiny_dataset, subject_file_name(sid))
+    got = read_row(path, row, ("latent_code", "cam_K"))
+    item = ds[7]
+    code = torch.cat((item["shape_code"], item["appearance_code"]))  # the synthetic layout: shape blocks, then appearance
+    assert got["latent_code"].dtype == np.float32 and np.array_equal(got["latent_code"], code.numpy())
+    assert np.allclose(got["cam_K"], item["K"].numpy())
+    assert got["image_size"] == 64 and got["source"] == "synthetic" and got["supersample"] >= 1
+    assert set(read_row(path, 0)) == {"source", "supersample", "image_size"}  # no keys: the file's attributes only
 
 
 def test_split_partitions_rows(tiny_dataset):

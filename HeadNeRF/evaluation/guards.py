@@ -24,6 +24,7 @@ import os
 import h5py
 import numpy as np
 
+from ..checkpoint import run_dir_of
 from ..data.layout import Split, subject_file_name
 from ..run_lock import RunLock, RunLockError
 from .base import EvaluationError
@@ -65,7 +66,7 @@ def _resolve_dir(path: str, run_file: str) -> str | None:
     if os.path.isdir(path):
         return path
     if not os.path.isabs(path):
-        run_dir = os.path.dirname(os.path.dirname(os.path.abspath(run_file)))
+        run_dir = run_dir_of(run_file)
         for base in (os.path.dirname(os.path.dirname(run_dir)), os.path.dirname(run_dir)):
             cand = os.path.join(base, path)
             if os.path.isdir(cand):
