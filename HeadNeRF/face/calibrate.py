@@ -30,6 +30,7 @@ from HeadNeRF.atomic_io import atomic_write
 from HeadNeRF.data.synthetic import head_model as hm
 from HeadNeRF.data.synthetic import render, rig
 from HeadNeRF.data.synthetic.render import single_thread, mesh_for_code, rasterize_views
+
 from .detect import box_area, run_mesh
 from .landmarks68 import landmarks68_from_mesh
 

@@ -21,6 +21,7 @@ import numpy as np
 from HeadNeRF.atomic_io import atomic_write
 from HeadNeRF.data.synthetic.head_model import CODE_SLICES
 from HeadNeRF.data.synthetic import head_model as hm
+
 from . import pose
 from .pose import head_params
 

@@ -28,14 +28,14 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from HeadNeRF.geometry.gaze import vector_to_pitch_yaw
-from HeadNeRF.data.synthetic.head_model import CODE_DIM
+
 from HeadNeRF.data.synthetic import head_model as hm
-from HeadNeRF.data.synthetic.render import single_thread, mesh_for_code, rasterize_views, render_view
+from HeadNeRF.data.synthetic.head_model import CODE_DIM
+from HeadNeRF.data.synthetic.render import mesh_for_code, rasterize_views, render_view, single_thread
 from HeadNeRF.geometry.cameras import camera_center
-from HeadNeRF.geometry.gaze import pitch_yaw_to_vector
-from .landmark_basis import landmark_basis
-from .landmark_basis import landmarks_linear
+from HeadNeRF.geometry.gaze import pitch_yaw_to_vector, vector_to_pitch_yaw
+
+from .landmark_basis import landmark_basis, landmarks_linear
 
 __all__ = ["FitOptions", "fit_latent_codes", "fit_shape", "landmark_error", "region_features", "region_masks",
            "AppearanceRenderer", "fit_appearance"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+
 from HeadNeRF.data.synthetic import head_model as hm
 from HeadNeRF.data.synthetic.render import mesh_for_code
 

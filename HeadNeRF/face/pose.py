@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+
 from HeadNeRF.data.synthetic import head_model as hm
 from HeadNeRF.data.synthetic.head_model import CODE_DIM
 
