@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     if args.resume and args.auto_resume:
         parser.error("--resume and --auto_resume exclude each other")
 
-    from HeadNeRF.checkpoint import CheckpointError
+    from HeadNeRF.checkpoint import LAST_CHECKPOINT, CheckpointError
     from HeadNeRF.config import ConfigError, load_yaml
     from HeadNeRF.data.layout import DataFormatError
     from HeadNeRF.estimator import (
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
                   + ("" if out["skipped"] else f": {out['images']} images in {out['seconds']:.0f} s"))
             return 0
         resume = args.resume
-        if args.auto_resume and os.path.isfile(os.path.join(cfg.run_dir, "checkpoints", "last.pt")):
+        if args.auto_resume and os.path.isfile(os.path.join(cfg.run_dir, LAST_CHECKPOINT)):
             resume = cfg.run_dir
             print(f"[estimator] continuing the run in {resume}")
         train_estimator(cfg, resume=resume, dry_run=args.dry_run, progress=not args.no_progress,

@@ -5,6 +5,8 @@ reports whether every gradient is finite; ``step_or_skip`` then takes the optimi
 it with a warning, and raises :class:`TrainingAborted` after ``max_bad_steps`` skips in a row (the
 last good checkpoint stays untouched). ``StepBatchSampler`` makes the data order a pure function of
 (seed, step), so a resumed loop sees exactly the batches an uninterrupted one would have seen.
+:class:`GuardedStep` puts the two together with the running count of skipped steps (and, under DDP,
+the ranks' agreement to skip); ``to_device`` moves a collated batch.
 
 Imports only torch and ``HeadNeRF.config``: every loop may stand on it, none stands on another loop.
 """
@@ -13,11 +15,13 @@ import signal
 import warnings
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
 from .config import ConfigError
 
-__all__ = ["TrainingAborted", "backward_if_finite", "step_or_skip", "StepBatchSampler", "StopOnSignal"]
+__all__ = ["TrainingAborted", "backward_if_finite", "step_or_skip", "GuardedStep", "StepBatchSampler", "StopOnSignal",
+           "to_device"]
 
 
 class TrainingAborted(RuntimeError):
@@ -53,6 +57,37 @@ def step_or_skip(finite: bool, loss: torch.Tensor, optimizer, params: list, grad
                               f"The last good checkpoint in {run_dir}/checkpoints is untouched; "
                               f"lower {lr_key} or check the data")
     return bad_steps
+
+
+class GuardedStep:
+    """The optimiser step of a loop that cannot hurt: zero the gradients, backpropagate a finite loss,
+    then step or skip (:func:`step_or_skip`), counting skipped steps in a row in ``bad_steps``.
+
+    ``all_ranks``: under DDP every rank must agree to skip (else they would deadlock or diverge), so the
+    finite flag is all-reduced (minimum) before the decision.
+    """
+
+    def __init__(self, optimizer, params: list, grad_clip: float, max_bad_steps: int, run_dir: str, lr_key: str,
+                 all_ranks: bool = False):
+        self.optimizer, self.params, self.grad_clip = optimizer, params, grad_clip
+        self.max_bad_steps, self.run_dir, self.lr_key, self.all_ranks = max_bad_steps, run_dir, lr_key, all_ranks
+        self.bad_steps = 0
+
+    def __call__(self, loss: torch.Tensor, step: int) -> bool:
+        """Step on ``loss`` (a () tensor) at loop step ``step``. Returns whether the step was taken."""
+        self.optimizer.zero_grad(set_to_none=True)
+        finite = backward_if_finite(loss, self.params)
+        if self.all_ranks:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        taken = bool(finite.item())
+        self.bad_steps = step_or_skip(taken, loss, self.optimizer, self.params, self.grad_clip, self.bad_steps,
+                                      self.max_bad_steps, step, self.run_dir, self.lr_key)
+        return taken
+
+
+def to_device(batch: dict, device) -> dict:
+    """A collated batch of tensors moved to ``device`` (non-blocking)."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 class StepBatchSampler(torch.utils.data.Sampler):

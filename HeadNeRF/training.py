@@ -1,12 +1,10 @@
-"""The training loop, top to bottom: data -> model -> step -> validate -> checkpoint.
+"""The NeRF's training loop, top to bottom: data -> model -> step -> validate -> checkpoint -> report.
 
-``train(cfg)`` is what ``train_headnerf.py`` calls. Read it first; the helpers above it are
-small and each does one thing.
+``train(cfg)`` is what ``train_headnerf.py`` calls: read it first; ``train_step`` is one optimisation
+step (callable from tests), and the helpers around them are small and each does one thing.
 
-* **Data order** is a pure function of (seed, step): epoch ``e`` uses a
-  ``DistributedSampler`` permutation with ``set_epoch(e)``; step ``s`` takes batch
-  ``s mod batches_per_epoch`` of it. A resumed run therefore sees exactly the batches the
-  uninterrupted run would have seen.
+* **Data order** is a pure function of (seed, step) (``loop.StepBatchSampler``): a resumed run
+  sees exactly the batches the uninterrupted run would have seen.
 * **Pixel subsets** (``rays_per_image > 0``, per-pixel renderer only): each step draws that
   many distinct pixels per image (eye pixels ``eye_ray_weight`` times likelier), renders only
   them, and computes every loss on the (B, ·, 1, K) strips (``gather_pixels``).
@@ -16,16 +14,19 @@ small and each does one thing.
   ``val_every`` steps (the seed's "epochs"): after ``lr_patience`` validations without
   improvement the LR is multiplied by ``lr_decay_factor``.
 * **Bad steps**: a NaN/inf loss or gradient skips the step with a warning (weights untouched);
-  ``max_bad_steps`` in a row aborts with a message and *no* checkpoint of the bad state.
-* **Interruption**: SIGINT/SIGTERM finish the current step, write a checkpoint, then exit.
+  ``max_bad_steps`` in a row aborts with a message and *no* checkpoint of the bad state (``loop.GuardedStep``).
+* **Run directory** (``run_dir.py``): a new run refuses a directory that holds one; ``config.yaml``,
+  ``git_hash.txt`` and ``report.json`` are written atomically; SIGINT/SIGTERM finish the current
+  step, write a checkpoint, then exit.
 * **Multi-process**: under ``torchrun`` the model is wrapped in DistributedDataParallel
   (gloo on CPU, nccl on CUDA); rank 0 alone validates, logs and writes files.
+
+Nothing in the package imports this module: it is the top of the NeRF's side (``train_headnerf.py``).
 """
 
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 
@@ -33,19 +34,27 @@ import torch
 import torch.distributed as dist
 import yaml
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
-from .checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
+from .atomic_io import atomic_write
+from .checkpoint import LAST_CHECKPOINT, CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig, to_dict
-from .data.dataset import GazeDataset
+from .data.dataset import GazeDataset, split_val_rows
 from .data.statistics import data_metadata
+from .evaluation.metrics import whiten_background
 from .geometry.gaze import gaze_in_head_frame
-from .loop import StepBatchSampler, StopOnSignal, TrainingAborted, backward_if_finite, step_or_skip
+from .loop import GuardedStep, StepBatchSampler, TrainingAborted, to_device
 from .losses import VGGPerceptual, total_loss
 from .metrics import masked_psnr
 from .models import build_model, eval_mode, resolve_mlp_precision
 from .rendering.pixels import gather_pixels, sample_pixels
+from .run_dir import checkpoint_on_signal, resolve_run_dir, start_run_dir, write_report
 
-__all__ = ["train", "TrainingAborted", "PerImageOffsets", "prepare", "forward_batch", "validate", "redirection_report"]
+__all__ = ["train", "train_step", "TrainingAborted", "PerImageOffsets", "prepare", "forward_batch", "validate",
+           "redirection_report"]
+
+# redirection_report's names for the shared helpers (helper "fitpkg" moves its body into evaluation/)
+_to, _split_val_rows = to_device, split_val_rows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -72,25 +81,12 @@ class PerImageOffsets(torch.nn.Module):
             ds = shape_code.shape[-1]
             shape_code, app_code = shape_code + lat[:, :ds], app_code + lat[:, ds:]
         if self.camera is not None:
-            from pytorch3d.transforms import axis_angle_to_matrix
+            from pytorch3d.transforms import axis_angle_to_matrix  # only runs that refine cameras need it
 
             cam = self.camera[batch["item_index"]]
             dR = axis_angle_to_matrix(cam[:, :3])
             R, t = dR @ R, (dR @ t.unsqueeze(-1)).squeeze(-1) + cam[:, 3:]
         return shape_code, app_code, R, t, lat, cam
-
-
-def _git_hash() -> str:
-    try:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _to(batch: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def forward_batch(model, offsets: PerImageOffsets, batch: dict, training: bool, generator=None,
@@ -103,6 +99,29 @@ def forward_batch(model, offsets: PerImageOffsets, batch: dict, training: bool, 
                 training=training, render_template=render_template, render_background=render_background,
                 generator=generator, pixels=pixels)
     return out, lat, cam
+
+
+def train_step(net, offsets: PerImageOffsets, batch: dict, cfg: TrainConfig, guarded_step: GuardedStep, step: int,
+               generator: torch.Generator | None = None, vgg=None) -> tuple[torch.Tensor, dict, dict, dict]:
+    """One optimisation step on a collated ``batch`` already on the model's device.
+
+    Draws the pixel subset (``cfg.rays_per_image``), renders, computes ``total_loss`` and steps through
+    ``guarded_step`` (a non-finite loss or gradient skips the step, weights untouched). Returns (loss,
+    loss terms, outputs, the batch as the losses read it: (B, ·, 1, K) strips with pixel subsets).
+    """
+    pixels = None
+    if cfg.rays_per_image:  # a random pixel subset of each image; the losses then read strips
+        pixels = sample_pixels(batch["eye_mask"], cfg.rays_per_image, cfg.eye_ray_weight, generator)
+    loss_cfg = cfg.loss_config
+    want_template = cfg.model.model_name == "HeadNeRF_Gaze" and (loss_cfg.template > 0 or loss_cfg.template_eye > 0)
+    out, lat, cam = forward_batch(net, offsets, batch, training=True, generator=generator,
+                                  render_template=want_template, render_background=loss_cfg.background > 0,
+                                  pixels=pixels)
+    if pixels is not None:
+        batch = gather_pixels(batch, pixels)
+    loss, terms = total_loss(out, batch, loss_cfg, vgg, lat, cam)
+    guarded_step(loss, step)
+    return loss, terms, out, batch
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,8 +174,52 @@ def prepare(cfg: TrainConfig, resume: str | None = None):
     return {"train_ds": train_ds, "val_ds": val_ds, "vgg": vgg, "model": model, "offsets": offsets, "state": state}
 
 
+def make_optimizer(cfg: TrainConfig, model, offsets: PerImageOffsets):
+    """(Adam, its plateau schedule, the parameters it steps). The tri-plane features take
+    ``triplane_lr_scale`` times larger steps; the schedule scales every group by the same factor."""
+    params = list(model.parameters()) + list(offsets.parameters())
+    planes = [p for name, p in model.named_parameters() if name.startswith("triplane.")]
+    others = [p for p in params if all(p is not q for q in planes)]
+    groups = [{"params": others, "lr": cfg.init_lr}]
+    if planes:
+        groups.append({"params": planes, "lr": cfg.init_lr * cfg.triplane_lr_scale})
+    optimizer = torch.optim.Adam(groups, lr=cfg.init_lr)
+    # min_lr scales with the group
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_decay_factor,
+                                                           patience=cfg.lr_patience,
+                                                           min_lr=[cfg.min_lr * g["lr"] / cfg.init_lr for g in groups])
+    return optimizer, scheduler, params
+
+
+def restore_state(state: dict, optimizer, scheduler, generator: torch.Generator, rank: int) -> tuple[int, float]:
+    """Put a checkpoint's optimiser, schedule and random streams back. Returns (step, best validation loss)."""
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    saved_gens = state["rng"]["generator"]
+    generator.set_state(saved_gens[rank % len(saved_gens)].cpu())
+    torch.set_rng_state(state["rng"]["torch"])
+    return int(state["step"]), float(state["best_val"])
+
+
+def save_state(path: str, cfg: TrainConfig, model, offsets, optimizer, scheduler, generator: torch.Generator,
+               step: int, best: float, train_ds: GazeDataset, metadata: dict, rank: int, world: int) -> None:
+    """Write the checkpoint (rank 0), with every rank's random stream so that resume is exact on all of them."""
+    gens = [generator.get_state().cpu()]
+    if world > 1:
+        gens = [torch.empty_like(gens[0]) for _ in range(world)]
+        dist.all_gather_object(gens, generator.get_state().cpu())
+    if rank == 0:
+        save_checkpoint({"model": model.state_dict(), "offsets": offsets.state_dict(),
+                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "step": step, "best_val": best, "config": to_dict(cfg),
+                         "rng": {"torch": torch.get_rng_state(), "generator": gens},
+                         "code_dims": [train_ds.shape_code_dim, train_ds.appearance_code_dim],
+                         "code_slices": {k: list(v) for k, v in train_ds.code_slices.items()},
+                         **metadata}, path)
+
+
 # ----------------------------------------------------------------------------------------------
-# Validation and the final report
+# Validation, logging and the final report
 
 
 def validate(model, val_ds: GazeDataset, cfg: TrainConfig, device, rows=None) -> dict:
@@ -166,10 +229,10 @@ def validate(model, val_ds: GazeDataset, cfg: TrainConfig, device, rows=None) ->
     zero = PerImageOffsets(0, 0, False, False)
     with eval_mode(model):
         for i in range(0, len(rows), cfg.batch_size):
-            batch = _to(torch.utils.data.default_collate([val_ds[j] for j in rows[i:i + cfg.batch_size]]), device)
+            batch = to_device(torch.utils.data.default_collate([val_ds[j] for j in rows[i:i + cfg.batch_size]]), device)
             out, _, _ = forward_batch(model, zero, batch, training=False)
             head = batch["head_mask"]
-            gt = batch["image"] * head + (1 - head)
+            gt = whiten_background(batch["image"], head)
             psnr.append(masked_psnr(out["image"], gt, head))
             mse.append(((out["image"] - gt).square() * head).flatten(1).sum(1)
                        / (head.flatten(1).sum(1) * 3).clamp_min(1))
@@ -177,12 +240,31 @@ def validate(model, val_ds: GazeDataset, cfg: TrainConfig, device, rows=None) ->
     return {"val_loss": mse.mean().item(), "psnr_head": psnr.nanmean().item()}
 
 
-def _split_val_rows(val_ds: GazeDataset) -> tuple[list, list]:
-    """Indices of held-out-frame rows (seen cameras) and held-out-camera rows."""
-    cams = set(val_ds.split.heldout_cameras)
-    frames_rows = [i for i, r in enumerate(val_ds.rows) if r.cam not in cams]
-    cam_rows = [i for i, r in enumerate(val_ds.rows) if r.cam in cams]
-    return frames_rows, cam_rows
+def validate_on_rank0(model, val_ds: GazeDataset, cfg: TrainConfig, device, rank: int, world: int) -> float:
+    """The validation loss, computed on rank 0 and shared with every rank (each steps its schedule on it)."""
+    val = torch.tensor([validate(model, val_ds, cfg, device)["val_loss"] if rank == 0 else 0.0])
+    if world > 1:
+        dist.broadcast(val, 0)
+    return val.item()
+
+
+def log_step(writer, loss: torch.Tensor, terms: dict, lr: float, out: dict, batch: dict, step: int) -> None:
+    """Tensorboard scalars of a training step: the loss and its terms, the LR and the batch's head PSNR."""
+    writer.add_scalar("loss/total", loss.item(), step)
+    for k, v in terms.items():
+        writer.add_scalar(f"loss/{k}", v.item(), step)
+    writer.add_scalar("lr", lr, step)
+    with torch.no_grad():
+        head = batch["head_mask"]
+        gt = whiten_background(batch["image"], head)
+        writer.add_scalar("psnr/train_head", masked_psnr(out["image"].detach(), gt, head).nanmean().item(), step)
+
+
+def tensorboard_writer(run_dir: str):
+    """A tensorboard ``SummaryWriter`` logging to ``run_dir/tb``."""
+    from torch.utils.tensorboard import SummaryWriter  # tensorboard takes seconds to import: only a training run needs it
+
+    return SummaryWriter(os.path.join(run_dir, "tb"))
 
 
 def _spread(rows: list, count: int) -> list:
@@ -275,13 +357,12 @@ def redirection_report(model, val_ds: GazeDataset, device, max_sources: int = 16
         report["readout"] = redirection_readout_summary(errors)
     return report
 
-
 def _image_grid(model, val_ds: GazeDataset, device, n_sweep: int = 5) -> torch.Tensor:
     """(3, H, W) grid: GT | render | renders of the same view at a sweep of gaze yaws."""
     import torchvision
 
     with eval_mode(model):
-        item = _to(torch.utils.data.default_collate([val_ds[0]]), device)
+        item = to_device(torch.utils.data.default_collate([val_ds[0]]), device)
         tiles = [item["image"][0]]
         out, _, _ = forward_batch(model, PerImageOffsets(0, 0, False, False), item, training=False)
         tiles.append(out["image"][0])
@@ -298,7 +379,7 @@ def write_gaze_sweep_gif(model, val_ds: GazeDataset, device, path: str, frames: 
     import imageio.v2 as imageio
     import numpy as np
 
-    item = _to(torch.utils.data.default_collate([val_ds[0]]), device)
+    item = to_device(torch.utils.data.default_collate([val_ds[0]]), device)
     images = []
     with eval_mode(model):
         for k in range(frames):
@@ -307,7 +388,30 @@ def write_gaze_sweep_gif(model, val_ds: GazeDataset, device, path: str, frames: 
             out = model(item["shape_code"], item["appearance_code"], item["R_w2c"], item["t_w2c"], item["K"],
                         gaze_head=gaze, eye_mask=item["eye_mask"])
             images.append((out["image"][0].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8))
-    imageio.mimsave(path, images, duration=0.08, loop=0)
+    atomic_write(path, lambda tmp: imageio.mimsave(tmp, images, duration=0.08, loop=0))
+
+
+def final_report(model, val_ds: GazeDataset, cfg: TrainConfig, device, run_dir: str, report: dict) -> dict:
+    """Rank 0 at the end: head PSNR on spread held-out frames and cameras, the redirection report,
+    the gaze-sweep GIF; ``report`` is completed and written to ``run_dir/report.json``."""
+    frame_rows, cam_rows = split_val_rows(val_ds)
+    frame_rows, cam_rows = _spread(frame_rows, cfg.report_images), _spread(cam_rows, cfg.report_images)
+    report["report_images"] = {"heldout_frames": len(frame_rows), "heldout_cameras": len(cam_rows)}
+    if frame_rows:
+        report["psnr_head_heldout_frames"] = validate(model, val_ds, cfg, device, frame_rows)["psnr_head"]
+    if cam_rows:
+        report["psnr_head_heldout_cameras"] = validate(model, val_ds, cfg, device, cam_rows)["psnr_head"]
+    redirect = redirection_report(model, val_ds, device)
+    if redirect is not None:
+        report["gaze_redirection"] = redirect
+        if "readout" in redirect:
+            print(f"[train] exact gaze readout check: {redirect['readout']['check']}")
+    write_gaze_sweep_gif(model, val_ds, device, os.path.join(run_dir, "gaze_sweep.gif"))
+    write_report(run_dir, report)
+    print("[train] report: " + json.dumps(report))
+    print(f"[train] outputs: {os.path.join(run_dir, LAST_CHECKPOINT)}, {run_dir}/report.json, {run_dir}/gaze_sweep.gif, "
+          f"tensorboard {run_dir}/tb")
+    return report
 
 
 # ----------------------------------------------------------------------------------------------
@@ -319,10 +423,7 @@ def train(cfg: TrainConfig, resume: str | None = None, dry_run: bool = False, pr
     rank, world, device = setup_distributed(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    run_dir = resume if resume and os.path.isdir(resume) else (os.path.dirname(os.path.dirname(resume)) if resume else cfg.run_dir)
-    if not resume and os.path.exists(os.path.join(run_dir, "checkpoints", "last.pt")):
-        raise ConfigError(f"run_dir: {run_dir} already holds a run; pass --resume {run_dir} to continue it, "
-                          "or choose another run_dir (nothing was overwritten)")
+    run_dir = resolve_run_dir(cfg.run_dir, resume)
     torch.manual_seed(cfg.seed)
     parts = prepare(cfg, resume)
     train_ds, val_ds, model, offsets, state = (parts[k] for k in ("train_ds", "val_ds", "model", "offsets", "state"))
@@ -337,143 +438,56 @@ def train(cfg: TrainConfig, resume: str | None = None, dry_run: bool = False, pr
 
     model.to(device)
     offsets.to(device)
-    params = list(model.parameters()) + list(offsets.parameters())
-    planes = [p for name, p in model.named_parameters() if name.startswith("triplane.")]
-    others = [p for p in params if all(p is not q for q in planes)]
-    groups = [{"params": others, "lr": cfg.init_lr}]
-    if planes:
-        groups.append({"params": planes, "lr": cfg.init_lr * cfg.triplane_lr_scale})
-    optimizer = torch.optim.Adam(groups, lr=cfg.init_lr)
-    # the plateau schedule scales every group by the same factor; min_lr scales with the group
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_decay_factor,
-                                                           patience=cfg.lr_patience,
-                                                           min_lr=[cfg.min_lr * g["lr"] / cfg.init_lr for g in groups])
+    optimizer, scheduler, params = make_optimizer(cfg, model, offsets)
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed * 1000 + rank)
-    step, best = 0, math.inf
     metadata = data_metadata(train_ds) if rank == 0 else {}
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        saved_gens = state["rng"]["generator"]
-        generator.set_state(saved_gens[rank % len(saved_gens)].cpu())
-        torch.set_rng_state(state["rng"]["torch"])
-        step, best = int(state["step"]), float(state["best_val"])
+    step, best = restore_state(state, optimizer, scheduler, generator, rank) if state is not None else (0, math.inf)
     net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
-
     writer = None
     if rank == 0:
-        os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
-        with open(os.path.join(run_dir, "config.yaml"), "w") as f:
-            yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-        with open(os.path.join(run_dir, "git_hash.txt"), "w") as f:
-            f.write(_git_hash() + "\n")
-        from torch.utils.tensorboard import SummaryWriter
+        start_run_dir(run_dir, to_dict(cfg))
+        writer = tensorboard_writer(run_dir)
 
-        writer = SummaryWriter(os.path.join(run_dir, "tb"))
+    def save() -> None:
+        save_state(os.path.join(run_dir, LAST_CHECKPOINT), cfg, model, offsets, optimizer, scheduler, generator, step,
+                   best, train_ds, metadata, rank, world)
 
-    def checkpoint(tag: str = "last") -> None:
-        gens = [generator.get_state().cpu()]
-        if world > 1:  # every rank's jitter stream, so resume is exact on all of them
-            gens = [torch.empty_like(gens[0]) for _ in range(world)]
-            dist.all_gather_object(gens, generator.get_state().cpu())
-        if rank == 0:
-            save_checkpoint({"model": model.state_dict(), "offsets": offsets.state_dict(),
-                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             "step": step, "best_val": best, "config": to_dict(cfg),
-                             "rng": {"torch": torch.get_rng_state(), "generator": gens},
-                             "code_dims": [train_ds.shape_code_dim, train_ds.appearance_code_dim],
-                             "code_slices": {k: list(v) for k, v in train_ds.code_slices.items()},
-                             **metadata},
-                            os.path.join(run_dir, "checkpoints", f"{tag}.pt"))
-
-    stop = StopOnSignal().install()  # Ctrl-C / SIGTERM: finish the step, checkpoint, exit
-    sampler = StepBatchSampler(train_ds, cfg.batch_size, cfg.seed, step, cfg.steps, rank, world)
-    loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=cfg.data.num_workers,
-                        persistent_workers=False, pin_memory=device.type == "cuda")
-    want_template = cfg.model.model_name == "HeadNeRF_Gaze" and (cfg.loss_config.template > 0 or cfg.loss_config.template_eye > 0)
-    want_background = cfg.loss_config.background > 0
-    bad_steps, t_start = 0, time.time()
-    bar = None
-    if rank == 0 and progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True, file=sys.stdout)
-    try:
+    guarded_step = GuardedStep(optimizer, params, cfg.grad_clip, cfg.max_bad_steps, run_dir, "init_lr", world > 1)
+    loader = DataLoader(train_ds, batch_sampler=StepBatchSampler(train_ds, cfg.batch_size, cfg.seed, step, cfg.steps,
+                                                                 rank, world),
+                        num_workers=cfg.data.num_workers, persistent_workers=False, pin_memory=device.type == "cuda")
+    t_start = time.time()
+    bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True, file=sys.stdout,
+               disable=rank != 0 or not progress)
+    with checkpoint_on_signal(run_dir, "train", save, announce=rank == 0) as at_step_end, bar:
         for batch in loader:
-            batch = _to(batch, device)
-            pixels = None
-            if cfg.rays_per_image:  # a random pixel subset of each image; the losses then read strips
-                pixels = sample_pixels(batch["eye_mask"], cfg.rays_per_image, cfg.eye_ray_weight, generator)
-            out, lat, cam = forward_batch(net, offsets, batch, training=True, generator=generator,
-                                          render_template=want_template, render_background=want_background,
-                                          pixels=pixels)
-            if pixels is not None:
-                batch = gather_pixels(batch, pixels)
-            loss, terms = total_loss(out, batch, cfg.loss_config, parts["vgg"], lat, cam)
-            optimizer.zero_grad(set_to_none=True)
-            finite = backward_if_finite(loss, params)
-            if world > 1:  # every rank must agree to skip, or DDP would deadlock / diverge
-                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-            bad_steps = step_or_skip(bool(finite.item()), loss, optimizer, params, cfg.grad_clip, bad_steps,
-                                     cfg.max_bad_steps, step, run_dir, "init_lr")
+            loss, terms, out, batch = train_step(net, offsets, to_device(batch, device), cfg, guarded_step, step,
+                                                 generator, parts["vgg"])
             step += 1
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
+            lr = optimizer.param_groups[0]["lr"]
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.1e}")
             if writer is not None and step % cfg.log_every == 0:
-                writer.add_scalar("loss/total", loss.item(), step)
-                for k, v in terms.items():
-                    writer.add_scalar(f"loss/{k}", v.item(), step)
-                writer.add_scalar("lr", optimizer.param_groups[0]["lr"], step)
-                with torch.no_grad():
-                    head = batch["head_mask"]
-                    gt = batch["image"] * head + (1 - head)
-                    writer.add_scalar("psnr/train_head", masked_psnr(out["image"].detach(), gt, head).nanmean().item(), step)
+                log_step(writer, loss, terms, lr, out, batch, step)
             if step % cfg.val_every == 0 or step == cfg.steps:
-                val = torch.tensor([validate(model, val_ds, cfg, device)["val_loss"] if rank == 0 else 0.0])
-                if world > 1:
-                    dist.broadcast(val, 0)
-                scheduler.step(val.item())
-                best = min(best, val.item())
+                val_loss = validate_on_rank0(model, val_ds, cfg, device, rank, world)
+                scheduler.step(val_loss)
+                best = min(best, val_loss)
                 if writer is not None:
-                    writer.add_scalar("val/loss", val.item(), step)
-                    writer.add_scalar("val/psnr_head", -10 * math.log10(max(val.item(), 1e-10)), step)
+                    writer.add_scalar("val/loss", val_loss, step)
+                    writer.add_scalar("val/psnr_head", -10 * math.log10(max(val_loss, 1e-10)), step)
             if writer is not None and step % cfg.image_every == 0:
                 writer.add_image("val/gt_render_gaze_sweep", _image_grid(model, val_ds, device), step)
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                checkpoint()
-            stop.exit_if_requested(checkpoint, None if rank else (
-                f"\n[train] signal {{signum}} received: checkpoint written at step {step} to "
-                f"{run_dir}/checkpoints/last.pt; continue with --resume {run_dir}"))
-    finally:
-        stop.restore()
-        if bar is not None:
-            bar.close()
+                save()
+            at_step_end(step)
 
     report = {"steps": step, "train_seconds": round(time.time() - t_start, 1), "model_name": cfg.model.model_name,
               "mlp_precision": resolve_mlp_precision(cfg.model.mlp_precision, device.type)}
     if rank == 0:
-        frame_rows, cam_rows = _split_val_rows(val_ds)
-        frame_rows, cam_rows = _spread(frame_rows, cfg.report_images), _spread(cam_rows, cfg.report_images)
-        report["report_images"] = {"heldout_frames": len(frame_rows), "heldout_cameras": len(cam_rows)}
-        if frame_rows:
-            report["psnr_head_heldout_frames"] = validate(model, val_ds, cfg, device, frame_rows)["psnr_head"]
-        if cam_rows:
-            report["psnr_head_heldout_cameras"] = validate(model, val_ds, cfg, device, cam_rows)["psnr_head"]
-        redirect = redirection_report(model, val_ds, device)
-        if redirect is not None:
-            report["gaze_redirection"] = redirect
-            if "readout" in redirect:
-                print(f"[train] exact gaze readout check: {redirect['readout']['check']}")
-        write_gaze_sweep_gif(model, val_ds, device, os.path.join(run_dir, "gaze_sweep.gif"))
-        with open(os.path.join(run_dir, "report.json"), "w") as f:
-            json.dump(report, f, indent=1)
-        if writer is not None:
-            writer.close()
-        print("[train] report: " + json.dumps(report))
-        print(f"[train] outputs: {run_dir}/checkpoints/last.pt, {run_dir}/report.json, {run_dir}/gaze_sweep.gif, "
-              f"tensorboard {run_dir}/tb")
+        final_report(model, val_ds, cfg, device, run_dir, report)
+        writer.close()
     if world > 1:
         dist.barrier()
     return report

@@ -87,7 +87,7 @@ def redirect_rows(model, ds, rows, device, targets_per_source: int | None = None
     from HeadNeRF.geometry.gaze import angular_error_deg
     from HeadNeRF.models import eval_mode
     from HeadNeRF.geometry.gaze import gaze_in_head_frame
-    from HeadNeRF.training import _to
+    from HeadNeRF.loop import to_device as _to
 
     train_frames = set(range(10_000)) - set(ds.split.heldout_frames)
     pairs = []
@@ -216,7 +216,7 @@ def main() -> None:
 
     from HeadNeRF.data.dataset import GazeDataset
     from HeadNeRF.fitting import FitConfig, ground_truth_quality, load_trained_model
-    from HeadNeRF.training import _split_val_rows
+    from HeadNeRF.data.dataset import split_val_rows as _split_val_rows
 
     torch.set_num_threads(args.threads)
     model, info = load_trained_model(args.model_path, "cpu")

@@ -77,6 +77,40 @@ def test_tiny_overfit_loss_drops(tiny_dataset):
     assert max(losses[-3:]) < 0.5 * losses[0], losses
 
 
+def test_train_step_lowers_the_loss_and_a_nan_loss_is_skipped(tiny_dataset, monkeypatch):
+    """estimator.train.train_step on one batch: repeated steps lower the loss; a NaN output leaves every weight
+    as it was (the guard skips the step) and max_bad_steps in a row abort."""
+    import warnings
+
+    from HeadNeRF.estimator.train import train_step
+    from HeadNeRF.loop import GuardedStep
+
+    cfg = from_dict(EstimatorConfig, tiny_estimator_config(tiny_dataset, "unused", steps=100, augment=NO_AUGMENT))
+    faces = LabelledFaces(tiny_dataset, [0], 32)
+    torch.manual_seed(0)
+    model = GazeEstimator(18, 32, "standard", mean=(0.7, 0.65, 0.6), std=(0.3, 0.35, 0.4)).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    guarded_step = GuardedStep(optimizer, list(model.parameters()), cfg.grad_clip, 2, "unused", "lr")
+    batch = torch.utils.data.default_collate([faces[i] for i in range(4)])
+    gen = torch.Generator().manual_seed(0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    losses = [train_step(model, batch, cfg, guarded_step, s, gen, "cpu")[0].item() for s in range(20)]
+    assert max(losses[-3:]) < 0.5 * losses[0], losses
+    assert not torch.equal(before["net.fc.weight"], model.state_dict()["net.fc.weight"])
+
+    real = GazeEstimator.forward
+    monkeypatch.setattr(GazeEstimator, "forward", lambda self, x, *a: real(self, x, *a) * float("nan"))
+    trained = {k: v.clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+    with pytest.warns(UserWarning, match="non-finite"):
+        loss, _, taken = train_step(model, batch, cfg, guarded_step, 20, gen, "cpu")
+    assert torch.isnan(loss) and not taken and guarded_step.bad_steps == 1
+    # the weights are untouched (BatchNorm's running statistics move in any forward pass)
+    assert all(torch.equal(trained[k], p) for k, p in model.named_parameters())
+    with warnings.catch_warnings(), pytest.raises(TrainingAborted, match="2 consecutive"):
+        warnings.simplefilter("ignore")
+        train_step(model, batch, cfg, guarded_step, 21, gen, "cpu")
+
+
 def test_train_report_checkpoint_and_api(tiny_dataset, tmp_path):
     cfg = from_dict(EstimatorConfig, tiny_estimator_config(tiny_dataset, str(tmp_path / "run")))
     report = train_estimator(cfg, progress=False)

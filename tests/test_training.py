@@ -78,6 +78,39 @@ def test_one_image_overfit_loss_decreases(tiny_dataset, model_name):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+def test_train_step_lowers_the_loss_and_a_nan_loss_is_skipped(tiny_dataset, monkeypatch):
+    """training.train_step on one tiny batch: repeated steps lower the loss; a NaN loss leaves every weight
+    as it was (the guard skips it) and max_bad_steps in a row abort."""
+    import warnings
+
+    import HeadNeRF.training as training
+    from HeadNeRF.loop import GuardedStep
+
+    cfg = from_dict(TrainConfig, tiny_config_dict(tiny_dataset, "unused"))
+    torch.manual_seed(0)
+    parts = training.prepare(cfg)
+    model, offsets = parts["model"], parts["offsets"]
+    optimizer, _, params = training.make_optimizer(cfg, model, offsets)
+    guarded_step = GuardedStep(optimizer, params, cfg.grad_clip, 2, "unused", "init_lr")
+    batch = torch.utils.data.default_collate([parts["train_ds"][i] for i in range(2)])
+    generator = torch.Generator().manual_seed(0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    losses = [training.train_step(model, offsets, batch, cfg, guarded_step, s, generator)[0].item() for s in range(20)]
+    assert max(losses[-3:]) < 0.7 * losses[0], losses
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+    real = training.total_loss
+    monkeypatch.setattr(training, "total_loss", lambda *a, **k: (real(*a, **k)[0] * float("nan"), {}))
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.warns(UserWarning, match="non-finite"):
+        loss = training.train_step(model, offsets, batch, cfg, guarded_step, 20, generator)[0]
+    assert torch.isnan(loss) and guarded_step.bad_steps == 1
+    assert all(torch.equal(trained[k], v) for k, v in model.state_dict().items())
+    with warnings.catch_warnings(), pytest.raises(TrainingAborted, match="2 consecutive"):
+        warnings.simplefilter("ignore")
+        training.train_step(model, offsets, batch, cfg, guarded_step, 21, generator)
+
+
 def test_resume_is_exact(tiny_dataset, tmp_path):
     straight = from_dict(TrainConfig, tiny_config_dict(tiny_dataset, str(tmp_path / "a"), steps=4))
     train(straight, progress=False)

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from .codes import split_code
 from .layout import DataFormatError, Split, read_gaze_valid, subject_file_name, validate_file
 
-__all__ = ["GazeDataset", "RowRef", "open_validated"]
+__all__ = ["GazeDataset", "RowRef", "open_validated", "split_val_rows"]
 
 WHICH = ("train", "val", "test", "all")
 
@@ -233,3 +233,11 @@ class GazeDataset(torch.utils.data.Dataset):
         state = self.__dict__.copy()
         state["_files"], state["_pid"] = {}, None
         return state
+
+
+def split_val_rows(val_ds: GazeDataset) -> tuple[list, list]:
+    """Indices of a "val" dataset's held-out-frame rows (seen cameras) and of its held-out-camera rows."""
+    cams = set(val_ds.split.heldout_cameras)
+    frames_rows = [i for i, r in enumerate(val_ds.rows) if r.cam not in cams]
+    cam_rows = [i for i, r in enumerate(val_ds.rows) if r.cam in cams]
+    return frames_rows, cam_rows

@@ -14,6 +14,7 @@
 """
 
 import json
+import multiprocessing as mp
 import os
 import time
 
@@ -21,7 +22,9 @@ import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
+from ..atomic_io import atomic_write, atomic_write_json
 from ..data.dataset import GazeDataset
 from ..data.layout import SPLIT_FILE, DataFormatError, subject_file_name
 from ..geometry.gaze import gaze_in_head_frame
@@ -66,8 +69,6 @@ class LabelledFaces(torch.utils.data.Dataset):
         for ref in base.rows:
             by_subject.setdefault(ref.subject, []).append(ref.row)
         refs, gaze, head, eye, centres, images, self.skipped_unlabelled = [], [], [], [], [], [], 0
-        from tqdm import tqdm
-
         for sid in tqdm(list(by_subject), desc=desc, unit="subject", disable=not progress, leave=False):
             rows = np.array(sorted(by_subject[sid]))  # h5py reads lists of increasing indices
             with h5py.File(self.paths[sid], "r") as f:
@@ -147,17 +148,12 @@ def _render_one(args) -> str:
     subject, save_dir, num_cameras, num_frames, image_size, seed, supersample, threads = args
     if threads:
         torch.set_num_threads(threads)
+    # the synthetic renderer loads pytorch3d: imported only when a set is made, not by load_estimator/estimate
     from ..data.synthetic.writer import render_subject, write_subject_file
 
     path = os.path.join(save_dir, subject_file_name(subject))
     data = render_subject(subject, num_cameras, num_frames, image_size, seed, supersample=supersample)
-    tmp = os.path.join(save_dir, f".tmp_{os.getpid()}_{subject_file_name(subject)}")
-    try:
-        write_subject_file(tmp, subject, image_size, data, supersample)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: write_subject_file(tmp, subject, image_size, data, supersample))
     return path
 
 
@@ -170,8 +166,7 @@ def make_estimator_dataset(save_dir: str, num_subjects: int = 200, num_cameras: 
     same arguments (same seed -> same files); ``split.json`` is written last, so its presence
     means the set is complete. Returns {"dir", "skipped", "seconds", "images"}.
     """
-    from tqdm import tqdm
-
+    # the synthetic renderer loads pytorch3d: imported only when a set is made, not by load_estimator/estimate
     from ..data.synthetic.rig import MAX_CAMERAS
     from ..data.synthetic.writer import make_split
 
@@ -198,8 +193,6 @@ def make_estimator_dataset(save_dir: str, num_subjects: int = 200, num_cameras: 
     bar = tqdm(total=num_subjects, initial=num_subjects - len(todo), desc="estimator set", unit="subject",
                disable=not progress, dynamic_ncols=True)
     if workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-
         with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
             for _ in pool.imap_unordered(_render_one, jobs):
                 bar.update(1)
@@ -210,6 +203,6 @@ def make_estimator_dataset(save_dir: str, num_subjects: int = 200, num_cameras: 
     bar.close()
     make_split(num_subjects, num_cameras, num_frames).save(save_dir)
     seconds = time.time() - start
-    with open(os.path.join(save_dir, MARKER_FILE), "w") as f:
-        json.dump({"params": params, "seconds": round(seconds, 1), "rendered_subjects": len(todo)}, f, indent=1)
+    atomic_write_json(os.path.join(save_dir, MARKER_FILE),
+                      {"params": params, "seconds": round(seconds, 1), "rendered_subjects": len(todo)}, indent=1)
     return {"dir": save_dir, "skipped": False, "seconds": seconds, "images": num_subjects * rows}

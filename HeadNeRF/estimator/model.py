@@ -14,13 +14,17 @@
 """
 
 import dataclasses
+import json
+import os
 
 import torch
 import torchvision
 
-from ..checkpoint import CheckpointError, load_checkpoint
+from ..checkpoint import CheckpointError, checkpoint_path, load_checkpoint
 from ..config import ConfigError
+from ..geometry.gaze import rotate_pitch_yaw
 from .config import EstimatorModelConfig
+from .eyes import crop_eyes, eye_centres_from_landmarks, normalised_to_pixels
 
 __all__ = [
     "EYE_CENTRE_NAMES",
@@ -62,8 +66,6 @@ def normalised_head_rotation(head_pose: torch.Tensor) -> torch.Tensor:
 
 def compose_gaze(head_pose: torch.Tensor, eye_in_head: torch.Tensor) -> torch.Tensor:
     """(B, 2) head pose and (B, 2) gaze in the head frame -> (B, 2) gaze in the normalised camera frame."""
-    from ..geometry.gaze import rotate_pitch_yaw
-
     return rotate_pitch_yaw(eye_in_head, normalised_head_rotation(head_pose))
 
 
@@ -158,8 +160,6 @@ class GazeEstimator(torch.nn.Module):
         x = (images - self.mean) / self.std
         if self.eye_branch is None:
             return self.net(x)
-        from .eyes import crop_eyes
-
         feats = self.net(x)
         found = self.centre_head(feats)  # (B, 4)
         centres = found.detach().view(-1, 2, 2)
@@ -194,8 +194,6 @@ def load_pretrained(model: GazeEstimator, path: str) -> list:
     Returns the names of the skipped tensors. Raises ConfigError (one line) for a missing or
     unreadable file or a state_dict of another depth.
     """
-    import os
-
     if not os.path.isfile(path):
         raise ConfigError(f"model.pretrained_path: {path} not found (ImageNet weights cannot be downloaded here: "
                           f"copy torchvision's resnet{model.depth} .pth there, or set pretrained_path: \"\")")
@@ -247,11 +245,8 @@ def load_estimator(path: str, device="cpu") -> tuple[GazeEstimator, EstimatorInf
     Returns (model in eval mode on ``device``, info). Raises CheckpointError (one line) for a
     missing file, an unreadable one, or a checkpoint that is not an estimator's.
     """
-    import json
-    import os
-
     state = load_checkpoint(path)
-    file = os.path.join(path, "checkpoints", "last.pt") if os.path.isdir(path) else path
+    file = checkpoint_path(path)
     meta = state.get("estimator")
     if not isinstance(meta, dict):
         raise CheckpointError(f"{file}: not a gaze-estimator checkpoint (no 'estimator' entry; a NeRF checkpoint?); "
@@ -305,8 +300,6 @@ def estimate(model: GazeEstimator, images: torch.Tensor, batch_size: int = 256, 
         raise ValueError(f"estimator was trained on {model.input_size} px images, got {got}")
     centres = None
     if landmarks is not None and model.eye_branch is not None:
-        from .eyes import eye_centres_from_landmarks
-
         if landmarks.shape[0] != images.shape[0]:
             raise ValueError(f"estimate(): {landmarks.shape[0]} landmark sets for {images.shape[0]} images")
         centres = eye_centres_from_landmarks(landmarks, model.input_size).to(images.device)
@@ -323,8 +316,6 @@ def estimate(model: GazeEstimator, images: torch.Tensor, batch_size: int = 256, 
     if model.num_outputs >= 6:
         result["eye_in_head"] = out[:, 4:6]
     if model.eye_branch is not None:
-        from .eyes import normalised_to_pixels
-
         result["eye_centres"] = normalised_to_pixels(out[:, model.num_outputs:model.num_outputs + 4].view(-1, 2, 2),
                                                      model.input_size)
     return result

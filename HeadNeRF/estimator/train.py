@@ -2,7 +2,7 @@
 
 Conventions are those of ``HeadNeRF/training.py`` (the NeRF's loop):
 
-* **Data order** is a pure function of (seed, step) (``training.StepBatchSampler``), the
+* **Data order** is a pure function of (seed, step) (``loop.StepBatchSampler``), the
   augmentation draws from one ``torch.Generator`` whose state is checkpointed, and the LR is a
   pure function of the step (linear warm-up, cosine decay): a resumed run gives the same
   weights as an uninterrupted one.
@@ -11,8 +11,11 @@ Conventions are those of ``HeadNeRF/training.py`` (the NeRF's loop):
   others) are never trained on. They are scored every ``val_every`` steps for tensorboard only
   (nothing is selected on them: the model is the last step's), and fully in ``report.json``.
 * **Bad steps**: a NaN/inf loss or gradient skips the step with a warning; ``max_bad_steps``
-  in a row abort (:class:`~HeadNeRF.training.TrainingAborted`) without a checkpoint of the bad state.
-* **Interruption**: SIGINT/SIGTERM finish the current step, write a checkpoint, then exit.
+  in a row abort (:class:`~HeadNeRF.loop.TrainingAborted`) without a checkpoint of the bad state
+  (``loop.GuardedStep``); ``train_step`` is one step, callable from tests.
+* **Run directory** (``run_dir.py``, as the NeRF's): a new run refuses a directory that holds one;
+  ``config.yaml``, ``git_hash.txt`` and ``report.json`` are written atomically; SIGINT/SIGTERM
+  finish the current step, write a checkpoint, then exit.
 * Checkpoints (``run_dir/checkpoints/last.pt``, atomic, ``weights_only``-loadable) hold the
   weights (with the input normalisation), the optimizer, the step, the RNG states, the resolved
   config and an ``estimator`` entry: depth, stem, input_size, mean/std, the eye branch's
@@ -33,15 +36,19 @@ import time
 
 import torch
 import yaml
+from tqdm import tqdm
 
-from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..checkpoint import LAST_CHECKPOINT, CheckpointError, load_checkpoint, save_checkpoint
 from ..config import ConfigError, to_dict
 from ..data.layout import DataFormatError, Split
 from ..geometry.gaze import angular_error_deg
+from ..loop import GuardedStep, StepBatchSampler
+from ..run_dir import checkpoint_on_signal, resolve_run_dir, start_run_dir, write_report
 from .augment import augment_batch
 from .config import EstimatorConfig
 from .data import LabelledFaces, make_estimator_dataset
-from .model import OUTPUT_NAMES, GazeEstimator, build_estimator, estimate, eye_branch_spec
+from .eyes import normalised_to_pixels, pixels_to_normalised
+from .model import OUTPUT_NAMES, GazeEstimator, build_estimator, compose_gaze, estimate, eye_branch_spec, load_pretrained
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -52,6 +59,7 @@ __all__ = [
     "prepare_data",
     "resolve_subjects",
     "train_estimator",
+    "train_step",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -98,8 +106,6 @@ def evaluate_heldout(model: GazeEstimator, faces: LabelledFaces, device, rows=No
     labelled eyes) instead of letting it find the eyes itself, as it must on a render.
     Returns {"gaze": (N,), "head_pose": (N,), "subjects": (N,), "eye_in_head": (N,) or None} CPU tensors.
     """
-    from .eyes import normalised_to_pixels
-
     rows = list(range(len(faces))) if rows is None else list(rows)
     gaze_err, head_err, eye_err = [], [], []
     for i in range(0, len(rows), 256):
@@ -123,8 +129,6 @@ def evaluate_heldout(model: GazeEstimator, faces: LabelledFaces, device, rows=No
 def composed_label_error_deg(faces: LabelledFaces) -> float:
     """p90 angle (degrees) between the rows' gaze labels and their head pose (+) eye-in-head composition:
     about 0 for normalised rows (what ``model.compose_gaze`` relies on)."""
-    from .model import compose_gaze
-
     rows = _spread(len(faces), 4096)
     err = angular_error_deg(compose_gaze(faces.head_pose[rows], faces.eye_in_head[rows]), faces.gaze[rows])
     return float(err.double().quantile(0.9))
@@ -213,11 +217,104 @@ def _training_crop_centres(cfg: EstimatorConfig, centres: torch.Tensor, gen: tor
     return torch.where(use_label[:, None, None], centres + jitter, torch.full_like(centres, float("nan")))
 
 
-def _write_json(path: str, obj: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+def train_step(model: GazeEstimator, batch: dict, cfg: EstimatorConfig, guarded_step: GuardedStep, step: int,
+               gen: torch.Generator, device) -> tuple[torch.Tensor, dict, bool]:
+    """One optimisation step on a collated ``batch`` of :class:`LabelledFaces` items.
+
+    Sets the step's LR (:func:`lr_at`), augments, computes the L1 losses (and the eye-centre loss
+    with the eye branch) and steps through ``guarded_step`` (a non-finite loss or gradient skips the
+    step, weights untouched). Returns (loss, {term name: () tensor, "gaze_error_deg": mean angle of the
+    augmented batch}, whether the step was taken).
+    """
+    images = batch["image"].to(device).float() / 255.0
+    labels = torch.cat((batch["gaze"], batch["head_pose"], batch["eye_in_head"]), 1).to(device)
+    for group in guarded_step.optimizer.param_groups:
+        group["lr"] = lr_at(cfg, step)
+    terms = {}
+    if model.eye_branch is None:
+        images, labels = augment_batch(images, labels, cfg.augment, gen)
+        pred = model(images)
+    else:
+        images, labels, centres = augment_batch(images, labels, cfg.augment, gen, batch["eye_centres"].to(device))
+        pred = model(images, _training_crop_centres(cfg, centres, gen))
+        found = pred[:, len(OUTPUT_NAMES):].view(-1, 2, 2)
+        known = torch.isfinite(centres).flatten(1).all(1)
+        terms["eye_centre_l1"] = (found[known] - centres[known]).abs().mean() if known.any() else found.sum() * 0.0
+    err = (pred[:, :len(OUTPUT_NAMES)] - labels).abs()
+    terms.update(gaze_l1=err[:, :2].mean(), head_pose_l1=err[:, 2:4].mean(), eye_in_head_l1=err[:, 4:6].mean())
+    loss = terms["gaze_l1"] + cfg.head_pose_weight * terms["head_pose_l1"] + cfg.eye_weight * terms["eye_in_head_l1"]
+    if "eye_centre_l1" in terms:
+        loss = loss + cfg.eye_centre_weight * terms["eye_centre_l1"]
+    taken = guarded_step(loss, step)
+    with torch.no_grad():
+        terms["gaze_error_deg"] = angular_error_deg(pred[:, :2].detach(), labels[:, :2]).mean()
+    return loss, terms, taken
+
+
+def _log_step(writer, loss: torch.Tensor, terms: dict, lr: float, step: int) -> None:
+    writer.add_scalar("loss/total", loss.item(), step)
+    for name in ("gaze_l1", "head_pose_l1", "eye_in_head_l1", "eye_centre_l1"):
+        if name in terms:
+            writer.add_scalar(f"loss/{name}", terms[name].item(), step)
+    writer.add_scalar("train/gaze_error_deg_augmented", terms["gaze_error_deg"].item(), step)
+    writer.add_scalar("lr", lr, step)
+
+
+def _log_heldout(model: GazeEstimator, heldout: LabelledFaces, device, rows: list, writer, step: int, bar) -> None:
+    """Score ``rows`` of the held-out subjects (tensorboard and one line; nothing is selected on them)."""
+    errs = evaluate_heldout(model, heldout, device, rows)
+    model.train()
+    writer.add_scalar("heldout/gaze_error_deg", errs["gaze"].mean().item(), step)
+    writer.add_scalar("heldout/head_pose_error_deg", errs["head_pose"].mean().item(), step)
+    bar.write(f"[estimator] step {step}: held-out gaze error {errs['gaze'].mean().item():.2f} deg, "
+              f"head pose {errs['head_pose'].mean().item():.2f} deg, eye in head "
+              f"{errs['eye_in_head'].mean().item():.2f} deg ({len(rows)} images)")
+
+
+def _model_for_run(cfg: EstimatorConfig, state: dict | None, train_faces: LabelledFaces, resume: str | None):
+    """A fresh estimator (normalised by the training images' statistics, or ImageNet's with pretrained
+    weights), or the checkpoint's when resuming."""
+    if state is None:
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if cfg.model.pretrained_path else _stats(train_faces)
+        model = build_estimator(cfg.model, mean, std)
+        model.set_centre_prior(train_faces.eye_centres)
+        return model
+    model = GazeEstimator(cfg.model.depth, cfg.model.input_size, cfg.model.stem, eye_branch=eye_branch_spec(cfg.model),
+                          compose_gaze=cfg.model.compose_gaze)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{resume}: weights do not fit this config ({str(exc).splitlines()[0][:200]})") from None
+    return model
+
+
+def _describe(cfg: EstimatorConfig, model: GazeEstimator, train_faces: LabelledFaces, heldout, run_dir: str) -> int:
+    """Print what is about to train (and warn about labels that break ``compose_gaze``). Returns the parameter count."""
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"[estimator] ResNet-{cfg.model.depth} ({cfg.model.stem} stem, {cfg.model.input_size} px"
+          f"{', eye branch' if model.eye_branch else ''}): "
+          f"{n_params / 1e6:.2f} M parameters; {len(train_faces)} training images of "
+          f"{len(set(train_faces.subjects.tolist()))} subjects, "
+          f"{len(heldout) if heldout else 0} held-out images; run dir {run_dir}")
+    if train_faces.skipped_unlabelled:
+        print(f"[estimator] skipped {train_faces.skipped_unlabelled} training rows without a gaze label")
+    label_gap = composed_label_error_deg(train_faces)
+    if cfg.model.compose_gaze and label_gap > 1.0:
+        print(f"[estimator] warning: model.compose_gaze assumes ETH-XGaze-normalised rows (zero roll), but composing "
+              f"these labels' head pose and eye-in-head misses their gaze by {label_gap:.1f} deg (p90)")
+    return n_params
+
+
+def _checkpoint_meta(cfg: EstimatorConfig, model: GazeEstimator, train_faces: LabelledFaces, heldout) -> dict:
+    """The checkpoint's ``estimator`` entry: what ``load_estimator`` and the evaluation read."""
+    return {"depth": cfg.model.depth, "stem": cfg.model.stem, "input_size": cfg.model.input_size,
+            "mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist(),
+            "train_image_size": int(train_faces.stored_size or cfg.model.input_size),
+            "dataset_dir": cfg.data.dataset_dir, "outputs": list(OUTPUT_NAMES), "eye_branch": model.eye_branch,
+            "compose_gaze": cfg.model.compose_gaze,
+            "train_subjects": sorted(int(s) for s in set(train_faces.subjects.tolist())),
+            "heldout_subjects": sorted(int(s) for s in set(heldout.subjects.tolist())) if heldout is not None else [],
+            "frame": "normalised camera (layout face_gaze / face_head_pose), radians"}
 
 
 def train_estimator(cfg: EstimatorConfig, resume: str | None = None, dry_run: bool = False,
@@ -233,19 +330,11 @@ def train_estimator(cfg: EstimatorConfig, resume: str | None = None, dry_run: bo
     device = torch.device(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    run_dir = resume if resume and os.path.isdir(resume) else (
-        os.path.dirname(os.path.dirname(resume)) if resume else cfg.run_dir)
-    ckpt_path = os.path.join(run_dir, "checkpoints", "last.pt")
-    if not resume and os.path.exists(ckpt_path):
-        raise ConfigError(f"run_dir: {run_dir} already holds a run; pass --resume {run_dir} to continue it, "
-                          "or choose another run_dir (nothing was overwritten)")
-    state = None
-    if resume:
-        state = load_checkpoint(resume)
+    run_dir = resolve_run_dir(cfg.run_dir, resume)
+    state = load_checkpoint(resume) if resume else None
+    if state is not None:
         _check_resume(state, cfg, resume)
-    if cfg.model.pretrained_path and state is None:
-        from .model import load_pretrained
-
+    elif cfg.model.pretrained_path:  # a missing or foreign weights file fails before the data is loaded
         load_pretrained(GazeEstimator(cfg.model.depth, cfg.model.input_size, cfg.model.stem), cfg.model.pretrained_path)
     t_data = time.time()
     train_faces, heldout, note = prepare_data(cfg, progress)
@@ -253,160 +342,85 @@ def train_estimator(cfg: EstimatorConfig, resume: str | None = None, dry_run: bo
     if len(train_faces) < cfg.batch_size:
         raise ConfigError(f"batch_size: {cfg.batch_size} is more than the {len(train_faces)} labelled training images")
     torch.manual_seed(cfg.seed)
-    eye_spec = eye_branch_spec(cfg.model)
-    if state is not None:
-        model = GazeEstimator(cfg.model.depth, cfg.model.input_size, cfg.model.stem, eye_branch=eye_spec,
-                              compose_gaze=cfg.model.compose_gaze)
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            raise CheckpointError(f"{resume}: weights do not fit this config ({str(exc).splitlines()[0][:200]})") from None
-    else:
-        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if cfg.model.pretrained_path else _stats(train_faces)
-        model = build_estimator(cfg.model, mean, std)
-        model.set_centre_prior(train_faces.eye_centres)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"[estimator] ResNet-{cfg.model.depth} ({cfg.model.stem} stem, {cfg.model.input_size} px"
-          f"{', eye branch' if eye_spec else ''}): "
-          f"{n_params / 1e6:.2f} M parameters; {len(train_faces)} training images of "
-          f"{len(set(train_faces.subjects.tolist()))} subjects, "
-          f"{len(heldout) if heldout else 0} held-out images; run dir {run_dir}")
-    if train_faces.skipped_unlabelled:
-        print(f"[estimator] skipped {train_faces.skipped_unlabelled} training rows without a gaze label")
-    label_gap = composed_label_error_deg(train_faces)
-    if cfg.model.compose_gaze and label_gap > 1.0:
-        print(f"[estimator] warning: model.compose_gaze assumes ETH-XGaze-normalised rows (zero roll), but composing "
-              f"these labels' head pose and eye-in-head misses their gaze by {label_gap:.1f} deg (p90)")
+    model = _model_for_run(cfg, state, train_faces, resume)
+    n_params = _describe(cfg, model, train_faces, heldout, run_dir)
     if dry_run:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return {"dry_run": True, "parameters": n_params}
 
     model.to(device)
+    optimizer, gen, step, train_seconds = _optimisation(cfg, model, state, device)
+    meta = _checkpoint_meta(cfg, model, train_faces, heldout)
+    start_run_dir(run_dir, to_dict(cfg))
+    writer = _tensorboard_writer(run_dir)
+
+    def save() -> None:
+        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                         "config": to_dict(cfg), "estimator": meta, "train_seconds": train_seconds,
+                         "rng": {"torch": torch.get_rng_state(), "generator": gen.get_state().cpu()}},
+                        os.path.join(run_dir, LAST_CHECKPOINT))
+
+    guarded_step = GuardedStep(optimizer, list(model.parameters()), cfg.grad_clip, cfg.max_bad_steps, run_dir, "lr")
+    end = cfg.steps if stop_after is None else max(step, min(cfg.steps, stop_after))
+    loader = torch.utils.data.DataLoader(train_faces, batch_sampler=StepBatchSampler(train_faces, cfg.batch_size,
+                                                                                     cfg.seed, step, end),
+                                         num_workers=0 if cfg.data.preload else cfg.data.num_workers)
+    val_rows = _spread(len(heldout), cfg.val_images) if heldout is not None else []
+    bar = tqdm(total=end, initial=step, desc="train estimator", dynamic_ncols=True, file=sys.stdout,
+               disable=not progress or step >= cfg.steps)
+    t_last = time.time()
+    model.train()
+    with checkpoint_on_signal(run_dir, "estimator", save) as at_step_end, bar:
+        for batch in loader:
+            loss, terms, taken = train_step(model, batch, cfg, guarded_step, step, gen, device)
+            step += 1
+            now = time.time()
+            train_seconds, t_last = train_seconds + now - t_last, now
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
+            if step % cfg.log_every == 0 and taken:
+                _log_step(writer, loss, terms, optimizer.param_groups[0]["lr"], step)
+            if val_rows and (step % cfg.val_every == 0 or step == cfg.steps):
+                _log_heldout(model, heldout, device, val_rows, writer, step, bar)
+                t_last = time.time()  # held-out scoring is not training time
+            if step % cfg.ckpt_every == 0 or step == end:
+                save()
+            at_step_end(step)
+    writer.close()
+    if step < cfg.steps:
+        print(f"[estimator] stopped at step {step} of {cfg.steps}; continue with --resume {run_dir}")
+        return {"steps": step, "stopped": True}
+    report = _report(cfg, model, train_faces, heldout, note, device, step, train_seconds,
+                     os.path.join(run_dir, LAST_CHECKPOINT))
+    report["data_seconds"] = round(data_seconds, 1)  # making (if asked) and loading the data, this invocation
+    _publish_report(run_dir, report, note)
+    return report
+
+
+def _optimisation(cfg: EstimatorConfig, model: GazeEstimator, state: dict | None, device):
+    """(AdamW, the augmentation's generator, step, training seconds so far): fresh, or the checkpoint's."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.seed * 1000 + 17)
-    step, train_seconds = 0, 0.0
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        gen.set_state(state["rng"]["generator"].cpu())
-        torch.set_rng_state(state["rng"]["torch"])
-        step, train_seconds = int(state["step"]), float(state.get("train_seconds", 0.0))
-    meta = {"depth": cfg.model.depth, "stem": cfg.model.stem, "input_size": cfg.model.input_size,
-            "mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist(),
-            "train_image_size": int(train_faces.stored_size or cfg.model.input_size),
-            "dataset_dir": cfg.data.dataset_dir, "outputs": list(OUTPUT_NAMES), "eye_branch": eye_spec,
-            "compose_gaze": cfg.model.compose_gaze,
-            "train_subjects": sorted(int(s) for s in set(train_faces.subjects.tolist())),
-            "heldout_subjects": sorted(int(s) for s in set(heldout.subjects.tolist())) if heldout is not None else [],
-            "frame": "normalised camera (layout face_gaze / face_head_pose), radians"}
+    if state is None:
+        return optimizer, gen, 0, 0.0
+    optimizer.load_state_dict(state["optimizer"])
+    gen.set_state(state["rng"]["generator"].cpu())
+    torch.set_rng_state(state["rng"]["torch"])
+    return optimizer, gen, int(state["step"]), float(state.get("train_seconds", 0.0))
 
-    os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
-    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-    from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(os.path.join(run_dir, "tb"))
-
-    def checkpoint() -> None:
-        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                         "config": to_dict(cfg), "estimator": meta, "train_seconds": train_seconds,
-                         "rng": {"torch": torch.get_rng_state(), "generator": gen.get_state().cpu()}}, ckpt_path)
-
-    from ..loop import StepBatchSampler, StopOnSignal, backward_if_finite, step_or_skip
-
-    stop = StopOnSignal().install()  # Ctrl-C / SIGTERM: finish the step, checkpoint, exit
-
-    params = list(model.parameters())
-
-    end = cfg.steps if stop_after is None else max(step, min(cfg.steps, stop_after))
-    sampler = StepBatchSampler(train_faces, cfg.batch_size, cfg.seed, step, end)
-    loader = torch.utils.data.DataLoader(train_faces, batch_sampler=sampler,
-                                         num_workers=0 if cfg.data.preload else cfg.data.num_workers)
-    val_rows = _spread(len(heldout), cfg.val_images) if heldout is not None else []
-    bar = None
-    if progress and step < cfg.steps:
-        from tqdm import tqdm
-
-        bar = tqdm(total=end, initial=step, desc="train estimator", dynamic_ncols=True, file=sys.stdout)
-    bad_steps, t_last = 0, time.time()
-    model.train()
-    try:
-        for batch in loader:
-            images = batch["image"].to(device).float() / 255.0
-            labels = torch.cat((batch["gaze"], batch["head_pose"], batch["eye_in_head"]), 1).to(device)
-            lr = lr_at(cfg, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_centre = None
-            if eye_spec is None:
-                images, labels = augment_batch(images, labels, cfg.augment, gen)
-                pred = model(images)
-            else:
-                images, labels, centres = augment_batch(images, labels, cfg.augment, gen,
-                                                        batch["eye_centres"].to(device))
-                pred = model(images, _training_crop_centres(cfg, centres, gen))
-                found = pred[:, len(OUTPUT_NAMES):].view(-1, 2, 2)
-                known = torch.isfinite(centres).flatten(1).all(1)
-                loss_centre = ((found[known] - centres[known]).abs().mean() if known.any()
-                               else found.sum() * 0.0)
-            err = (pred[:, :len(OUTPUT_NAMES)] - labels).abs()
-            loss_gaze, loss_head, loss_eye = err[:, :2].mean(), err[:, 2:4].mean(), err[:, 4:6].mean()
-            loss = loss_gaze + cfg.head_pose_weight * loss_head + cfg.eye_weight * loss_eye
-            if loss_centre is not None:
-                loss = loss + cfg.eye_centre_weight * loss_centre
-            optimizer.zero_grad(set_to_none=True)
-            finite = bool(backward_if_finite(loss, params).item())
-            bad_steps = step_or_skip(finite, loss, optimizer, params, cfg.grad_clip, bad_steps, cfg.max_bad_steps,
-                                     step, run_dir, "lr")
-            step += 1
-            now = time.time()
-            train_seconds += now - t_last
-            t_last = now
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.1e}")
-            if step % cfg.log_every == 0 and finite:
-                with torch.no_grad():
-                    gaze_deg = angular_error_deg(pred[:, :2].detach(), labels[:, :2]).mean().item()
-                writer.add_scalar("loss/total", loss.item(), step)
-                writer.add_scalar("loss/gaze_l1", loss_gaze.item(), step)
-                writer.add_scalar("loss/head_pose_l1", loss_head.item(), step)
-                writer.add_scalar("loss/eye_in_head_l1", loss_eye.item(), step)
-                if loss_centre is not None:
-                    writer.add_scalar("loss/eye_centre_l1", loss_centre.item(), step)
-                writer.add_scalar("train/gaze_error_deg_augmented", gaze_deg, step)
-                writer.add_scalar("lr", lr, step)
-            if val_rows and (step % cfg.val_every == 0 or step == cfg.steps):
-                errs = evaluate_heldout(model, heldout, device, val_rows)
-                model.train()
-                writer.add_scalar("heldout/gaze_error_deg", errs["gaze"].mean().item(), step)
-                writer.add_scalar("heldout/head_pose_error_deg", errs["head_pose"].mean().item(), step)
-                line = (f"[estimator] step {step}: held-out gaze error {errs['gaze'].mean().item():.2f} deg, "
-                        f"head pose {errs['head_pose'].mean().item():.2f} deg, eye in head "
-                        f"{errs['eye_in_head'].mean().item():.2f} deg ({len(val_rows)} images)")
-                (bar.write if bar is not None else print)(line)
-                t_last = time.time()  # held-out scoring is not training time
-            if step % cfg.ckpt_every == 0 or step == end:
-                checkpoint()
-            stop.exit_if_requested(checkpoint, f"\n[estimator] signal {{signum}} received: checkpoint written at step "
-                                               f"{step} to {ckpt_path}; continue with --resume {run_dir}")
-    finally:
-        stop.restore()
-        if bar is not None:
-            bar.close()
-
-    if step < cfg.steps:
-        writer.close()
-        print(f"[estimator] stopped at step {step} of {cfg.steps}; continue with --resume {run_dir}")
-        return {"steps": step, "stopped": True}
-    report = _report(cfg, model, train_faces, heldout, note, device, step, train_seconds, ckpt_path)
-    report["data_seconds"] = round(data_seconds, 1)  # making (if asked) and loading the data, this invocation
-    _write_json(os.path.join(run_dir, "report.json"), report)
-    writer.close()
+def _publish_report(run_dir: str, report: dict, note: str) -> None:
+    write_report(run_dir, report)
     summary = {k: report.get(k) for k in ("gaze_error_deg", "head_pose_error_deg")}
     print("[estimator] held-out report: " + json.dumps(summary if report.get("gaze_error_deg") else note))
-    print(f"[estimator] outputs: {ckpt_path}, {run_dir}/report.json, tensorboard {run_dir}/tb")
-    return report
+    print(f"[estimator] outputs: {os.path.join(run_dir, LAST_CHECKPOINT)}, {run_dir}/report.json, tensorboard {run_dir}/tb")
+
+
+def _tensorboard_writer(run_dir: str):
+    from torch.utils.tensorboard import SummaryWriter  # tensorboard takes seconds to import: only a training run needs it
+
+    return SummaryWriter(os.path.join(run_dir, "tb"))
 
 
 def _report(cfg, model, train_faces, heldout, note, device, step, train_seconds, ckpt_path) -> dict:
@@ -440,8 +454,6 @@ def _report(cfg, model, train_faces, heldout, note, device, step, train_seconds,
             train_faces.eye_in_head.mean(0, keepdim=True).expand_as(heldout.eye_in_head), heldout.eye_in_head).mean().item(),
         skipped_unlabelled_heldout_rows=heldout.skipped_unlabelled)
     if model.eye_branch is not None:  # the report's numbers crop where the network finds the eyes (as on renders)
-        from .eyes import pixels_to_normalised
-
         rows = _spread(len(heldout), 2048)
         found = torch.cat([estimate(model, torch.stack([heldout.image(j) for j in rows[i:i + 256]]).to(device).float()
                                     / 255)["eye_centres"].cpu() for i in range(0, len(rows), 256)])
