@@ -18,6 +18,7 @@ Exit status: 0 done; 1 the photo cannot be fitted (no face, face too small); 2 b
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -95,9 +96,7 @@ def overrides_from(args) -> dict:
 
 def load_config(args):
     """The PhotoFitConfig of this command: --config (or the defaults) with the flags on top."""
-    import dataclasses
-
-    from HeadNeRF.fitting import load_photo_fit_config
+    from HeadNeRF.fitting import load_photo_fit_config  # torch and the package load after --help / argument errors
 
     cfg = load_photo_fit_config(args.config, overrides_from(args))
     if args.vgg_weights and cfg.fit.vgg == 0:

@@ -75,7 +75,7 @@ def photo(tmp_path_factory) -> str:
     return path
 
 
-def run_cli(*args, timeout=240):
+def run_cli(*args, timeout=900):  # generous: a hang, not a loaded machine, should fail it
     return subprocess.run([sys.executable, SCRIPT, *args, "--no_progress"], check=False, capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"))
 
