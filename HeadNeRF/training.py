@@ -42,6 +42,7 @@ from .config import ConfigError, TrainConfig, to_dict
 from .data.dataset import GazeDataset, split_val_rows
 from .data.statistics import data_metadata
 from .evaluation.metrics import whiten_background
+from .evaluation.exact_render import dataset_redirection
 from .geometry.gaze import gaze_in_head_frame
 from .loop import GuardedStep, StepBatchSampler, TrainingAborted, to_device
 from .losses import VGGPerceptual, total_loss
@@ -52,10 +53,6 @@ from .run_dir import checkpoint_on_signal, resolve_run_dir, start_run_dir, write
 
 __all__ = ["train", "train_step", "TrainingAborted", "PerImageOffsets", "prepare", "forward_batch", "validate",
            "redirection_report"]
-
-# redirection_report's names for the shared helpers (helper "fitpkg" moves its body into evaluation/)
-_to, _split_val_rows = to_device, split_val_rows
-
 
 # ----------------------------------------------------------------------------------------------
 # Small pieces
@@ -275,7 +272,7 @@ def _spread(rows: list, count: int) -> list:
 
 
 def redirection_report(model, val_ds: GazeDataset, device, max_sources: int = 16, readout: bool = True) -> dict | None:
-    """Gaze redirection against the generator's exact render (synthetic data only).
+    """Gaze redirection against the generator's exact render (synthetic data only): the report's ``redirect``.
 
     Sources A: up to ``max_sources`` held-out-frame rows (seen cameras), spread over the
     subjects. Targets B: **every** other held-out frame of the same subject and camera (no
@@ -291,71 +288,11 @@ def redirection_report(model, val_ds: GazeDataset, device, max_sources: int = 16
     (the readout's floor), and
     ``check``: "met" when the model's mean error is at most half of both the copy's and the model's own
     render at A's gaze ("no_redirection": a gaze-blind model equals it by construction), else "NOT met".
+    The measurement is ``evaluation.exact_render.dataset_redirection``.
     """
-    import h5py
-    import numpy as np
-
-    frame_rows, _ = _split_val_rows(val_ds)
-    if not frame_rows:
-        return None
-    with h5py.File(val_ds.paths[val_ds.rows[frame_rows[0]].subject], "r") as f:
-        if f.attrs.get("source") != "synthetic":
-            return None
-        supersample = int(f.attrs.get("supersample", 1))  # render the target exactly as the stored images were
-    from .data.synthetic import render_view
-    from .evaluation.readout import GazeReadout, readout_errors_deg, redirection_readout_summary
-    from .fitting import is_synthetic_layout
-
-    # The readout redraws a row from its code: only when the codes are the generator's own.
-    readout = readout and val_ds.code_slices is not None and is_synthetic_layout(val_ds.code_slices)
-    heldout_frames = set(val_ds.split.heldout_frames)
-    model_psnr, copy_psnr = [], []
-    errors: dict[str, list] = {"model": [], "copy_input": [], "no_redirection": [], "floor": []}
-    for i in _spread(frame_rows, max_sources):  # spread over the subjects, not the first subject's frames
-        sid, row, cam, frame, _ = val_ds.rows[i]
-        with h5py.File(val_ds.paths[sid], "r") as f:
-            cams, frames = np.asarray(f["cam_index"][:]), np.asarray(f["frame_index"][:])
-            valid = np.asarray(f["valid_mask"][:], dtype=bool)
-            others = np.flatnonzero(valid & (cams == cam) & (frames != frame))
-            # increasing row indices (flatnonzero order), as h5py's list indexing requires
-            targets = [int(r) for r in others if int(frames[r]) in heldout_frames] or [int(r) for r in others]
-            if not targets:
-                continue
-            code = f["latent_code"][row]
-            gaze_b = torch.as_tensor(np.asarray(f["face_gaze"][targets], dtype=np.float32))
-            R_b = torch.as_tensor(np.asarray(f["cam_R_w2c"][targets], dtype=np.float32))
-        n = len(targets)
-        a = val_ds[i]
-        gaze_head_b = gaze_in_head_frame(gaze_b, R_b)  # (n, 2)
-        target = render_view(code, a["R_w2c"][None].expand(n, 3, 3), a["t_w2c"][None].expand(n, 3),
-                             a["K"][None].expand(n, 3, 3), val_ds.image_size, gaze_head_b, supersample=supersample)
-        tgt_img = torch.as_tensor(np.asarray(target["image"])).permute(0, 3, 1, 2).float().div(255).to(device)
-        tgt_eye = (torch.as_tensor(np.asarray(target["eye_mask"])) >= 128).float()[:, None].to(device)
-        A = {k: v.expand(n, *v.shape[1:]) for k, v in _to(torch.utils.data.default_collate([a]), device).items()
-             if torch.is_tensor(v)}
-        with eval_mode(model):
-            out = model(A["shape_code"], A["appearance_code"], A["R_w2c"], A["t_w2c"], A["K"],
-                        gaze_head=gaze_head_b.to(device), eye_mask=A["eye_mask"])
-        eye = ((tgt_eye + A["eye_mask"]) > 0).float()
-        model_psnr += masked_psnr(out["image"], tgt_img, eye).tolist()
-        copy_psnr += masked_psnr(A["image"], tgt_img, eye).tolist()
-        if readout:
-            # The model asked for A's own gaze: what "ignoring the request" looks like for this model.
-            gaze_head_a = gaze_in_head_frame(a["gaze"][None], a["R_w2c"][None]).to(device)
-            with eval_mode(model):
-                own = model(A["shape_code"][:1], A["appearance_code"][:1], A["R_w2c"][:1], A["t_w2c"][:1], A["K"][:1],
-                            gaze_head=gaze_head_a, eye_mask=A["eye_mask"][:1])["image"]
-            ro = GazeReadout(code, a["R_w2c"], a["t_w2c"], a["K"], val_ds.image_size, supersample)
-            for name, imgs in (("model", out["image"]), ("copy_input", A["image"][:1]), ("no_redirection", own),
-                               ("floor", tgt_img)):
-                errors[name] += readout_errors_deg(ro, imgs, gaze_head_b)
-    if not model_psnr:
-        return None
-    m, c = sum(model_psnr) / len(model_psnr), sum(copy_psnr) / len(copy_psnr)
-    report = {"pairs": len(model_psnr), "eye_psnr_model": m, "eye_psnr_copy_input": c, "eye_psnr_gain_db": m - c}
-    if readout:
-        report["readout"] = redirection_readout_summary(errors)
-    return report
+    frame_rows, _ = split_val_rows(val_ds)
+    # spread over the subjects, not the first subject's frames
+    return dataset_redirection(model, val_ds, _spread(frame_rows, max_sources), device, readout)
 
 def _image_grid(model, val_ds: GazeDataset, device, n_sweep: int = 5) -> torch.Tensor:
     """(3, H, W) grid: GT | render | renders of the same view at a sweep of gaze yaws."""

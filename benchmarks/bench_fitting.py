@@ -17,7 +17,7 @@ astronaut of scikit-image by default, ``--repeats`` times, and prints the subpro
 plus the per-stage wall and CPU seconds from its ``fit.json``. On a shared machine the wall
 times depend on the other load; the CPU seconds do not (much).
 
-Quality (``fitting.ground_truth_quality``): fit one image of each test subject (frontal camera,
+Quality (``evaluation.exact_render.ground_truth_quality``): fit one image of each test subject (frontal camera,
 first frame) from the checkpoint's mean code ("mean", what a photo without a usable code gets)
 and from the row's exact generator code ("row", privileged), with and without fine-tuning, and
 compare (a) the same view, (b) the same view at every other frame's gaze (eye region, gain over
@@ -73,7 +73,8 @@ def bench_quality(args) -> None:
     import torch
 
     from HeadNeRF.data.dataset import GazeDataset
-    from HeadNeRF.fitting import FitConfig, ground_truth_quality, load_trained_model
+    from HeadNeRF.evaluation.exact_render import ground_truth_quality
+    from HeadNeRF.fitting import FitConfig, load_trained_model
 
     torch.set_num_threads(args.threads)
     model, info = load_trained_model(args.model_path, args.device)

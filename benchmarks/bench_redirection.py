@@ -13,7 +13,7 @@ was asked for; nothing here re-implements the readout. Groups of pairs (source r
 * ``seen/train-frame``: A = training rows of the same subjects (the rows the model was fitted to);
 * ``unseen/exact-code``: A = rows of the test subject, rendered with its exact generator code (no fit):
   the model's own generalisation to a new face, without any fitting error;
-* ``unseen/fit-<init>``: ``fitting.ground_truth_quality`` (codes-only fit from the checkpoint's mean
+* ``unseen/fit-<init>``: ``evaluation.exact_render.ground_truth_quality`` (codes-only fit from the checkpoint's mean
   code or from the row's exact code) for each ``--fit_cams`` source camera: the fit's error on top.
 
 For every group: the error of the redirected renders, by view (camera yaw bin), by the size of the
@@ -215,15 +215,16 @@ def main() -> None:
     import torch
 
     from HeadNeRF.data.dataset import GazeDataset
-    from HeadNeRF.fitting import FitConfig, ground_truth_quality, load_trained_model
-    from HeadNeRF.data.dataset import split_val_rows as _split_val_rows
+    from HeadNeRF.data.dataset import split_val_rows
+    from HeadNeRF.evaluation.exact_render import ground_truth_quality
+    from HeadNeRF.fitting import FitConfig, load_trained_model
 
     torch.set_num_threads(args.threads)
     model, info = load_trained_model(args.model_path, "cpu")
     val = GazeDataset(args.dataset, "val", image_size=info.image_size)
     train = GazeDataset(args.dataset, "train", image_size=info.image_size)
     test = GazeDataset(args.dataset, "test", image_size=info.image_size)
-    frame_rows, _ = _split_val_rows(val)
+    frame_rows, _ = split_val_rows(val)
     groups = {
         "seen/heldout-frame": (val, spread_over_views(val, frame_rows, args.sources)),
         "seen/train-frame": (train, spread_over_views(train, list(range(len(train))), args.sources // 2)),

@@ -109,7 +109,7 @@ def test_photo_outputs_and_named_target(astronaut, tmp_path, capsys):
     import imageio.v2 as imageio
 
     from HeadNeRF.eyewarp.outputs import write_photo_redirection
-    from HeadNeRF.fitting_outputs import parse_gaze_targets
+    from HeadNeRF.fitting import parse_gaze_targets
 
     targets = parse_gaze_targets("camera; 0.1,-0.2 ;0.9,0")
     assert torch.equal(targets, torch.tensor([[0.0, 0.0], [0.1, -0.2], [0.9, 0.0]]))

@@ -1,5 +1,6 @@
 """Single-image fitting: the fit itself, latent.pt, the command end to end, and every bad input."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -13,32 +14,41 @@ from conftest import ROOT, tiny_config_dict
 
 from HeadNeRF.checkpoint import CheckpointError
 from HeadNeRF.data.dataset import GazeDataset
+from HeadNeRF.config import ConfigError
 from HeadNeRF.fitting import (
     FitConfig,
+    FittingInputError,
+    PhotoFitConfig,
+    TargetShapeError,
     fit_image,
+    fit_single_image,
     join_code,
+    load_photo_fit_config,
+    load_target_embedding,
     load_trained_model,
+    parse_gaze_targets,
     render_fit,
+    save_latent,
     split_code,
     target_from_dataset_row,
 )
-from HeadNeRF.fitting_outputs import (
-    FittingInputError,
-    load_target_embedding,
-    parse_gaze_targets,
-    save_latent,
-)
+from HeadNeRF.fitting.fit import MAX_BAD_STEPS, FitProblem, FitStage, fit_step
+from HeadNeRF.loop import TrainingAborted
 
 SCRIPT = os.path.join(ROOT, "FittingSingleImage.py")
 
 
-def _script_main():
+def _script():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("FittingSingleImage", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.main
+    return mod
+
+
+def _script_main():
+    return _script().main
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +75,7 @@ def photo(tmp_path_factory) -> str:
     return path
 
 
-def run_cli(*args, timeout=240):
+def run_cli(*args, timeout=900):  # generous: a hang, not a loaded machine, should fail it
     return subprocess.run([sys.executable, SCRIPT, *args, "--no_progress"], check=False, capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"))
 
@@ -143,6 +153,66 @@ def test_early_stop_and_unknown_gaze_is_fitted(ckpt, tiny_dataset):
     assert res.steps_run["codes"] < 400
     assert "finetune" not in res.steps_run and res.model is model
     assert not torch.equal(res.gaze, torch.zeros(1, 2))  # the gaze was a free parameter
+
+
+def test_fit_step_is_one_guarded_step(ckpt, tiny_dataset):
+    """fit_step on its own: a finite step moves the codes and returns its loss; a NaN image skips steps
+    (the codes stay put) until MAX_BAD_STEPS in a row abort, and fit_image then ends the stage with nothing."""
+    model, info = load_trained_model(ckpt)
+    ds = GazeDataset(tiny_dataset, "test", image_size=info.image_size)
+    target = target_from_dataset_row(ds, 0, code=info.code_mean)
+    cfg = FitConfig(steps=1, rays_per_step=64)
+    problem = FitProblem.start(model, target, cfg)
+    opt = torch.optim.Adam(problem.param_groups())
+    loss, bad = fit_step(model, problem, opt, FitStage("codes", cfg.eye, False), step=0)
+    assert np.isfinite(loss) and bad == 0 and problem.d_shape.abs().sum() > 0
+
+    broken = dataclasses.replace(target, image=torch.full_like(target.image, float("nan")))
+    problem = FitProblem.start(model, broken, cfg)
+    opt = torch.optim.Adam(problem.param_groups())
+    with pytest.warns(UserWarning, match="non-finite"):
+        for step in range(MAX_BAD_STEPS - 1):
+            loss, bad = fit_step(model, problem, opt, FitStage("codes", cfg.eye, False), step, bad)
+            assert loss is None and bad == step + 1
+        with pytest.raises(TrainingAborted):
+            fit_step(model, problem, opt, FitStage("codes", cfg.eye, False), MAX_BAD_STEPS, bad)
+        assert problem.d_shape.abs().sum() == 0  # no bad step reached the codes
+        res = fit_image(model, broken, FitConfig(steps=20), progress=False)
+    assert res.steps_run == {"codes": 0} and torch.equal(res.shape_code, broken.shape_code)
+
+
+def test_fit_refuses_a_target_of_the_wrong_shape(ckpt, tiny_dataset):
+    model, info = load_trained_model(ckpt)
+    ds = GazeDataset(tiny_dataset, "test", image_size=info.image_size)
+    target = target_from_dataset_row(ds, 0)
+    for name, bad in (("image", target.image[0]), ("eye_mask", target.eye_mask[..., :8]), ("R_w2c", target.R_w2c[0])):
+        wrong = dataclasses.replace(target, **{name: bad})
+        with pytest.raises(TargetShapeError, match=rf"{name} has shape \({', '.join(map(str, bad.shape))}\), expected"):
+            fit_image(model, wrong, FitConfig(steps=1), progress=False)
+
+
+def test_photo_fit_config_file_and_flags(tmp_path):
+    """config/fitting.yml is the defaults; unknown keys and empty files are refused in one line; a flag on the
+    command line overrides its key, a flag left out leaves the file's value."""
+    assert load_photo_fit_config(os.path.join(ROOT, "config", "fitting.yml")) == PhotoFitConfig()
+    cfg_file = tmp_path / "fit.yml"
+    cfg_file.write_text("gaze_targets: camera\nmp4: false\nfit:\n  steps: 7\n  finetune_steps: 3\n")
+    script = _script()
+    cfg = script.load_config(script.build_parser().parse_args(["--config", str(cfg_file), "--steps", "2",
+                                                               "--img", "a.png", "--vgg_weights", "w.pth"]))
+    assert (cfg.fit.steps, cfg.fit.finetune_steps, cfg.gaze_targets, cfg.mp4, cfg.img) == (2, 3, "camera", False, "a.png")
+    assert (cfg.fit.vgg, cfg.fit.vgg_weights_path) == (0.1, "w.pth")
+    cfg_file.write_text("fit:\n  stepz: 7\n")
+    with pytest.raises(ConfigError, match=r"fit.stepz: unknown key; did you mean 'fit.steps'") as exc:
+        load_photo_fit_config(str(cfg_file))
+    assert "\n" not in str(exc.value)
+    cfg_file.write_text("# nothing\n")
+    with pytest.raises(ConfigError, match="empty config"):
+        load_photo_fit_config(str(cfg_file))
+    with pytest.raises(ConfigError, match="fit.steps: must be >= 0"):
+        load_photo_fit_config(None, {"fit.steps": -1})
+    with pytest.raises(ConfigError, match="device: cpu or cuda"):
+        load_photo_fit_config(None, {"device": "tpu"})
 
 
 def test_latent_round_trip_and_target_embedding_syntaxes(ckpt, tiny_dataset, tmp_path):
@@ -229,8 +299,6 @@ def test_command_on_a_synthetic_render_and_odd_image_formats(ckpt, tmp_path):
 
     from HeadNeRF.data.synthetic import render_view, sample_code
     from HeadNeRF.data.synthetic.rig import normalized_cameras
-    from HeadNeRF.fitting_outputs import fit_single_image
-
     code = sample_code(np.random.default_rng(5))
     R, t, K = normalized_cameras([0], [[0.0, 0.1]], 256)
     img = render_view(code, R, t, K, 256, torch.zeros(2))["image"][0]
@@ -241,8 +309,9 @@ def test_command_on_a_synthetic_render_and_odd_image_formats(ckpt, tmp_path):
     np.save(tmp_path / "code.npy", code)
     for name in ("grey16.png", "rgba.png"):
         out = tmp_path / f"out_{name}"
-        fit_single_image(ckpt, str(tmp_path / name), str(out), steps=3, progress=False, mp4=name == "rgba.png",
-                         para_3dmm=None if name == "grey16.png" else str(tmp_path / "code.npy"))
+        fit_single_image(PhotoFitConfig(model_path=ckpt, img=str(tmp_path / name), save_root=str(out),
+                                        progress=False, mp4=name == "rgba.png", fit=FitConfig(steps=3),
+                                        para_3dmm="" if name == "grey16.png" else str(tmp_path / "code.npy")))
         assert "fit.json" in os.listdir(out) and "merged.png" in os.listdir(out)
 
 
@@ -285,6 +354,10 @@ def test_bad_inputs_fail_in_one_line(ckpt, photo, tmp_path, capsys):
     assert rc == 2 and "--gaze_targets" in err and err.count("\n") == 1, err
     rc, err = run("--model_path", ckpt, "--img", photo, "--gaze_targets", "nan,0")
     assert rc == 2 and "must be finite numbers" in err and err.count("\n") == 1, err
+    rc, err = run("--model_path", ckpt, "--img", photo, "--steps", "-1")
+    assert rc == 2 and err == "fit.steps: must be >= 0, got -1\n", err
+    rc, err = run("--img", photo)
+    assert rc == 2 and "--model_path is required" in err and err.count("\n") == 1, err
     rc, err = run("--model_path", ckpt, "--img", photo, "--face_index", "5")
     assert rc == 2 and "--face_index 5: 1 face found" in err and err.count("\n") == 1, err
     _assert_clean(out)
@@ -296,7 +369,7 @@ def test_bad_inputs_fail_in_one_line(ckpt, photo, tmp_path, capsys):
 
 
 def test_stale_outputs_of_an_earlier_run_are_removed(tmp_path):
-    from HeadNeRF.fitting_outputs import remove_stale_outputs
+    from HeadNeRF.fitting import remove_stale_outputs
 
     for name in ("merged.png", "interp.gif", "notes.txt"):
         (tmp_path / name).write_text("old")
@@ -309,15 +382,15 @@ def test_stale_outputs_of_an_earlier_run_are_removed(tmp_path):
     assert os.listdir(tmp_path / "redirected") == ["a.png"]
 
 
-def test_face_too_small_and_bad_codes(ckpt, photo, tmp_path, monkeypatch):
-    import HeadNeRF.fitting_outputs as fo
+def test_face_too_small_and_bad_codes(ckpt, photo, tmp_path):
+    from HeadNeRF.fitting import PhotoUnusableError
 
     out = str(tmp_path / "out")
-    monkeypatch.setattr(fo, "MIN_INTEROCULAR_PX", 1000.0)
-    with pytest.raises(FittingInputError, match="face too small to fit"):
-        fo.fit_single_image(ckpt, photo, out, steps=1, progress=False)
+    cfg = PhotoFitConfig(model_path=ckpt, img=photo, save_root=out, progress=False, fit=FitConfig(steps=1))
+    with pytest.raises(PhotoUnusableError, match="face too small to fit"):
+        fit_single_image(dataclasses.replace(cfg, min_interocular_px=1000.0))
     _assert_clean(out)
     np.save(tmp_path / "short.npy", np.zeros(5, np.float32))
     with pytest.raises(FittingInputError, match="code has 5 values"):
-        fo.fit_single_image(ckpt, photo, out, para_3dmm=str(tmp_path / "short.npy"), progress=False)
+        fit_single_image(dataclasses.replace(cfg, para_3dmm=str(tmp_path / "short.npy")))
     _assert_clean(out)

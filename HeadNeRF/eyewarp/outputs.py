@@ -85,7 +85,7 @@ def _write_photo_redirection(work, image, analysis, face, targets, mp4, config, 
             (normalised frame) or empty for ``DEFAULT_TARGETS``.
     Never raises for a face it cannot redirect: the notes say why and the affected files are not written.
     """
-    from HeadNeRF.fitting_outputs import label, write_animation, write_png
+    from HeadNeRF.image_io import label, write_animation, write_png
 
     t0 = time.perf_counter()
     targets = np.asarray(targets, np.float64).reshape(-1, 2)
