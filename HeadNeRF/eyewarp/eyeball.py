@@ -20,7 +20,9 @@ unit is one pixel at the face's depth, the image being scale free):
   contrast just outside minus just inside it is averaged over its visible part (inside the
   opening, facing the camera), plus half the difference between the visible sclera's and the
   visible iris's mean grey. A grid around mediapipe's iris point (468 / 473), +-``iris_search_deg``,
-  then a 4x finer one. ``parallel_eyes`` fits one axis to both eyes at once.
+  then a 4x finer one. ``parallel_eyes`` fits one axis to both eyes at once. Eyes narrower than
+  ``ANALYSIS_EYE_WIDTH_PX`` are fitted on an upsampled crop of their region (``_analysis_view``), so
+  the fit samples eyes of about the same size in pixels at every photo size.
 
 Everything is numpy on the photo's own pixels; the face analysis itself is not part of this module.
 """
