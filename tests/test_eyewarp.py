@@ -151,3 +151,28 @@ def test_an_unexpected_failure_is_one_note_and_no_files(astronaut, tmp_path, cap
     files, report = write_photo_redirection(str(tmp_path), img[..., :2], analysis, face, np.zeros((0, 2)), mp4=False)
     assert files == [] and len(report["notes"]) == 1 and report["notes"][0].startswith("photo redirection failed")
     assert capsys.readouterr().err.count("[photo] ") == 1
+
+
+def test_small_eyes_are_fitted_on_an_upsampled_view_with_the_same_camera():
+    """The analysis view of 10 px eyes: upsampled 4x around the contours, and a 3-D point projects onto the
+    same image content in the view as in the photo (so fitted axes need no conversion)."""
+    import cv2
+
+    from HeadNeRF.eyewarp.eyeball import _analysis_view, _grey, project
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    image = cv2.GaussianBlur(image, (0, 0), 2.0)  # smooth, so bicubic and bilinear agree closely
+    contours = [np.array([[20.0, 30.0], [30.0, 30.0]]), np.array([[36.0, 31.0], [46.0, 31.0]])]
+    K = np.array([[80.0, 0, 32.0], [0, 80.0, 32.0], [0, 0, 1]])
+    grey, views, K_view = _analysis_view(image, contours, K, eye_width_px=10.0, analysis_width_px=32.0)
+    f = views[0][1, 0] - views[0][0, 0]
+    assert f == pytest.approx(40.0)  # 4x: ceil(32 / 10)
+    assert grey.shape[0] < 4 * 64 and grey.shape[1] < 4 * 64  # a crop, not the whole photo
+    X = np.array([[-0.5, -0.1, 4.0], [0.9, 0.05, 4.0]])
+    uv, uv_view = project(X, K), project(X, K_view)
+    for (u, v), (uu, vv) in zip(uv, uv_view):
+        a, b = _grey(image)[int(v), int(u)], grey[int(vv), int(uu)]
+        assert abs(a - b) < 8, (a, b)
+    same, views1, K1 = _analysis_view(image, contours, K, eye_width_px=40.0, analysis_width_px=32.0)
+    assert same.shape == image.shape[:2] and np.array_equal(K1, K)  # wide eyes: the photo itself

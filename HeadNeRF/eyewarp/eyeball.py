@@ -20,7 +20,9 @@ unit is one pixel at the face's depth, the image being scale free):
   contrast just outside minus just inside it is averaged over its visible part (inside the
   opening, facing the camera), plus half the difference between the visible sclera's and the
   visible iris's mean grey. A grid around mediapipe's iris point (468 / 473), +-``iris_search_deg``,
-  then a 4x finer one. ``parallel_eyes`` fits one axis to both eyes at once.
+  then a 4x finer one. ``parallel_eyes`` fits one axis to both eyes at once. Eyes narrower than
+  ``ANALYSIS_EYE_WIDTH_PX`` are fitted on an upsampled crop of their region (``_analysis_view``), so
+  the fit samples eyes of about the same size in pixels at every photo size.
 
 Everything is numpy on the photo's own pixels; the face analysis itself is not part of this module.
 """
@@ -90,6 +92,8 @@ HEAD_MODEL = EyeAnatomy("head_model", 1.0 / 1.47, (0.0, 0.023, 1.11), math.asin(
                         "pnp", True)
 AREA_WEIGHT = 0.5  # weight of the iris-darker-than-sclera area term in the limbus score
 ANATOMIES = {"human": HUMAN, "head_model": HEAD_MODEL}
+# Eyes narrower than this are fitted on an upsampled copy (the limbus fit samples ~40 px eyes at every size).
+ANALYSIS_EYE_WIDTH_PX = 32.0
 
 
 @dataclasses.dataclass
@@ -292,9 +296,83 @@ def _search(score, start: np.ndarray, head_forward: np.ndarray, search_deg: floa
     return best(g1, search_deg / 10, search_deg / 40)
 
 
+def _analysis_view(image: np.ndarray, contours: list[np.ndarray], K: np.ndarray, eye_width_px: float,
+                   analysis_width_px: float, margin: float = 1.0):
+    """The eyes' region at a consistent internal resolution, for the iris fit only (the warp stays at the photo's size).
+
+    When the eyes are narrower than ``analysis_width_px``, the box around both lid contours (grown by
+    ``margin`` eye widths) is upsampled (bicubic) by the integer factor ``f = ceil(analysis_width_px /
+    eye_width_px)`` (at most 8): 8-10 px eyes are fitted on 40 px ones, so the sub-pixel limbus and the
+    anti-aliased lid opening are sampled the same way at every photo size. The camera follows the crop
+    (``u' = f (u - x0)``): eyeball centres and radii, and so the fitted axes, are unchanged.
+
+    Returns (grey (h, w) float32, contours in the view's pixels, K (3, 3) of the view).
+    """
+    f = int(min(8, math.ceil(analysis_width_px / max(eye_width_px, 1e-6))))
+    if f <= 1:
+        return _grey(image), contours, K
+    import cv2
+
+    pts = np.concatenate(contours)
+    grow = margin * eye_width_px
+    H, W = image.shape[:2]
+    x0, y0 = (max(int(math.floor(v - grow)), 0) for v in pts.min(0))
+    x1, y1 = min(int(math.ceil(pts[:, 0].max() + grow)), W), min(int(math.ceil(pts[:, 1].max() + grow)), H)
+    crop = np.ascontiguousarray(image[y0:y1, x0:x1, :3])
+    big = cv2.resize(crop, ((x1 - x0) * f, (y1 - y0) * f), interpolation=cv2.INTER_CUBIC)
+    K_view = np.diag([f, f, 1.0]) @ (np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1]], np.float64) @ K)
+    return _grey(big), [f * (c - [x0, y0]) for c in contours], K_view
+
+
+def _eye_geometry(lm478: np.ndarray, k: int, R: np.ndarray, t: np.ndarray, K: np.ndarray, depth: float,
+                  anatomy: EyeAnatomy) -> Eyeball:
+    """Eye ``k`` (0 right, 1 left) from the landmarks and the head pose: lid opening, centre, radius and the
+    starting axis through mediapipe's iris point (status None; the gaze is fitted later)."""
+    side, iris_idx = EYE_NAMES[k], IRIS_CENTERS[k]
+    contour = lm478[list((RIGHT_EYE_CONTOUR, LEFT_EYE_CONTOUR)[k]), :2]
+    width = float(np.linalg.norm(contour[8] - contour[0]))
+    radius_px = anatomy.radius_per_eye_width * width
+    centroid = contour.mean(0)
+    contour = centroid + anatomy.opening_scale * (contour - centroid)
+    width *= anatomy.opening_scale
+    (su, tu), (sl, tl), _, _, _ = _lid_curves(contour)
+    s_mid = np.linspace(su[0], su[-1], 9)[2:7]
+    height = float(np.mean(np.interp(s_mid, sl, tl) - np.interp(s_mid, su, tu)))
+    # "pixel units": 1 unit = 1 px at the face's depth (the image is scale free)
+    scale = depth / float(np.sqrt(K[0, 0] * K[1, 1]))  # head units per pixel at the eye
+    opening = pixel_rays(centroid[None], K)[0] * depth  # camera coordinates (head units)
+    centre = (opening + R @ (np.asarray(anatomy.centre_offset, np.float64) * radius_px * scale)) / scale
+    radius = radius_px
+    if anatomy.centre_from == "pnp":
+        mean_centres, mean_radius = _mean_head_eyes()
+        centre = (R @ mean_centres[k] + t) / scale
+        radius = mean_radius / scale
+    pts, _ = ray_sphere(pixel_rays(lm478[iris_idx, :2][None], K), centre, radius)
+    start = (pts[0] - centre) / radius
+    return Eyeball(side, contour.astype(np.float32), centre, float(radius), start, anatomy.iris_angle, width,
+                   height, anatomy)
+
+
+def _eye_status(eye: Eyeball, forward: np.ndarray, min_eye_width_px: float, min_open_ratio: float,
+                max_view_angle_deg: float) -> str | None:
+    """Why ``eye`` cannot be warped (one line), or None."""
+    to_camera = -eye.centre / np.linalg.norm(eye.centre)
+    view_angle = math.degrees(math.acos(float(np.clip(forward @ to_camera, -1, 1))))
+    side, width, height = eye.side, eye.width_px, eye.height_px
+    if width < min_eye_width_px:
+        return f"{side} eye too small to warp ({width:.1f} px wide, need >= {min_eye_width_px:.0f} px)"
+    if view_angle > max_view_angle_deg:
+        return (f"{side} eye not visible (face turned {view_angle:.0f} deg from the camera, profile; "
+                f"limit {max_view_angle_deg:.0f} deg)")
+    if height < min_open_ratio * width:
+        return f"{side} eye closed (lid gap {height:.1f} px = {height / width:.2f} of its width)"
+    return None
+
+
 def estimate_eyeballs(lm478: np.ndarray, R_head: np.ndarray, t_head: np.ndarray, K: np.ndarray, image: np.ndarray,
                       anatomy: EyeAnatomy = HUMAN, min_eye_width_px: float = 6.0, min_open_ratio: float = 0.12,
-                      max_view_angle_deg: float = 60.0) -> list[Eyeball]:
+                      max_view_angle_deg: float = 60.0, analysis_width_px: float = ANALYSIS_EYE_WIDTH_PX
+                      ) -> list[Eyeball]:
     """Both eyeballs of one face [subject's right, left]; an eye that cannot be warped gets ``status``.
 
     Args:
@@ -304,6 +382,7 @@ def estimate_eyeballs(lm478: np.ndarray, R_head: np.ndarray, t_head: np.ndarray,
         min_open_ratio: lid gap / width below which an eye counts as closed.
         max_view_angle_deg: an eye whose outward direction is further than this from the camera ray
             is hidden by the head (profile).
+        analysis_width_px: narrower eyes are fitted on an upsampled copy of their region (``_analysis_view``).
     """
     lm478 = np.asarray(lm478, np.float64)
     if lm478.ndim != 2 or lm478.shape[0] != 478 or lm478.shape[1] < 2:
@@ -311,66 +390,40 @@ def estimate_eyeballs(lm478: np.ndarray, R_head: np.ndarray, t_head: np.ndarray,
     R = np.asarray(R_head, np.float64).reshape(3, 3)
     t = np.asarray(t_head, np.float64).reshape(3)
     K = np.asarray(K, np.float64).reshape(3, 3)
-    grey = _grey(np.asarray(image))
     forward = -R[:, 2]  # the face looks along the head's -z
     from HeadNeRF.data.synthetic.head_model import FACE_CENTER
 
     depth = float((R @ np.asarray(FACE_CENTER, np.float64) + t)[2])
-    eyes, scores = [], []
-    for side, contour_idx, iris_idx in zip(EYE_NAMES, (RIGHT_EYE_CONTOUR, LEFT_EYE_CONTOUR), IRIS_CENTERS):
-        contour = lm478[list(contour_idx), :2]
-        width = float(np.linalg.norm(contour[8] - contour[0]))
-        radius_px = anatomy.radius_per_eye_width * width
-        centroid = contour.mean(0)
-        contour = centroid + anatomy.opening_scale * (contour - centroid)
-        width *= anatomy.opening_scale
-        (su, tu), (sl, tl), o, e_s, e_t = _lid_curves(contour)
-        s_mid = np.linspace(su[0], su[-1], 9)[2:7]
-        height = float(np.mean(np.interp(s_mid, sl, tl) - np.interp(s_mid, su, tu)))
-        # pixel units at the eye's depth: 1 unit = 1 px there
-        f = float(np.sqrt(K[0, 0] * K[1, 1]))
-        z = depth
-        ray = pixel_rays(centroid[None], K)[0]
-        opening = ray * z  # camera coordinates (head units)
-        scale = z / f  # head units per pixel at the eye
-        centre = opening + R @ (np.asarray(anatomy.centre_offset, np.float64) * radius_px * scale)
-        # work in "pixel units": rescale so that 1 unit = 1 px at the eye depth (the image is scale free)
-        centre = centre / scale
-        radius = radius_px
-        if anatomy.centre_from == "pnp":
-            mean_centres, mean_radius = _mean_head_eyes()
-            centre = (R @ mean_centres[len(eyes)] + t) / scale
-            radius = mean_radius / scale
-        iris_px = lm478[iris_idx, :2]
-        pts, _ = ray_sphere(pixel_rays(iris_px[None], K), centre, radius)
-        start = (pts[0] - centre) / radius
-        eye = Eyeball(side, contour.astype(np.float32), centre, float(radius), start, anatomy.iris_angle, width,
-                      height, anatomy)
-        to_camera = -centre / np.linalg.norm(centre)
-        view_angle = math.degrees(math.acos(float(np.clip(forward @ to_camera, -1, 1))))
-        if width < min_eye_width_px:
-            eye.status = f"{side} eye too small to warp ({width:.1f} px wide, need >= {min_eye_width_px:.0f} px)"
-        elif view_angle > max_view_angle_deg:
-            eye.status = (f"{side} eye not visible (face turned {view_angle:.0f} deg from the camera, profile; "
-                          f"limit {max_view_angle_deg:.0f} deg)")
-        elif height < min_open_ratio * width:
-            eye.status = f"{side} eye closed (lid gap {height:.1f} px = {height / width:.2f} of its width)"
-        else:
-            scores.append(_edge_score(grey, eye.contour, centre, radius, anatomy.iris_angle, K))
-            eye.gaze, eye.fit_contrast = _search(scores[-1], start, forward, anatomy.iris_search_deg)
-        eyes.append(eye)
+    eyes = [_eye_geometry(lm478, k, R, t, K, depth, anatomy) for k in range(2)]
+    for e in eyes:
+        e.status = _eye_status(e, forward, min_eye_width_px, min_open_ratio, max_view_angle_deg)
     # In profile, the far eye shows much narrower than the near one even when the view-angle test passes.
     w = [e.width_px for e in eyes]
     for k in range(2):
         if eyes[k].status is None and w[k] < 0.45 * w[1 - k]:
             eyes[k].status = (f"{eyes[k].side} eye not visible (profile: {w[k]:.1f} px wide against "
                               f"{w[1 - k]:.1f} px for the other eye)")
-    good = [k for k in range(2) if eyes[k].status is None]
-    if anatomy.parallel_eyes and len(good) == 2:
+    good = [e for e in eyes if e.status is None]
+    if good:
+        _fit_gazes(np.asarray(image), good, K, forward, anatomy, analysis_width_px)
+    return eyes
+
+
+def _fit_gazes(image: np.ndarray, eyes: list[Eyeball], K: np.ndarray, forward: np.ndarray, anatomy: EyeAnatomy,
+               analysis_width_px: float) -> None:
+    """The current optical axis of each usable eye (``gaze``, ``fit_contrast``, in place): the limbus fit per
+    eye on the analysis view, then one axis for both when ``anatomy.parallel_eyes``."""
+    width = float(np.median([e.width_px for e in eyes]))
+    grey, contours, K_view = _analysis_view(image, [e.contour.astype(np.float64) for e in eyes], K, width,
+                                            analysis_width_px)
+    scores = []
+    for e, contour in zip(eyes, contours):
+        scores.append(_edge_score(grey, contour, e.centre, e.radius, anatomy.iris_angle, K_view))
+        e.gaze, e.fit_contrast = _search(scores[-1], e.gaze, forward, anatomy.iris_search_deg)
+    if anatomy.parallel_eyes and len(eyes) == 2:
         # one optical axis for both eyes: the sum of both limbus scores, searched around their mean
         g = eyes[0].gaze + eyes[1].gaze
         joint, contrast = _search(lambda c: scores[0](c) + scores[1](c), g / np.linalg.norm(g), forward,
                                   anatomy.iris_search_deg / 2)
-        for k in good:
-            eyes[k].gaze, eyes[k].fit_contrast = joint, contrast / 2
-    return eyes
+        for e in eyes:
+            e.gaze, e.fit_contrast = joint, contrast / 2

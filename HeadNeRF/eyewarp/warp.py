@@ -112,6 +112,57 @@ def _fill_colours(image: np.ndarray, eye: Eyeball, K: np.ndarray, inset: float):
     return sclera.astype(np.float32), iris_rgb.astype(np.float32)
 
 
+def _lid_field(p: np.ndarray, rho: np.ndarray, eye: Eyeball, g0: np.ndarray, g1: np.ndarray, K: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Step 1, the lids: (N, 2) output pixels -> (field (N,) eye-frame vertical shift, q (N, 2) skin samples).
+
+    The upper / lower lid margins move by ``upper/lower_lid_follow`` times the iris centre's shift across
+    the corners' axis (``g0`` -> ``g1``), interpolated between the lids, faded out by the ellipse radius ``rho``.
+    """
+    o, e_s, e_t = eye_frame(eye.contour)
+    iris_img = project(np.stack([eye.centre + eye.radius * g0, eye.centre + eye.radius * g1]), K)
+    shift = float((iris_img[1] - iris_img[0]) @ e_t)
+    d_up, d_low = eye.anatomy.upper_lid_follow * shift, eye.anatomy.lower_lid_follow * shift
+    c = eye.contour.astype(np.float64)
+    rel = p - o
+    s, t = rel @ e_s, rel @ e_t
+    cs, ct = (c - o) @ e_s, (c - o) @ e_t
+    up_i, low_i = np.arange(0, 9), np.r_[8:16, 0]
+    iu, il = np.argsort(cs[up_i]), np.argsort(cs[low_i])
+    t_up = np.interp(s, cs[up_i][iu], ct[up_i][iu])
+    t_low = np.interp(s, cs[low_i][il], ct[low_i][il])
+    w_between = np.clip((t - t_up) / np.maximum(t_low - t_up, 1e-3), 0.0, 1.0)
+    field = (d_up * (1 - w_between) + d_low * w_between) * (1.0 - _smoothstep(0.45, FIELD_END, rho))
+    return field, p - field[:, None] * e_t[None, :]
+
+
+def _eyeball_sources(image: np.ndarray, eye: Eyeball, p: np.ndarray, q: np.ndarray, g0: np.ndarray,
+                     g1: np.ndarray, K: np.ndarray, inset: float):
+    """Steps 2-3, the eyeball: where each output pixel shows it and what it samples.
+
+    Returns occ_out (N,) opening occupancy of ``q``; show (N,) bool; src (N, 2) input sample points
+    (``q`` where no eyeball shows); fill (N,) float32, 1 where the colour is synthesised; fill_rgb (N, 3).
+    """
+    occ_out = opening_occupancy(q, eye.contour).astype(np.float64)
+    show = occ_out > 0
+    src = q.copy()
+    fill = np.zeros(len(p), np.float32)
+    fill_rgb = np.zeros((len(p), 3), np.float32)
+    if show.any():
+        X, _ = ray_sphere(pixel_rays(p[show], K), eye.centre, eye.radius)
+        M = rotation_between(g1, g0)  # new axis -> current axis
+        Xs = eye.centre + (X - eye.centre) @ M.T
+        src_xy = project(Xs, K)
+        facing = np.sum((Xs - eye.centre) * Xs, -1) < 0  # the source point faces the camera
+        valid = np.where(facing, opening_occupancy(src_xy, eye.contour, inset=inset), 0.0)
+        sclera, iris_rgb = _fill_colours(image, eye, K, inset)
+        in_iris = ((Xs - eye.centre) / eye.radius) @ g0 > math.cos(eye.iris_angle)
+        src[show] = np.where(valid[:, None] > 0, src_xy, p[show])
+        fill[show] = 1.0 - valid
+        fill_rgb[show] = np.where(in_iris[:, None], iris_rgb[None], sclera[None])
+    return occ_out, show, src, fill, fill_rgb
+
+
 def warp_eye(image: np.ndarray, out: np.ndarray, eye: Eyeball, gaze_new: np.ndarray, K: np.ndarray,
              inset: float | None = None) -> None:
     """Redirect one eye of ``image`` to ``gaze_new`` and write the result into ``out`` (in place).
@@ -139,48 +190,8 @@ def warp_eye(image: np.ndarray, out: np.ndarray, eye: Eyeball, gaze_new: np.ndar
     ys, xs = np.mgrid[y0:y1, x0:x1]
     p = np.stack([xs + 0.5, ys + 0.5], -1).reshape(-1, 2).astype(np.float64)  # continuous coordinates
     rho = _ellipse(p, eye)
-
-    # 1. lid field: shift of the iris centre's image across the corners' axis
-    o, e_s, e_t = eye_frame(eye.contour)
-    iris_img = project(np.stack([eye.centre + eye.radius * g0, eye.centre + eye.radius * g1]), K)
-    shift = float((iris_img[1] - iris_img[0]) @ e_t)
-    anat = eye.anatomy
-    d_up, d_low = anat.upper_lid_follow * shift, anat.lower_lid_follow * shift
-    c = eye.contour.astype(np.float64)
-    rel = p - o
-    s, t = rel @ e_s, rel @ e_t
-    cs = (c - o) @ e_s
-    ct = (c - o) @ e_t
-    up_i, low_i = np.arange(0, 9), np.r_[8:16, 0]
-    iu, il = np.argsort(cs[up_i]), np.argsort(cs[low_i])
-    t_up = np.interp(s, cs[up_i][iu], ct[up_i][iu])
-    t_low = np.interp(s, cs[low_i][il], ct[low_i][il])
-    gap = np.maximum(t_low - t_up, 1e-3)
-    w_between = np.clip((t - t_up) / gap, 0.0, 1.0)
-    field = d_up * (1 - w_between) + d_low * w_between
-    field *= 1.0 - _smoothstep(0.45, FIELD_END, rho)  # vanishes well inside the ellipse
-    q = p - field[:, None] * e_t[None, :]
-
-    # 2. eyeball: which output pixels show it, and where they sample the input
-    occ_out = opening_occupancy(q, eye.contour).astype(np.float64)
-    show = occ_out > 0
-    src = q.copy()
-    fill = np.zeros(len(p), np.float32)  # 1 where the eyeball colour is synthesised
-    fill_rgb = np.zeros((len(p), 3), np.float32)
-    if show.any():
-        X, _ = ray_sphere(pixel_rays(p[show], K), eye.centre, eye.radius)
-        M = rotation_between(g1, g0)  # new axis -> current axis
-        Xs = eye.centre + (X - eye.centre) @ M.T
-        src_xy = project(Xs, K)
-        facing = np.sum((Xs - eye.centre) * Xs, -1) < 0  # the source point faces the camera
-        valid = opening_occupancy(src_xy, eye.contour, inset=inset)
-        valid = np.where(facing, valid, 0.0)
-        sclera, iris_rgb = _fill_colours(image, eye, K, inset)
-        in_iris = ((Xs - eye.centre) / eye.radius) @ g0 > math.cos(eye.iris_angle)
-        synth = np.where(in_iris[:, None], iris_rgb[None], sclera[None])
-        src[show] = np.where(valid[:, None] > 0, src_xy, p[show])
-        fill[show] = 1.0 - valid
-        fill_rgb[show] = synth
+    field, q = _lid_field(p, rho, eye, g0, g1, K)
+    occ_out, show, src, fill, fill_rgb = _eyeball_sources(image, eye, p, q, g0, g1, K, inset)
 
     h, w = y1 - y0, x1 - x0
     # cv2.remap samples at pixel-index coordinates (centres at integers)
@@ -193,8 +204,7 @@ def warp_eye(image: np.ndarray, out: np.ndarray, eye: Eyeball, gaze_new: np.ndar
     fill = fill.reshape(h, w, 1)
     ball = ball.astype(np.float32) * (1 - fill) + fill_rgb.reshape(h, w, 3) * fill
     a = occ_out.reshape(h, w, 1).astype(np.float32)
-    mixed = skin.astype(np.float32) * (1 - a) + ball * a
-    result = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+    result = np.clip(skin.astype(np.float32) * (1 - a) + ball * a + 0.5, 0, 255).astype(np.uint8)
     region = (rho < 1.0).reshape(h, w)
     moved = region & ((np.abs(field) > 1e-6).reshape(h, w) | show.reshape(h, w))
     # pixels where nothing moves keep the input exactly (bilinear at integer positions is exact; this makes it certain)
