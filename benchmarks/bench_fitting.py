@@ -165,7 +165,7 @@ def _nerf_methods(args):
 def bench_warp(args) -> None:
     import torch
 
-    from HeadNeRF.eyewarp.evaluate import evaluate_pairs, make_pairs, summarise
+    from HeadNeRF.evaluation.photo_warp import evaluate_pairs, make_pairs, summarise
 
     torch.set_num_threads(args.threads)
     rows = []

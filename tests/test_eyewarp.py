@@ -128,7 +128,7 @@ def test_photo_outputs_and_named_target(astronaut, tmp_path, capsys):
 def test_synthetic_pair_warp_keeps_the_outside_and_copy_is_the_reference(tiny_dataset):
     """A 256 px pair of the tiny dataset's test subject: the warp leaves the outside untouched, the copy's eye PSNR is
     finite and the target against itself is perfect, so the metric can tell them apart."""
-    from HeadNeRF.eyewarp.evaluate import eye_psnr, make_pairs, warp_pair
+    from HeadNeRF.evaluation.photo_warp import eye_psnr, make_pairs, warp_pair
 
     with open(os.path.join(tiny_dataset, "split.json")) as f:
         assert json.load(f)["test_subjects"]

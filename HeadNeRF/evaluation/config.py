@@ -10,6 +10,7 @@ before anything runs.
 import dataclasses
 
 from ..config import ConfigError, check_field, from_dict, load_yaml
+from ..fitting import FitConfig
 
 __all__ = ["CODE_INITS", "REGIMES", "ControllabilityConfig", "EvalConfig", "MetricsConfig", "fit_config_for", "load_eval_config"]
 
@@ -118,7 +119,6 @@ class EvalConfig:
 
 def fit_config_for(cfg: EvalConfig, regime: str, seed: int):
     """The FitConfig of one regime, with a per-input seed (``fit`` fields + finetune steps + seed)."""
-    from ..fitting import FitConfig  # lazy: fitting imports evaluation (its ground-truth readout), a cycle
 
     raw = dict(cfg.fit)
     raw["finetune_steps"] = cfg.finetune_steps if regime == "finetune" else 0

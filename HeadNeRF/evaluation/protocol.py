@@ -54,6 +54,7 @@ from ..data.layout import DataFormatError, read_row
 from ..data.codes import split_code
 from ..data.dataset import GazeDataset
 from ..estimator import estimate, load_estimator
+from ..fitting import fit_image, is_synthetic_layout, load_trained_model, render_fit, target_from_dataset_row
 from ..geometry.gaze import gaze_in_head_frame
 from . import metrics as M
 from .base import EvaluationError, candidates, no_redirection
@@ -136,7 +137,6 @@ class Context:
 
 def prepare(cfg: EvalConfig, progress: bool = True) -> Context:
     """Load and check everything before any pair runs. Raises EvaluationError (one line)."""
-    from ..fitting import load_trained_model  # lazy: fitting imports evaluation (its ground-truth readout), a cycle
 
     device = cfg.device
     if cfg.num_threads:
@@ -213,7 +213,6 @@ def _readout_subjects(dataset_dir: str, subjects: dict, code_slices: dict, image
     code (``source == "synthetic"`` and the synthetic code layout). The dataset's images are box-filtered
     ``supersample`` times; resized by an integer factor f (area) they are box-filtered ``supersample * f`` times.
     """
-    from ..fitting import is_synthetic_layout  # lazy: fitting imports evaluation (its ground-truth readout), a cycle
 
     if not is_synthetic_layout(code_slices):
         return {}, "skipped: the dataset's latent codes are not the synthetic generator's (real data: estimator only)"
@@ -372,7 +371,6 @@ def label(rows: SubjectRows, row: int) -> dict:
 
 def fit_input(ctx: Context, subject: int, input_row: int, regimes, progress: bool = False) -> dict:
     """Fit one input row for each regime. Returns {regime: FitResult}."""
-    from ..fitting import fit_image, target_from_dataset_row  # lazy: fitting imports evaluation (its ground-truth readout), a cycle
 
     seed = input_seed(ctx.cfg.seed, subject, input_row)
     ctx.model.load_state_dict(ctx.pristine)  # no fit ever depends on an earlier one (density grid, buffers)
@@ -403,7 +401,6 @@ def render_at(fit, item: dict, gaze) -> torch.Tensor:
 
     ``gaze`` None keeps the fit's own eyeball direction (its eye-in-head gaze, the input's): the no-redirection row.
     """
-    from ..fitting import render_fit  # lazy: fitting imports evaluation (its ground-truth readout), a cycle
 
     cam = {"R_w2c": item["R_w2c"][None], "t_w2c": item["t_w2c"][None], "K": item["K"][None],
            "eye_mask": item["eye_mask"][None]}

@@ -1,4 +1,4 @@
-"""Synthetic ground truth for the photo warp: same-camera redirection pairs of the test subject.
+"""Synthetic ground truth for the photo warp (``eyewarp``): same-camera redirection pairs of the test subject.
 
 A pair is one view of a synthetic subject (camera, code) rendered by the generator at the input's
 eye-in-head gaze and at a requested gaze ``delta`` degrees away (both exact, ``render_view``,
@@ -23,9 +23,12 @@ import math
 import numpy as np
 import torch
 
-from HeadNeRF.geometry.gaze import angular_error_deg, pitch_yaw_to_vector, rotate_pitch_yaw, vector_to_pitch_yaw
-
-from .redirect import RedirectConfig, prepare, redirect
+from ..data.synthetic.render import render_view
+from ..eyewarp.redirect import RedirectConfig, changed_region, prepare, redirect
+from ..face import analyse_face
+from ..face.pose import head_pose_pnp
+from ..geometry.gaze import angular_error_deg, pitch_yaw_to_vector, rotate_pitch_yaw, vector_to_pitch_yaw
+from .readout import GazeReadout
 
 __all__ = ["BINS_DEG", "SyntheticPair", "analyse_synthetic", "eye_psnr", "make_pairs", "warp_pair"]
 
@@ -70,7 +73,6 @@ def make_pairs(dataset_dir: str, image_size: int, rows: list[int], deltas_deg: l
     delta, ``directions`` random directions whose target stays inside the dataset's gaze box."""
     import h5py
 
-    from HeadNeRF.data.synthetic.render import render_view
 
     with open(f"{dataset_dir}/split.json") as f:
         import json
@@ -120,8 +122,6 @@ def analyse_synthetic(image: np.ndarray, K: np.ndarray):
     Returns (lm478 (478, 3) in the image's pixels, R (3, 3), t (3,)) or raises NoFaceError."""
     import cv2
 
-    from HeadNeRF.face import analyse_face
-    from HeadNeRF.face.pose import head_pose_pnp
 
     S = image.shape[0]
     up = max(1, int(math.ceil(256 / S)))
@@ -141,7 +141,6 @@ def eye_psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
 
 def warp_pair(pair: SyntheticPair, config: RedirectConfig | None = None, analysis=None):
     """Run the warp on one pair. Returns (output (S, S, 3) uint8 or None, note, periocular mask (S, S) bool)."""
-    from .redirect import changed_region
 
     cfg = config or RedirectConfig(anatomy="head_model")
     lm, R, t = analysis if analysis is not None else analyse_synthetic(pair.image_in, pair.K)
@@ -161,7 +160,6 @@ def evaluate_pairs(pairs: list[SyntheticPair], methods: dict, config: RedirectCo
     Returns one dict per (pair, method): method, delta_deg, eye_psnr, gaze_error_deg (NaN without
     readout), refused (bool), outside_identical (warp only).
     """
-    from HeadNeRF.evaluation.readout import GazeReadout
 
     rows, analyses, readers = [], {}, {}
     for i, p in enumerate(pairs):
