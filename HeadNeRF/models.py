@@ -68,7 +68,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .fields.encoding import encoding_dim, positional_encoding
-from .fields.gaze import (MEAN_EYE_CENTERS, GazeMLP, eye_frame_dim, eye_frame_encoding, eye_frame_points, gaze_input_dim,
+from .fields.gaze import (EYE_CENTER_MAX_OFFSET, MEAN_EYE_CENTERS, GazeMLP, eye_frame_dim, eye_frame_encoding, eye_frame_points, gaze_input_dim,
                           grid_coords, per_ray_gaze_inputs, pool_eye_mask, rotate_feature_groups)
 from .fields.triplane import TriplaneEncoding
 from .fields.trunk import ConditionalTrunk
@@ -308,7 +308,8 @@ class HeadNeRF_Gaze(GazeModelBase):
                                 cfg.gaze_mlp_width, cfg.gaze_mlp_depth, cfg.mlp_width, self.trunk.colour_width,
                                 eye_frame_dim(cfg.eye_frame_freqs) if eye_frame else 0)
         # learnable eyeball centres (2, 3), head frame, started at the synthetic head model's mean; with
-        # eye_centers_from_code a zero-initialised linear map of the shape code moves them per subject
+        # eye_centers_from_code a zero-initialised linear map of the shape code moves them per subject, bounded
+        # (EYE_CENTER_MAX_OFFSET tanh): unbounded, the map drove the centres a metre away within 3000 steps
         self.eye_centers = nn.Parameter(torch.tensor(MEAN_EYE_CENTERS)) if eye_frame else None
         self.eye_center_offset = None
         if eye_frame and cfg.eye_centers_from_code:
@@ -325,7 +326,7 @@ class HeadNeRF_Gaze(GazeModelBase):
             rotation = gaze_rotation(torch.stack(gazes).float()).index_select(1, rays.ray_image)  # (P, N, 3, 3)
             centers = self.eye_centers.float()  # (2, 3)
             if self.eye_center_offset is not None:  # (B, 2, 3) per image -> (N, 2, 3) per ray
-                offset = self.eye_center_offset(shape_code.float()).view(-1, 2, 3)
+                offset = EYE_CENTER_MAX_OFFSET * torch.tanh(self.eye_center_offset(shape_code.float())).view(-1, 2, 3)
                 centers = (centers + offset).index_select(0, rays.ray_image)
             points = eye_frame_points(rays.points.float(), centers, rotation)
             return eye_frame_encoding(points, self.cfg.eye_frame_freqs)

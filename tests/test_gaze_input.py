@@ -141,3 +141,16 @@ def test_eye_centres_from_code_move_per_subject():
         one = per_code(**{k: v[:1] for k, v in x.items()})["image"]
     assert (moved - shared(**x)["image"]).abs().max() > 1e-6
     torch.testing.assert_close(moved[:1], one)  # per image: the other image's code does not leak in
+
+
+def test_eye_centre_offsets_are_bounded():
+    """However large the code map's output, each centre moves at most EYE_CENTER_MAX_OFFSET per axis."""
+    from HeadNeRF.fields.gaze import EYE_CENTER_MAX_OFFSET
+
+    x = inputs()
+    per_code = make("HeadNeRF_Gaze", gaze_input="eye_frame", eye_frame_freqs=2, eye_centers_from_code=True)
+    shifted = make("HeadNeRF_Gaze", gaze_input="eye_frame", eye_frame_freqs=2)
+    with torch.no_grad():
+        per_code.eye_center_offset.bias.fill_(1e3)  # saturates the tanh
+        shifted.eye_centers += EYE_CENTER_MAX_OFFSET
+        torch.testing.assert_close(per_code(**x)["image"], shifted(**x)["image"])

@@ -33,13 +33,14 @@ from .encoding import positional_encoding
 from .trunk import add_relu, ray_chunks
 
 __all__ = ["GazeMLP", "per_ray_gaze_inputs", "gaze_input_dim", "pool_eye_mask", "grid_coords", "rotate_feature_groups",
-           "MEAN_EYE_CENTERS", "EYE_RADIUS", "eye_frame_points", "eye_frame_encoding", "eye_frame_dim"]
+           "MEAN_EYE_CENTERS", "EYE_RADIUS", "EYE_CENTER_MAX_OFFSET", "eye_frame_points", "eye_frame_encoding", "eye_frame_dim"]
 
 # The synthetic head model's eyeball centres [subject's right (x < 0), left], head frame, averaged over
 # 40 sampled subjects (per-subject std 0.8 / 1.3 / 2.0 cm in x / y / z), and its eyeball radius. They
 # initialise the learnable centres of the ``eye_frame`` gaze input (tests/test_synthetic.py checks them).
 MEAN_EYE_CENTERS = ((-0.2812, -0.1191, -0.7308), (0.2812, -0.1191, -0.7308))
 EYE_RADIUS = 0.165
+EYE_CENTER_MAX_OFFSET = 0.05  # per-subject centre offsets from the shape code stay within ±5 cm (std ≤ 2 cm)
 
 
 def gaze_input_dim(gaze_tile: int, pixel_coords: bool = True) -> int:
