@@ -8,7 +8,7 @@ from HeadNeRF.config import ConfigError, ModelConfig
 from HeadNeRF.fields.gaze import (EYE_RADIUS, MEAN_EYE_CENTERS, eye_frame_dim, eye_frame_encoding, eye_frame_points,
                                   gaze_input_dim)
 from HeadNeRF.geometry.gaze import gaze_rotation
-from tests.test_models import inputs, make
+from tests.test_models import DA, DS, inputs, make
 
 
 def random_rotations(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -154,3 +154,22 @@ def test_eye_centre_offsets_are_bounded():
         per_code.eye_center_offset.bias.fill_(1e3)  # saturates the tanh
         shifted.eye_centers += EYE_CENTER_MAX_OFFSET
         torch.testing.assert_close(per_code(**x)["image"], shifted(**x)["image"])
+
+
+def test_shipped_eye_frame_config_is_the_quickstart_with_the_eye_frame_input():
+    """config/quickstart_eye_frame.yml differs from config/quickstart.yml only in the gaze input (and run dir),
+    and builds the eye-frame model (the full training path is the quickstart's, tests/test_training.py)."""
+    import os
+
+    from HeadNeRF.config import load_yaml, to_dict
+    from HeadNeRF.models import build_model
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    base, variant = (to_dict(load_yaml(os.path.join(root, "config", f"{n}.yml")))
+                     for n in ("quickstart", "quickstart_eye_frame"))
+    assert variant["model"].pop("gaze_input") == "eye_frame" and base["model"].pop("gaze_input") == "tiled"
+    assert variant.pop("run_dir") != base.pop("run_dir")
+    assert variant == base
+    cfg = load_yaml(os.path.join(root, "config", "quickstart_eye_frame.yml")).model
+    model = build_model(cfg, DS, DA)
+    assert model.eye_centers.shape == (2, 3) and model.gaze_mlp.sample_in is not None

@@ -12,6 +12,15 @@ The seed's dead ``Gaze_RGB_layer_0`` is dropped. The eye mask is average-pooled 
 feature grid and lies in [0, 1] (the seed fed 0..255); the coordinates are the column and
 the row of the feature pixel, each ``linspace(-1, 1)``.
 
+``ModelConfig.gaze_input = "eye_frame"`` (opt-in) replaces the tiled angles by a geometric input:
+per sample and per pass, the point in each eye's gaze-rotated frame ``u = R(gaze)^T (x - c_eye) / r``
+(``eye_frame_points``; learnable centres ``c_eye`` started at the synthetic head model's mean,
+``r`` its eyeball radius), encoded as the PE of ``u / |u|`` and ``tanh(|u| - 1)``
+(``eye_frame_encoding``). A point fixed on a turning eyeball keeps its ``u``, so an iris moves as
+a rotation of the sphere for every identity and view. This input depends on the pass's gaze
+per sample, so it enters layer 0 and the skip layer as its own per-sample term
+(``sample_inputs``). ``gaze_pixel_coords = False`` drops the (col, row) inputs.
+
 Speed decisions:
 
 * The per-ray inputs are constant along a ray, so their share of layer 0 and of the skip
