@@ -168,8 +168,10 @@ def test_shipped_eye_frame_config_is_the_quickstart_with_the_eye_frame_input():
     base, variant = (to_dict(load_yaml(os.path.join(root, "config", f"{n}.yml")))
                      for n in ("quickstart", "quickstart_eye_frame"))
     assert variant["model"].pop("gaze_input") == "eye_frame" and base["model"].pop("gaze_input") == "tiled"
+    assert variant["model"].pop("eye_centers_from_code") and not base["model"].pop("eye_centers_from_code")
     assert variant.pop("run_dir") != base.pop("run_dir")
     assert variant == base
     cfg = load_yaml(os.path.join(root, "config", "quickstart_eye_frame.yml")).model
     model = build_model(cfg, DS, DA)
     assert model.eye_centers.shape == (2, 3) and model.gaze_mlp.sample_in is not None
+    assert model.eye_center_offset is not None
