@@ -57,6 +57,11 @@ class ModelConfig:
     gaze_mlp_width: int = 384
     gaze_mlp_depth: int = 8
     gaze_tile: int = 32  # (pitch, yaw) is repeated this many times (seed: 32 -> 64 channels)
+    gaze_input: str = "tiled"  # HeadNeRF_Gaze's gaze MLP input: tiled (the seed's (pitch, yaw) × gaze_tile) |
+    # eye_frame (each sample point in each eye's gaze-rotated frame, fields/gaze.py eye_frame_points)
+    eye_frame_freqs: int = 4  # PE frequencies of the eye-frame directions (gaze_input eye_frame)
+    eye_centers_from_code: bool = False  # eye_frame: the eyeball centres move with the shape code (a linear map)
+    gaze_pixel_coords: bool = True  # the pixel's (col, row) among the gaze MLP's per-ray inputs
     bound_radius: float = 1.6  # the head lies inside this sphere around the origin (head units); no samples outside
     template_gaze_noise: float = 0.08  # std of the noise on the zero template gaze while training
     feat_addition_alpha: float = 1.0  # blend of the gaze vs the template stream at render time
@@ -73,6 +78,9 @@ class ModelConfig:
                   "gaze_mlp_width", "gaze_mlp_depth", "gaze_tile", "renderer_min_channels"):
             check_field(getattr(self, k) >= 1, k, f"must be >= 1, got {getattr(self, k)}")
         check_field(self.pe_freqs >= 0, "pe_freqs", "must be >= 0")
+        check_field(self.gaze_input in ("tiled", "eye_frame"), "gaze_input",
+                    f"must be tiled or eye_frame, got {self.gaze_input!r}")
+        check_field(self.eye_frame_freqs >= 0, "eye_frame_freqs", "must be >= 0")
         check_field(self.mlp_precision in ("fp32", "bf16", "auto"), "mlp_precision",
                     f"must be fp32, bf16 or auto, got {self.mlp_precision!r}")
         check_field(self.triplane_resolution >= 0, "triplane_resolution", "must be >= 0 (0 = off)")

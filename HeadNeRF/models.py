@@ -68,7 +68,8 @@ from torch import nn
 
 from .config import ModelConfig
 from .fields.encoding import encoding_dim, positional_encoding
-from .fields.gaze import GazeMLP, gaze_input_dim, grid_coords, per_ray_gaze_inputs, pool_eye_mask, rotate_feature_groups
+from .fields.gaze import (EYE_CENTER_MAX_OFFSET, MEAN_EYE_CENTERS, GazeMLP, eye_frame_dim, eye_frame_encoding, eye_frame_points, gaze_input_dim,
+                          grid_coords, per_ray_gaze_inputs, pool_eye_mask, rotate_feature_groups)
 from .fields.triplane import TriplaneEncoding
 from .fields.trunk import ConditionalTrunk
 from .geometry.cameras import scale_intrinsics
@@ -300,8 +301,35 @@ class HeadNeRF_Gaze(GazeModelBase):
         super().__init__(cfg, shape_code_dim, appearance_code_dim)
         self.trunk = ConditionalTrunk(self.point_dim, shape_code_dim, appearance_code_dim, cfg.mlp_width,
                                       cfg.mlp_depth, cfg.skip_layer, cfg.featmap_channels)
-        self.gaze_mlp = GazeMLP(self.point_dim, gaze_input_dim(cfg.gaze_tile), cfg.gaze_mlp_width,
-                                cfg.gaze_mlp_depth, cfg.mlp_width, self.trunk.colour_width)
+        eye_frame = cfg.gaze_input == "eye_frame"
+        # eye_frame: the gaze enters only through the eye-frame points (no tiled angles)
+        self.ray_gaze_tile = 0 if eye_frame else cfg.gaze_tile
+        self.gaze_mlp = GazeMLP(self.point_dim, gaze_input_dim(self.ray_gaze_tile, cfg.gaze_pixel_coords),
+                                cfg.gaze_mlp_width, cfg.gaze_mlp_depth, cfg.mlp_width, self.trunk.colour_width,
+                                eye_frame_dim(cfg.eye_frame_freqs) if eye_frame else 0)
+        # learnable eyeball centres (2, 3), head frame, started at the synthetic head model's mean; with
+        # eye_centers_from_code a zero-initialised linear map of the shape code moves them per subject, bounded
+        # (EYE_CENTER_MAX_OFFSET tanh): unbounded, the map drove the centres a metre away within 3000 steps
+        self.eye_centers = nn.Parameter(torch.tensor(MEAN_EYE_CENTERS)) if eye_frame else None
+        self.eye_center_offset = None
+        if eye_frame and cfg.eye_centers_from_code:
+            self.eye_center_offset = nn.Linear(shape_code_dim, 6)
+            nn.init.zeros_(self.eye_center_offset.weight)
+            nn.init.zeros_(self.eye_center_offset.bias)
+
+    def eye_frame_inputs(self, rays: RayBatch, gazes: list[torch.Tensor], shape_code: torch.Tensor
+                         ) -> torch.Tensor | None:
+        """(P, N, S, eye_frame_dim) encoded eye-frame points of every pass's gaze; None for ``tiled``."""
+        if self.eye_centers is None:
+            return None
+        with torch.autocast(rays.depths.device.type, enabled=False):  # geometry in fp32 also under bf16
+            rotation = gaze_rotation(torch.stack(gazes).float()).index_select(1, rays.ray_image)  # (P, N, 3, 3)
+            centers = self.eye_centers.float()  # (2, 3)
+            if self.eye_center_offset is not None:  # (B, 2, 3) per image -> (N, 2, 3) per ray
+                offset = EYE_CENTER_MAX_OFFSET * torch.tanh(self.eye_center_offset(shape_code.float())).view(-1, 2, 3)
+                centers = (centers + offset).index_select(0, rays.ray_image)
+            points = eye_frame_points(rays.points.float(), centers, rotation)
+            return eye_frame_encoding(points, self.cfg.eye_frame_freqs)
 
     def render_fields(self, rays, shape_code, appearance_code, gaze_head, pooled_eye_mask, training, render_template,
                       generator):
@@ -316,10 +344,11 @@ class HeadNeRF_Gaze(GazeModelBase):
                     gaze_head.shape, generator=generator, device=gaze_head.device, dtype=gaze_head.dtype)
             gazes.append(template_gaze)
         coords = None if rays.pixels is None else grid_coords(cfg.image_size, rays.pixels, gaze_head)
-        ray_inputs = torch.stack([per_ray_gaze_inputs(pooled_eye_mask, g, cfg.gaze_tile, coords)
-                                  for g in gazes])  # (P, B, R, F)
+        ray_inputs = torch.stack([per_ray_gaze_inputs(pooled_eye_mask, g, self.ray_gaze_tile, coords,
+                                                      cfg.gaze_pixel_coords) for g in gazes])  # (P, B, R, F)
         ray_inputs = ray_inputs.flatten(1, 2).index_select(1, rays.ray_index)  # (P, N, F)
-        gaze_hidden, colour_inj = self.gaze_mlp(rays.points_pe, ray_inputs)  # (P, N, S, Wg), (P, N, S, W/2)
+        gaze_hidden, colour_inj = self.gaze_mlp(rays.points_pe, ray_inputs,
+                                                self.eye_frame_inputs(rays, gazes, shape_code))  # (P, N, S, Wg), (P, N, S, W/2)
         density_off = self.gaze_mlp.density_offset(gaze_hidden, self.trunk.density_head.weight)  # (P, N, S)
 
         # The trunk is gaze-independent: one evaluation shared by the gaze and template passes.

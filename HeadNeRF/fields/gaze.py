@@ -12,6 +12,15 @@ The seed's dead ``Gaze_RGB_layer_0`` is dropped. The eye mask is average-pooled 
 feature grid and lies in [0, 1] (the seed fed 0..255); the coordinates are the column and
 the row of the feature pixel, each ``linspace(-1, 1)``.
 
+``ModelConfig.gaze_input = "eye_frame"`` (opt-in) replaces the tiled angles by a geometric input:
+per sample and per pass, the point in each eye's gaze-rotated frame ``u = R(gaze)^T (x - c_eye) / r``
+(``eye_frame_points``; learnable centres ``c_eye`` started at the synthetic head model's mean,
+``r`` its eyeball radius), encoded as the PE of ``u / |u|`` and ``tanh(|u| - 1)``
+(``eye_frame_encoding``). A point fixed on a turning eyeball keeps its ``u``, so an iris moves as
+a rotation of the sphere for every identity and view. This input depends on the pass's gaze
+per sample, so it enters layer 0 and the skip layer as its own per-sample term
+(``sample_inputs``). ``gaze_pixel_coords = False`` drops the (col, row) inputs.
+
 Speed decisions:
 
 * The per-ray inputs are constant along a ray, so their share of layer 0 and of the skip
@@ -29,14 +38,61 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..rendering.rays import pixel_index_centers, pixel_strip
+from .encoding import positional_encoding
 from .trunk import add_relu, ray_chunks
 
-__all__ = ["GazeMLP", "per_ray_gaze_inputs", "gaze_input_dim", "pool_eye_mask", "grid_coords", "rotate_feature_groups"]
+__all__ = ["GazeMLP", "per_ray_gaze_inputs", "gaze_input_dim", "pool_eye_mask", "grid_coords", "rotate_feature_groups",
+           "MEAN_EYE_CENTERS", "EYE_RADIUS", "EYE_CENTER_MAX_OFFSET", "eye_frame_points", "eye_frame_encoding", "eye_frame_dim"]
+
+# The synthetic head model's eyeball centres [subject's right (x < 0), left], head frame, averaged over
+# 40 sampled subjects (per-subject std 0.8 / 1.3 / 2.0 cm in x / y / z), and its eyeball radius. They
+# initialise the learnable centres of the ``eye_frame`` gaze input (tests/test_synthetic.py checks them).
+MEAN_EYE_CENTERS = ((-0.2812, -0.1191, -0.7308), (0.2812, -0.1191, -0.7308))
+EYE_RADIUS = 0.165
+EYE_CENTER_MAX_OFFSET = 0.05  # per-subject centre offsets from the shape code stay within ±5 cm (std ≤ 2 cm)
 
 
-def gaze_input_dim(gaze_tile: int) -> int:
-    """Per-ray input channels: eye mask (1) + tiled (pitch, yaw) (2 * gaze_tile) + coords (2)."""
-    return 1 + 2 * gaze_tile + 2
+def gaze_input_dim(gaze_tile: int, pixel_coords: bool = True) -> int:
+    """Per-ray input channels: eye mask (1) + tiled (pitch, yaw) (2 * gaze_tile) + coords (2, optional)."""
+    return 1 + 2 * gaze_tile + (2 if pixel_coords else 0)
+
+
+def eye_frame_points(points: torch.Tensor, eye_centers: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Sample points in each eye's gaze-rotated frame, in eyeball radii: ``R^T (x - c) / EYE_RADIUS``.
+
+    An eyeball turning to a gaze is the rotation ``R = gaze_rotation(gaze)`` about its centre,
+    so a point fixed on the eyeball (the iris centre ``c + r R (0, 0, -1)``) has the same
+    coordinates ``(0, 0, -1)`` for every gaze: the input moves with the eye.
+
+    Args:
+        points: (N, S, 3) head frame.
+        eye_centers: (E, 3) head frame, or (N, E, 3) per ray (e.g. each ray's subject's).
+        rotation: (P, N, 3, 3) per pass and ray (head-frame gaze rotation).
+    Returns:
+        (P, N, S, E, 3).
+    """
+    if eye_centers.dim() == 3:
+        eye_centers = eye_centers.unsqueeze(1)  # (N, 1, E, 3): broadcast over the samples
+    offsets = (points.unsqueeze(-2) - eye_centers) / EYE_RADIUS  # (N, S, E, 3)
+    # v R = (R^T v^T)^T: the rotation of each ray, broadcast over its samples and the eyes
+    return torch.einsum("nsed,pndk->pnsek", offsets, rotation)
+
+
+def eye_frame_dim(num_freqs: int, num_eyes: int = 2) -> int:
+    """Channels of ``eye_frame_encoding``: per eye, PE of the direction (3 (1 + 2F)) and the radius (1)."""
+    return num_eyes * (3 * (1 + 2 * num_freqs) + 1)
+
+
+def eye_frame_encoding(eye_points: torch.Tensor, num_freqs: int) -> torch.Tensor:
+    """(..., E, 3) eye-frame points -> (..., E * (3 (1 + 2F) + 1)) gaze-MLP inputs.
+
+    Per eye: PE of the unit direction from the centre (what the iris pattern depends on: bounded,
+    so the PE is well scaled everywhere) and ``tanh(|u| - 1)`` (0 on the eyeball surface).
+    """
+    radius = eye_points.norm(dim=-1, keepdim=True)  # (..., E, 1)
+    direction = eye_points / radius.clamp_min(1e-6)
+    per_eye = torch.cat((positional_encoding(direction, num_freqs), torch.tanh(radius - 1.0)), dim=-1)
+    return per_eye.flatten(-2)
 
 
 def pool_eye_mask(eye_mask: torch.Tensor | None, batch: int, size: int, like: torch.Tensor,
@@ -73,7 +129,7 @@ def grid_coords(size: int, pixels: torch.Tensor | None = None, like: torch.Tenso
 
 
 def per_ray_gaze_inputs(pooled_eye_mask: torch.Tensor, gaze: torch.Tensor, gaze_tile: int,
-                        coords: torch.Tensor | None = None) -> torch.Tensor:
+                        coords: torch.Tensor | None = None, pixel_coords: bool = True) -> torch.Tensor:
     """Per-ray gaze-MLP inputs of every feature pixel.
 
     Args:
@@ -81,12 +137,15 @@ def per_ray_gaze_inputs(pooled_eye_mask: torch.Tensor, gaze: torch.Tensor, gaze_
         gaze: (B, 2) head-frame (pitch, yaw) in radians.
         coords: (B, h*w, 2) normalised (col, row) of each ray's pixel, or None for the full
             ``h × w`` grid (``grid_coords(h)``).
+        pixel_coords: False leaves the coordinates out (``gaze_tile = 0`` leaves the gaze out).
     Returns:
         (B, h*w, 1 + 2*gaze_tile + 2): [mask, p, y, p, y, ..., col, row], rays row-major.
     """
     B, _, h, w = pooled_eye_mask.shape
     mask = pooled_eye_mask.reshape(B, h * w, 1)
     tiled = gaze.repeat(1, gaze_tile).unsqueeze(1).expand(B, h * w, 2 * gaze_tile)
+    if not pixel_coords:
+        return torch.cat((mask, tiled), dim=-1)
     if coords is None:
         coords = grid_coords(h, like=gaze).expand(B, h * w, 2)
     return torch.cat((mask, tiled, coords.to(gaze.dtype)), dim=-1)
@@ -103,7 +162,7 @@ class GazeMLP(nn.Module):
     """
 
     def __init__(self, point_dim: int, ray_input_dim: int, width: int, depth: int, trunk_width: int,
-                 trunk_colour_width: int):
+                 trunk_colour_width: int, sample_input_dim: int = 0):
         super().__init__()
         self.depth = depth
         skip_after = depth // 2  # the seed's layer 4 of 8
@@ -113,6 +172,10 @@ class GazeMLP(nn.Module):
         if self.skip_into is not None:
             self.skip_point = nn.Linear(point_dim, width, bias=False)
             self.skip_ray = nn.Linear(ray_input_dim, width, bias=False)
+        # Per-pass per-sample inputs (the eye-frame encoding): enter layer 0 and the skip layer.
+        self.sample_in = nn.Linear(sample_input_dim, width, bias=False) if sample_input_dim else None
+        self.skip_sample = (nn.Linear(sample_input_dim, width, bias=False)
+                            if sample_input_dim and self.skip_into is not None else None)
         # The seed adds h (width 384) to the trunk's 384-d state; a projection only if widths differ.
         self.density_out = nn.Identity() if width == trunk_width else nn.Linear(width, trunk_width)
         self.colour_out = nn.Linear(width, trunk_colour_width)
@@ -128,35 +191,47 @@ class GazeMLP(nn.Module):
         weight = density_head_weight @ self.density_out.weight  # (1, W)
         return F.linear(h, weight, density_head_weight @ self.density_out.bias).squeeze(-1)
 
-    def forward(self, points_pe: torch.Tensor, ray_inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, points_pe: torch.Tensor, ray_inputs: torch.Tensor, sample_inputs: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states and colour injections for P sets of per-ray inputs over the same samples.
 
         Args:
             points_pe: (N, S, Pd) encoded sample points.
             ray_inputs: (P, N, F) per-ray inputs (P passes, e.g. gaze and template).
+            sample_inputs: (P, N, S, E) per-pass per-sample inputs, needed iff built with
+                ``sample_input_dim > 0``.
         Returns:
             h (P, N, S, width): gives the density injection through ``density_offset``;
             colour_injection (P, N, S, trunk_colour_width).
         """
         chunks = ray_chunks(points_pe.shape[0], points_pe.shape[1] * ray_inputs.shape[0])
+        if (sample_inputs is None) != (self.sample_in is None):
+            raise ValueError("sample_inputs: given iff the gaze MLP was built with sample_input_dim > 0 "
+                             f"(built with {0 if self.sample_in is None else self.sample_in.in_features}, "
+                             f"got {None if sample_inputs is None else tuple(sample_inputs.shape)})")
         if len(chunks) == 1:
-            return self._forward(points_pe, ray_inputs)
+            return self._forward(points_pe, ray_inputs, sample_inputs)
         P, N, S = ray_inputs.shape[0], points_pe.shape[0], points_pe.shape[1]
         h = points_pe.new_empty(P, N, S, self.layers[-1].out_features)
         colour = points_pe.new_empty(P, N, S, self.colour_out.out_features)
         for c in chunks:
-            h[:, c], colour[:, c] = self._forward(points_pe[c], ray_inputs[:, c])
+            h[:, c], colour[:, c] = self._forward(points_pe[c], ray_inputs[:, c],
+                                                  None if sample_inputs is None else sample_inputs[:, c])
         return h, colour
 
-    def _forward(self, points_pe, ray_inputs):
+    def _forward(self, points_pe, ray_inputs, sample_inputs=None):
         point_term = self.layers[0](points_pe)  # (N, S, W), shared by the P passes
-        h = F.relu_(point_term + self.ray_in(ray_inputs).unsqueeze(2))  # (P, N, S, W)
-        skip_point = skip_ray = None
+        h = point_term + self.ray_in(ray_inputs).unsqueeze(2)  # (P, N, S, W)
+        if sample_inputs is not None:
+            h = h + self.sample_in(sample_inputs)
+        h = F.relu_(h)
+        skips = []
         if self.skip_into is not None:
-            skip_point = self.skip_point(points_pe)  # (N, S, W)
-            skip_ray = self.skip_ray(ray_inputs).unsqueeze(2)  # (P, N, 1, W)
+            skips = [self.skip_point(points_pe), self.skip_ray(ray_inputs).unsqueeze(2)]  # (N, S, W), (P, N, 1, W)
+            if sample_inputs is not None:
+                skips.append(self.skip_sample(sample_inputs))  # (P, N, S, W)
         for i in range(1, self.depth):
-            h = add_relu(self.layers[i](h), skip_point, skip_ray) if i == self.skip_into else add_relu(self.layers[i](h))
+            h = add_relu(self.layers[i](h), *skips) if i == self.skip_into else add_relu(self.layers[i](h))
         return h, F.relu(self.colour_out(h))
 
 

@@ -1,0 +1,177 @@
+"""The eye-frame gaze input (ModelConfig.gaze_input = eye_frame) and the pixel-coordinate switch."""
+
+import numpy as np
+import pytest
+import torch
+
+from HeadNeRF.config import ConfigError, ModelConfig
+from HeadNeRF.fields.gaze import (EYE_RADIUS, MEAN_EYE_CENTERS, eye_frame_dim, eye_frame_encoding, eye_frame_points,
+                                  gaze_input_dim)
+from HeadNeRF.geometry.gaze import gaze_rotation
+from tests.test_models import DA, DS, inputs, make
+
+
+def random_rotations(n: int, generator: torch.Generator) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(n, 3, 3, generator=generator, dtype=torch.float64))
+    return q * torch.linalg.det(q).sign().view(n, 1, 1)  # proper rotations
+
+
+def test_eye_frame_points_follow_the_eyeball_rotation():
+    """A point fixed on a turning eyeball, c + r R(g) v, has the eye-frame coordinates v for every gaze g;
+    a point fixed in the head does not (the input really depends on the gaze)."""
+    g = torch.Generator().manual_seed(0)
+    centers = torch.tensor(MEAN_EYE_CENTERS, dtype=torch.float64)  # (2, 3)
+    v = torch.randn(5, 4, 2, 3, generator=g, dtype=torch.float64)  # (N, S, E, 3) eye-frame coordinates
+    gazes = 0.5 * torch.randn(3, 5, 2, generator=g, dtype=torch.float64)  # (P, N, 2)
+    R = gaze_rotation(gazes)  # (P, N, 3, 3)
+    for p in range(3):
+        # the same eyeball points, turned with the gaze of pass p (for one eye at a time: E=1)
+        for e in range(2):
+            world = centers[e] + EYE_RADIUS * (R[p, :, None] @ v[:, :, e, :, None]).squeeze(-1)  # (N, S, 3)
+            got = eye_frame_points(world, centers[e:e + 1], R[p:p + 1])[0, :, :, 0]
+            torch.testing.assert_close(got, v[:, :, e])
+    head_point = torch.randn(5, 4, 3, generator=g, dtype=torch.float64)
+    a = eye_frame_points(head_point, centers, R[:1])
+    b = eye_frame_points(head_point, centers, R[1:2])
+    assert (a - b).abs().max() > 0.1
+
+
+def test_eye_frame_points_are_equivariant():
+    """Turning the eye by Q (gaze rotation R -> Q R) and the scene with it about the eye centre leaves the
+    input unchanged; turning only the eye turns the input by Q^T: the gaze acts as a rotation."""
+    g = torch.Generator().manual_seed(1)
+    center = torch.tensor(MEAN_EYE_CENTERS[1], dtype=torch.float64).unsqueeze(0)  # (1, 3)
+    points = torch.randn(6, 3, 3, generator=g, dtype=torch.float64)  # (N, S, 3)
+    R = random_rotations(6, g).unsqueeze(0)  # (1, N, 3, 3)
+    Q = random_rotations(6, g).unsqueeze(0)
+    base = eye_frame_points(points, center, R)[..., 0, :]  # (1, N, S, 3)
+    turned_points = center + (Q[0, :, None] @ (points - center).unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(eye_frame_points(turned_points, center, Q @ R)[..., 0, :], base)
+    eye_only = eye_frame_points(points, center, R @ Q)[..., 0, :]  # the eye turned by Q in its own frame
+    torch.testing.assert_close(eye_only, (Q.transpose(-1, -2)[:, :, None] @ base.unsqueeze(-1)).squeeze(-1))
+
+
+def test_eye_frame_encoding_shape_and_iris_centre():
+    """Per eye: PE of the direction and tanh(|u| - 1); the iris centre (0, 0, -1) gives direction (0, 0, -1), radius 0."""
+    u = torch.tensor([[[0.0, 0.0, -1.0], [0.0, 0.0, -3.0]]])  # (1, E=2, 3)
+    enc = eye_frame_encoding(u, 2)
+    assert enc.shape == (1, eye_frame_dim(2)) == (1, 2 * (3 * 5 + 1))
+    first, second = enc[0, :16], enc[0, 16:]
+    torch.testing.assert_close(first[:3], torch.tensor([0.0, 0.0, -1.0]))
+    torch.testing.assert_close(first[:15], second[:15])  # same direction, other distance
+    assert first[15] == 0.0 and second[15] == pytest.approx(np.tanh(2.0))
+
+
+def test_mean_eye_centres_match_the_synthetic_head_model():
+    """The initial centres are the generator's: its subjects' eyeballs lie within a few cm of them, and
+    the generator's iris centre reads (0, 0, -1) in the eye frame of its own centre for any gaze."""
+    from HeadNeRF.data.synthetic import head_model as hm
+    from HeadNeRF.data.synthetic.writer import subject_frames
+
+    centers = []
+    for subject in range(6):
+        code, _, gazes = subject_frames(0, subject, 3)
+        P = hm.build_mesh(code).params
+        centers.append(np.asarray(P.eye_centers))
+        gaze = torch.as_tensor(gazes, dtype=torch.float64)  # (3, 2) head frame
+        iris = hm.iris_centers_3d(P, gaze).to(torch.float64)  # (3, 2, 3)
+        eye_c = torch.tensor(P.eye_centers, dtype=torch.float64)
+        for e in range(2):  # each iris in its own eye's frame; rays = the 3 gazes, one sample each
+            u = eye_frame_points(iris[:, e:e + 1], eye_c[e:e + 1], gaze_rotation(gaze).unsqueeze(0))  # (1, 3, 1, 1, 3)
+            torch.testing.assert_close(u.reshape(3, 3), torch.tensor([[0.0, 0.0, -1.0]] * 3, dtype=torch.float64),
+                                       atol=1e-5, rtol=0)
+    offset = np.abs(np.stack(centers) - np.asarray(MEAN_EYE_CENTERS))
+    assert offset.max() < 0.06, offset.max()  # per-subject std 0.8-2.0 cm
+    assert np.abs(np.stack(centers).mean(0) - np.asarray(MEAN_EYE_CENTERS)).max() < 0.03
+
+
+def test_eye_frame_model_renders_trains_and_chunks(monkeypatch):
+    import HeadNeRF.fields.trunk as trunk_module
+
+    model = make("HeadNeRF_Gaze", gaze_input="eye_frame", eye_frame_freqs=2)
+    assert model.gaze_mlp.ray_in.in_features == gaze_input_dim(0) == 3  # mask + coords: no tiled angles
+    assert model.gaze_mlp.sample_in.in_features == eye_frame_dim(2)
+    x = inputs()
+    with torch.no_grad():
+        a = model(**x, render_template=True)
+        b = model(**{**x, "gaze_head": x["gaze_head"] + torch.tensor([0.4, -0.6])})["image"]
+        monkeypatch.setattr(trunk_module, "EVAL_CHUNK_SAMPLES", 20)
+        chunked = model(**x, render_template=True)
+    assert (a["image"] - b).abs().max() > 1e-6
+    for key in a:
+        torch.testing.assert_close(chunked[key], a[key], atol=1e-5, rtol=1e-5)
+    model.train()
+    out = model(**x, training=True, render_template=True)
+    (out["image"].square().mean() + out["template_image"].mean()).backward()
+    assert model.eye_centers.grad is not None and model.eye_centers.grad.abs().sum() > 0
+    assert model.gaze_mlp.sample_in.weight.grad.abs().sum() > 0
+
+
+def test_tiled_default_is_unchanged_and_coords_can_be_left_out():
+    plain = make("HeadNeRF_Gaze")
+    assert plain.eye_centers is None and plain.gaze_mlp.sample_in is None
+    assert plain.gaze_mlp.ray_in.in_features == gaze_input_dim(2) == 1 + 4 + 2
+    no_coords = make("HeadNeRF_Gaze", gaze_pixel_coords=False)
+    assert no_coords.gaze_mlp.ray_in.in_features == 1 + 4
+    with torch.no_grad():
+        assert no_coords(**inputs())["image"].shape == (2, 3, 16, 16)
+
+
+def test_gaze_input_rejects_unknown_values():
+    with pytest.raises(ConfigError, match="gaze_input"):
+        ModelConfig(gaze_input="angles")
+    with pytest.raises(ConfigError, match="eye_frame_freqs"):
+        ModelConfig(eye_frame_freqs=-1)
+
+
+def test_eye_centres_from_code_move_per_subject():
+    """Zero-initialised: the same render as the shared centres; trained, each image's centres follow its code."""
+    x = inputs()
+    shared = make("HeadNeRF_Gaze", gaze_input="eye_frame", eye_frame_freqs=2)
+    per_code = make("HeadNeRF_Gaze", gaze_input="eye_frame", eye_frame_freqs=2, eye_centers_from_code=True)
+    with torch.no_grad():
+        torch.testing.assert_close(per_code(**x)["image"], shared(**x)["image"])
+    per_code.train()
+    per_code(**x, training=True)["image"].square().mean().backward()
+    assert per_code.eye_center_offset.weight.grad.abs().sum() > 0
+    per_code.eval()
+    with torch.no_grad():
+        per_code.eye_center_offset.weight.normal_(0.0, 0.05)
+        moved = per_code(**x)["image"]
+        one = per_code(**{k: v[:1] for k, v in x.items()})["image"]
+    assert (moved - shared(**x)["image"]).abs().max() > 1e-6
+    torch.testing.assert_close(moved[:1], one)  # per image: the other image's code does not leak in
+
+
+def test_eye_centre_offsets_are_bounded():
+    """However large the code map's output, each centre moves at most EYE_CENTER_MAX_OFFSET per axis."""
+    from HeadNeRF.fields.gaze import EYE_CENTER_MAX_OFFSET
+
+    x = inputs()
+    per_code = make("HeadNeRF_Gaze", gaze_input="eye_frame", eye_frame_freqs=2, eye_centers_from_code=True)
+    shifted = make("HeadNeRF_Gaze", gaze_input="eye_frame", eye_frame_freqs=2)
+    with torch.no_grad():
+        per_code.eye_center_offset.bias.fill_(1e3)  # saturates the tanh
+        shifted.eye_centers += EYE_CENTER_MAX_OFFSET
+        torch.testing.assert_close(per_code(**x)["image"], shifted(**x)["image"])
+
+
+def test_shipped_eye_frame_config_is_the_quickstart_with_the_eye_frame_input():
+    """config/quickstart_eye_frame.yml differs from config/quickstart.yml only in the gaze input (and run dir),
+    and builds the eye-frame model (the full training path is the quickstart's, tests/test_training.py)."""
+    import os
+
+    from HeadNeRF.config import load_yaml, to_dict
+    from HeadNeRF.models import build_model
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    base, variant = (to_dict(load_yaml(os.path.join(root, "config", f"{n}.yml")))
+                     for n in ("quickstart", "quickstart_eye_frame"))
+    assert variant["model"].pop("gaze_input") == "eye_frame" and base["model"].pop("gaze_input") == "tiled"
+    assert variant["model"].pop("eye_centers_from_code") and not base["model"].pop("eye_centers_from_code")
+    assert variant.pop("run_dir") != base.pop("run_dir")
+    assert variant == base
+    cfg = load_yaml(os.path.join(root, "config", "quickstart_eye_frame.yml")).model
+    model = build_model(cfg, DS, DA)
+    assert model.eye_centers.shape == (2, 3) and model.gaze_mlp.sample_in is not None
+    assert model.eye_center_offset is not None
