@@ -78,6 +78,7 @@ from .neural_renderer import NeuralRenderer
 from .rendering.density_grid import EMPTY_RAY_OPACITY, DensityGrid, grid_bin_weights, grid_guided_samples
 from .rendering.rays import generate_rays, pixel_index_centers, ray_sphere_bounds, rays_through
 from .rendering.sampling import stratified_samples
+from .shapes import check_shape
 from .rendering.volume import alpha_from_density, composite, depth_and_opacity, transmittance_weights
 
 __all__ = ["HeadNeRF", "HeadNeRF_Gaze", "GazeNeRF", "MODEL_CLASSES", "build_model", "redirect",
@@ -235,6 +236,22 @@ class GazeModelBase(nn.Module):
         """True when ``forward`` accepts ``pixels``: the renderer is per-pixel (featmap_size == image_size)."""
         return self.renderer.pointwise
 
+    def check_inputs(self, shape_code, appearance_code, R_w2c, t_w2c, K, gaze_head, eye_mask, pixels) -> int:
+        """Raise one :class:`~HeadNeRF.shapes.ShapeError` naming the argument, expected and actual shape; return B."""
+        where = f"{type(self).__name__}.forward"
+        dims = check_shape(where, "shape_code", shape_code, ("B", self.shape_code_dim))
+        check_shape(where, "appearance_code", appearance_code, ("B", self.appearance_code_dim), dims)
+        check_shape(where, "R_w2c", R_w2c, ("B", 3, 3), dims)
+        check_shape(where, "t_w2c", t_w2c, ("B", 3), dims)
+        check_shape(where, "K", K, ("B", 3, 3), dims)
+        if gaze_head is not None:
+            check_shape(where, "gaze_head", gaze_head, ("B", 2), dims)
+        if eye_mask is not None:
+            check_shape(where, "eye_mask", eye_mask, ("B", 1, "H", "H"), dims)
+        if pixels is not None:
+            check_shape(where, "pixels", pixels, ("B", None), dims)
+        return dims["B"]
+
     def forward(self, shape_code, appearance_code, R_w2c, t_w2c, K, gaze_head=None, eye_mask=None,
                 training: bool = False, render_template: bool = False, render_background: bool = False,
                 generator=None, pixels: torch.Tensor | None = None) -> dict:
@@ -257,7 +274,7 @@ class GazeModelBase(nn.Module):
             dict: "image" (B, 3, S, S) in [0, 1], "opacity" (B, 1, h, w), "depth" (B, 1, h, w),
             optionally "template_image" (B, 3, S, S) and "background_image" (1, 3, S, S).
         """
-        B = shape_code.shape[0]
+        B = self.check_inputs(shape_code, appearance_code, R_w2c, t_w2c, K, gaze_head, eye_mask, pixels)
         if pixels is not None and not self.renders_pixel_subsets:
             raise ValueError("pixels: rendering a pixel subset needs featmap_size == image_size (a per-pixel "
                              f"renderer); this model renders {self.cfg.featmap_size}² features to "

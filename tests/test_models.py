@@ -78,6 +78,22 @@ def test_gradients_reach_gaze_network(name, module):
 
 
 @pytest.mark.parametrize("name", list(MODEL_CLASSES))
+@pytest.mark.parametrize("key,bad,expected", [
+    ("shape_code", torch.zeros(2, DS + 1), f"shape_code must be (B, {DS}), got (2, {DS + 1})"),
+    ("K", torch.zeros(3, 3, 3), "K must be (B=2, 3, 3), got (3, 3, 3)"),
+    ("gaze_head", torch.zeros(2, 3), "gaze_head must be (B=2, 2), got (2, 3)"),
+    ("eye_mask", torch.zeros(2, 32, 32), "eye_mask must be (B=2, 1, H, H), got (2, 32, 32)"),
+])
+def test_forward_names_a_wrong_shape(name, key, bad, expected):
+    from HeadNeRF.shapes import ShapeError
+    x = inputs()
+    x[key] = bad
+    with pytest.raises(ShapeError) as err:
+        make(name)(**x)
+    assert str(err.value) == f"{name}.forward: {expected}"
+
+
+@pytest.mark.parametrize("name", list(MODEL_CLASSES))
 def test_gaze_changes_image_only_for_gaze_models(name):
     model = make(name)
     x = inputs()
