@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ConfigError, LossConfig
+from .metrics import whiten_background
 
 __all__ = ["masked_error", "total_loss", "VGGPerceptual"]
 
@@ -78,7 +79,7 @@ def total_loss(out: dict, batch: dict, cfg: LossConfig, vgg: VGGPerceptual | Non
     The target image is whitened outside the head mask (the background is white).
     """
     pred, head, eye = out["image"], batch["head_mask"], batch["eye_mask"]
-    gt = batch["image"] * head + (1.0 - head)
+    gt = whiten_background(batch["image"], head)
     white = torch.ones_like(pred)
     terms = {
         "head": masked_error(pred, gt, head, cfg.photometric),

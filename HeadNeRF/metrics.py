@@ -1,5 +1,7 @@
 """Image-quality metrics shared by validation, the training report, the fit and the evaluation.
 
+:func:`whiten_background` is the package's one whitened target (``image * mask + (1 - mask)``).
+
 :func:`masked_psnr` is the package's one head PSNR: training's held-out PSNR, the fit's ``psnr_head``
 and the evaluation's ``psnr_head`` column all call it.
 """
@@ -8,7 +10,16 @@ import math
 
 import torch
 
-__all__ = ["masked_psnr"]
+__all__ = ["masked_psnr", "whiten_background"]
+
+
+def whiten_background(image: torch.Tensor, head_mask: torch.Tensor) -> torch.Tensor:
+    """The whitened target: pixels outside ``head_mask`` (B, 1, H, W) in [0, 1] set to white.
+
+    The NeRF is trained, fitted and scored against images whose non-head pixels are white (the
+    renderer composites onto a white background; GazeNeRF scores on white). (B, C, H, W) -> same.
+    """
+    return image * head_mask + (1.0 - head_mask)
 
 
 def masked_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -41,12 +41,11 @@ from .checkpoint import LAST_CHECKPOINT, CheckpointError, check_compatible, load
 from .config import ConfigError, TrainConfig, to_dict
 from .data.dataset import GazeDataset, split_val_rows
 from .data.statistics import data_metadata
-from .evaluation.metrics import whiten_background
 from .evaluation.exact_render import dataset_redirection
 from .geometry.gaze import gaze_in_head_frame
 from .loop import GuardedStep, StepBatchSampler, TrainingAborted, to_device
 from .losses import VGGPerceptual, total_loss
-from .metrics import masked_psnr
+from .metrics import masked_psnr, whiten_background
 from .models import build_model, eval_mode, resolve_mlp_precision
 from .rendering.pixels import gather_pixels, sample_pixels
 from .run_dir import checkpoint_on_signal, resolve_run_dir, start_run_dir, write_report

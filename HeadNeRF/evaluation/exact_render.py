@@ -26,7 +26,7 @@ from ..data.dataset import GazeDataset
 from ..data.synthetic import render_view
 from ..fitting import FitConfig, ModelInfo, fit_image, is_synthetic_layout, render_fit, target_from_dataset_row
 from ..geometry.gaze import gaze_in_head_frame
-from ..metrics import masked_psnr
+from ..metrics import masked_psnr, whiten_background
 from ..models import eval_mode
 from .readout import GazeReadout, readout_errors_deg, redirection_readout_summary
 
@@ -175,7 +175,7 @@ def other_views_quality(model, res, ds: GazeDataset, rows: list, true_code, info
     items = {k: v.to(device) for k, v in items.items() if torch.is_tensor(v)}
     cam = {k: items[k] for k in ("R_w2c", "t_w2c", "K", "eye_mask")}
     head = items["head_mask"]
-    gt = items["image"] * head + (1 - head)
+    gt = whiten_background(items["image"], head)
     pred = render_fit(res, camera=cam)
     gaze_head = gaze_in_head_frame(items["gaze"], items["R_w2c"])
     shape, app = split_code(torch.as_tensor(true_code, device=device), info.code_slices)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..geometry.gaze import angular_error_deg
-from ..metrics import masked_psnr
+from ..metrics import masked_psnr, whiten_background
 
 __all__ = [
     "FIDFeatures",
@@ -50,10 +50,6 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     """(3, H, W) float [0, 1] -> (H, W, 3) uint8 (round half up, like the dataset's storage)."""
     return (image.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
 
-
-def whiten_background(image: torch.Tensor, head_mask: torch.Tensor) -> torch.Tensor:
-    """Set pixels outside ``head_mask`` (B, 1, H, W) {0, 1} to white (GazeNeRF scores on white)."""
-    return image * head_mask + (1.0 - head_mask)
 
 
 def image_metrics(pred: torch.Tensor, target: torch.Tensor, head_mask: torch.Tensor) -> dict[str, torch.Tensor]:

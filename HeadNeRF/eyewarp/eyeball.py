@@ -200,7 +200,7 @@ def _mean_head_eyes() -> tuple[np.ndarray, float]:
         from HeadNeRF.data.synthetic import head_model as hm
 
         P = hm.decode(np.zeros(hm.CODE_DIM, np.float32))
-        _MEAN_EYES = (np.asarray(hm._eye_centers(P), np.float64), float(P.eye_radius))
+        _MEAN_EYES = (np.asarray(hm.eyeball_centers(P), np.float64), float(P.eye_radius))
     return _MEAN_EYES
 
 

@@ -322,9 +322,9 @@ class AppearanceRenderer:
             self.interior = ~self.is_eye & (((n1 * view).sum(-1) < -0.05) | ~usable.any(1))
             lid = torch.ones_like(pos1[:, 0])
             if self.is_eye.any():
-                _, up, _, _ = hm._almond(pos1[:, 0], pos1[:, 1], P)
+                _, up, _, _ = hm.eye_almond(pos1[:, 0], pos1[:, 1], P)
                 up_k = up.gather(0, self.eye_k.view(1, -1)).squeeze(0)
-                lid = torch.where(self.is_eye, 0.55 + 0.45 * hm._tsmooth(0.0, 0.03, up_k), lid)
+                lid = torch.where(self.is_eye, 0.55 + 0.45 * hm.smoothstep(0.0, 0.03, up_k), lid)
         self.pos, self.n, self.view, self.lid, self.fg, self.B, self.S = pos1, n1, view, lid, fg, B, S
         self.regions = [region_masks((S, S), self.lm2d[b], self.iris2d[b], self.mask[b]) for b in range(B)]
 

@@ -75,7 +75,7 @@ def head_params(code):
     import dataclasses
 
     P = hm.decode(np.asarray(code, np.float64))
-    eyes = hm._eye_centers(P)
+    eyes = hm.eyeball_centers(P)
     return dataclasses.replace(P, eye_centers=tuple(tuple(float(v) for v in c) for c in eyes))
 
 

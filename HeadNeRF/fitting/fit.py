@@ -41,7 +41,7 @@ from tqdm import tqdm
 from ..geometry.gaze import gaze_in_head_frame, head_pose_from_rotation, rotate_pitch_yaw
 from ..loop import TrainingAborted, backward_if_finite, step_or_skip
 from ..losses import VGGPerceptual, masked_error
-from ..metrics import masked_psnr
+from ..metrics import masked_psnr, whiten_background
 from ..rendering.pixels import gather_pixels, sample_pixels
 from .config import FitConfig
 from .render import render_fit
@@ -161,7 +161,7 @@ class FitProblem:
     def loss_terms(self, pred: torch.Tensor, tgt: dict, stage: FitStage) -> dict:
         """Photometric terms (head, non-head white, eye, VGG) and the variables' L2 penalties."""
         cfg, head, eye = self.cfg, tgt["head_mask"], tgt["eye_mask"]
-        gt = tgt["image"] * head + (1.0 - head)
+        gt = whiten_background(tgt["image"], head)
         head_pixels = head * (1.0 - eye) if stage.exclude_eyes else head
         terms = {"head": cfg.head * masked_error(pred, gt, head_pixels, cfg.photometric),
                  "nonhead": cfg.nonhead * masked_error(pred, torch.ones_like(pred), 1.0 - head, "mse")}
@@ -261,7 +261,7 @@ def fitted_result(problem: FitProblem, net, losses: dict, seconds: dict, steps_r
         result.gaze = rotate_pitch_yaw(gaze_head, R)  # the same eyeball direction in the refined camera's frame
         result.render = render_fit(result)
         head = target.head_mask
-        result.psnr_head = float(masked_psnr(result.render, target.image * head + (1 - head), head)[0])
+        result.psnr_head = float(masked_psnr(result.render, whiten_background(target.image, head), head)[0])
     return result
 
 

@@ -33,7 +33,7 @@ def eye_mask_for_view(R_w2c: torch.Tensor, t_w2c: torch.Tensor, K: torch.Tensor,
 
     code = np.zeros(hm.CODE_DIM, np.float32) if code is None else np.asarray(code, np.float32).reshape(-1)
     P = hm.decode(code)
-    eye_c = hm._eye_centers(P)  # as build_mesh completes the parameters
+    eye_c = hm.eyeball_centers(P)  # as build_mesh completes the parameters
     P = dataclasses.replace(P, eye_centers=tuple(tuple(float(v) for v in c) for c in eye_c))
     lm3d = torch.as_tensor(hm.landmarks_3d(P), dtype=torch.float32)
     B = R_w2c.shape[0]

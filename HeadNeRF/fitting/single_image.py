@@ -39,6 +39,7 @@ from ..eyewarp.outputs import write_photo_redirection
 from ..face import analyse_and_normalise, fit_latent_codes, load_image_rgb
 from ..geometry.gaze import angular_error_deg
 from ..image_io import label, to_frame, write_animation, write_png
+from ..metrics import whiten_background
 from ..run_lock import writer_prefix
 from .config import PhotoFitConfig
 from .fit import fit_image
@@ -142,7 +143,7 @@ def write_fit_files(work: str, cfg: PhotoFitConfig, photo: Photo, target: FitTar
     Returns (the written names, the photo redirection's report, the gaze sweep's gazes (F, 2))."""
     eye_code = photo.code.numpy() if is_synthetic_layout(photo.info.code_slices) else None
     inp, head, fit = target.image[0].cpu(), target.head_mask[0].cpu(), result.render[0].cpu()
-    diff = (fit - (inp * head + (1 - head))).abs()
+    diff = (fit - whiten_background(inp, head)).abs()
     write_png(os.path.join(work, "merged.png"), np.concatenate([label(to_frame(inp), "input crop"),
                                                                 label(to_frame(fit), "fit"),
                                                                 label(to_frame(diff), "|difference|")], 1))

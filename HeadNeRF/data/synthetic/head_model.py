@@ -43,7 +43,8 @@ __all__ = [
     "PART_LEFT_EYE_REGION", "PART_RIGHT_EYEBALL", "PART_LEFT_EYEBALL",
     "EYEBALL_SCLERA", "EYEBALL_IRIS", "EYEBALL_PUPIL", "FACE_CENTER", "HeadParams", "HeadMesh",
     "sample_code", "decode", "build_mesh", "skin_albedo", "eyeball_albedo", "eyeball_part",
-    "in_eye_opening", "eye_region_weight", "landmarks_3d", "iris_centers_3d", "eyeball_face_part",
+    "in_eye_opening", "eye_region_weight", "landmarks_3d", "iris_centers_3d", "eyeball_face_part", "eyeball_centers",
+    "eye_almond", "smoothstep",
 ]
 
 IDENTITY_NAMES = (
@@ -286,7 +287,7 @@ def _skin_points(d: np.ndarray, P: HeadParams) -> np.ndarray:
     return p
 
 
-def _eye_centers(P: HeadParams) -> np.ndarray:
+def eyeball_centers(P: HeadParams) -> np.ndarray:
     """(2, 3) eyeball centres [subject's right (x<0), left], just behind the skin surface."""
     centers = []
     for s in (-1, 1):
@@ -316,7 +317,7 @@ def _surface_point_xy(xy: np.ndarray, P: HeadParams, push_out: bool = True, eye_
         d = d + np.concatenate([(xy - p[:, :2]) * 0.9, np.zeros((len(xy), 1))], axis=1)
     p = _skin_points(d / np.linalg.norm(d, axis=1, keepdims=True), P)
     if push_out:
-        p = _push_out(p, _eye_centers(P) if eye_centers is None else eye_centers, P)
+        p = _push_out(p, eyeball_centers(P) if eye_centers is None else eye_centers, P)
     return p
 
 
@@ -366,7 +367,7 @@ def build_mesh(code: np.ndarray) -> HeadMesh:
     P = decode(code)
     dirs, faces = _latlong_sphere(_RINGS, _SEGMENTS, warp=1.25)
     skin = _skin_points(dirs, P)
-    eye_c = _eye_centers(P)
+    eye_c = eyeball_centers(P)
     P = dataclasses.replace(P, eye_centers=tuple(tuple(float(v) for v in c) for c in eye_c))
     skin = _push_out(skin, eye_c, P)
     skin_n = _vertex_normals(skin, faces, np.zeros(3))
@@ -411,12 +412,12 @@ def _t(v, like):
     return torch.as_tensor(np.asarray(v, dtype=np.float32), dtype=like.dtype, device=like.device)
 
 
-def _tsmooth(a, b, x):
+def smoothstep(a, b, x):
     t = ((x - a) / (b - a)).clamp(0.0, 1.0)
     return t * t * (3 - 2 * t)
 
 
-def _almond(x, y, P: HeadParams, scale: float = 1.0):
+def eye_almond(x, y, P: HeadParams, scale: float = 1.0):
     """Signed eye-opening coordinates for both eyes.
 
     Returns (inside (2, P) bool, upper_dist (2, P), lower_dist (2, P), s (2, P)): distances (head
@@ -448,14 +449,14 @@ def _almond(x, y, P: HeadParams, scale: float = 1.0):
 
 def in_eye_opening(pos: torch.Tensor, P: HeadParams) -> torch.Tensor:
     """(P, 3) skin points -> (P,) bool: the point lies in an eye opening (the renderer discards it)."""
-    inside, _, _, _ = _almond(pos[:, 0], pos[:, 1], P)
+    inside, _, _, _ = eye_almond(pos[:, 0], pos[:, 1], P)
     front = torch.stack([pos[:, 2] < c[2] for c in P.eye_centers])
     return (inside & front).any(0)
 
 
 def eye_region_weight(pos: torch.Tensor, P: HeadParams) -> torch.Tensor:
     """(P, 3) -> (2, P) bool: periocular region (opening enlarged 1.5× plus the lids) of each eye."""
-    inside, _, _, _ = _almond(pos[:, 0], pos[:, 1], P, scale=1.5)
+    inside, _, _, _ = eye_almond(pos[:, 0], pos[:, 1], P, scale=1.5)
     front = torch.stack([pos[:, 2] < c[2] + 0.05 for c in P.eye_centers])
     return inside & front
 
@@ -464,7 +465,7 @@ def skin_albedo(pos: torch.Tensor, P: HeadParams) -> torch.Tensor:
     """(P, 3) head-frame skin points -> (P, 3) albedo in [0, 1] (skin, hair, brows, lips, lash line)."""
     x, y, z = pos.unbind(-1)
     skin = _t(P.skin_rgb, pos).expand(len(pos), 3).clone()
-    front = _tsmooth(-0.2, -0.6, z)
+    front = smoothstep(-0.2, -0.6, z)
     # Blush on the cheeks, slightly redder nose tip and ears.
     blush = sum(torch.exp(-0.5 * (((x - s * 0.38) / 0.12) ** 2 + ((y - 0.2) / 0.1) ** 2)) for s in (-1, 1)) * front
     blush = blush + 0.6 * torch.exp(-0.5 * ((x / 0.06) ** 2 + ((y - P.nose_tip_y) / 0.05) ** 2)) * front
@@ -477,7 +478,7 @@ def skin_albedo(pos: torch.Tensor, P: HeadParams) -> torch.Tensor:
     up_top = line - 0.05 * P.lip_fullness * shape ** 0.5 * (1 - 0.35 * torch.exp(-(x / 0.03) ** 2))
     lo_bot = line + 0.065 * P.lip_fullness * shape ** 0.6
     lips = ((y > up_top) & (y < lo_bot) & (u.abs() < 1)).float() * front
-    lips = lips * _tsmooth(0.0, 0.01, torch.minimum(y - up_top, lo_bot - y))
+    lips = lips * smoothstep(0.0, 0.01, torch.minimum(y - up_top, lo_bot - y))
     skin = skin * (1 - lips[:, None]) + _t(P.lip_rgb, pos) * lips[:, None]
     gap = 0.004 + P.mouth_open * shape
     mouth = (torch.abs(y - line - 0.3 * P.mouth_open) < gap) & (u.abs() < 1) & (front > 0.5)
@@ -495,8 +496,8 @@ def skin_albedo(pos: torch.Tensor, P: HeadParams) -> torch.Tensor:
         brow = (torch.abs(y - by) < thick) & (bu.abs() < 1) & (front > 0.5)
         skin = torch.where(brow[:, None], _t(P.brow_rgb, pos), skin)
     # Lids: lash line (dark) at the edges of the opening, lid crease, slight periocular shadow.
-    inside, up, lo, s = _almond(x, y, P)
-    _, up15, _, _ = _almond(x, y, P, scale=1.5)
+    inside, up, lo, s = eye_almond(x, y, P)
+    _, up15, _, _ = eye_almond(x, y, P, scale=1.5)
     for k in range(2):
         infront = z < P.eye_centers[k][2]
         lash = (((up[k] > -0.012) & (up[k] < 0.0)) | ((lo[k] > -0.005) & (lo[k] < 0.0))) & (s[k].abs() < 1.05) & infront
@@ -504,7 +505,7 @@ def skin_albedo(pos: torch.Tensor, P: HeadParams) -> torch.Tensor:
         crease = (torch.abs(up15[k] + 0.003) < 0.006) & (s[k].abs() < 0.8) & infront
         skin = torch.where(crease[:, None], skin * 0.75, skin)
     # Hair with a few strands of variation.
-    hw = _tsmooth(-0.01, 0.025, _hair_line(pos, P) - y)
+    hw = smoothstep(-0.01, 0.025, _hair_line(pos, P) - y)
     streak = 1 + 0.07 * torch.sin(90 * x + 20 * z) * torch.sin(60 * z - 25 * y)
     hair = _t(P.hair_rgb, pos) * streak[:, None]
     return (skin * (1 - hw[:, None]) + hair * hw[:, None]).clamp(0, 1)
@@ -513,8 +514,8 @@ def skin_albedo(pos: torch.Tensor, P: HeadParams) -> torch.Tensor:
 def _hair_line(pos: torch.Tensor, P: HeadParams) -> torch.Tensor:
     """torch twin of _hair_weight's hairline (same formula) for per-fragment hair colour."""
     x, y, z = pos.unbind(-1)
-    line = P.hairline_y + 0.36 * _tsmooth(-0.75, -0.45, z) \
-        + 0.22 * _tsmooth(-0.42, -0.28, z) * (1 - _tsmooth(-0.2, -0.1, z)) + 0.75 * _tsmooth(0.14, 0.42, z)
+    line = P.hairline_y + 0.36 * smoothstep(-0.75, -0.45, z) \
+        + 0.22 * smoothstep(-0.42, -0.28, z) * (1 - smoothstep(-0.2, -0.1, z)) + 0.75 * smoothstep(0.14, 0.42, z)
     return line + 0.03 * torch.sin(7.0 * x + 2.0 * z)
 
 
@@ -538,9 +539,9 @@ def eyeball_albedo(pos: torch.Tensor, eye_center: torch.Tensor, optical_axis: to
     r = (ang / P.iris_angle).clamp(0, 1)  # 0 at the pupil centre, 1 at the limbus
     sclera = _t(P.sclera_rgb, pos).expand(len(pos), 3)
     # Sclera gets slightly darker/pinker towards the corners (away from the cornea).
-    sclera = sclera * (1 - 0.12 * _tsmooth(0.9, 0.3, cos))[:, None]
+    sclera = sclera * (1 - 0.12 * smoothstep(0.9, 0.3, cos))[:, None]
     iris = _t(P.iris_rgb, pos) * (1.25 - 0.55 * r ** 2)[:, None]
-    iris = iris * (1 - 0.45 * _tsmooth(0.75, 1.0, r))[:, None]  # dark limbal ring
+    iris = iris * (1 - 0.45 * smoothstep(0.75, 1.0, r))[:, None]  # dark limbal ring
     out = torch.where((part == EYEBALL_SCLERA)[:, None], sclera, iris)
     out = torch.where((part == EYEBALL_PUPIL)[:, None], _t((0.02, 0.02, 0.025), pos), out)
     return out.clamp(0, 1)

@@ -256,9 +256,9 @@ def prepare_view(code, R_w2c, t_w2c, K, image_size: int, device: str = "cpu", ti
     spec = torch.where(is_eye, 0.9 * nh ** 120, P.specular * 0.25 * nh ** 16 * (1 - albedo.mean(-1)))
     # Lids cast a soft shadow on the top of the eyeball.
     if is_eye.any():
-        _, up, _, _ = hm._almond(pos1[:, 0], pos1[:, 1], P)
+        _, up, _, _ = hm.eye_almond(pos1[:, 0], pos1[:, 1], P)
         up_k = up.gather(0, eye_k.view(1, -1)).squeeze(0)
-        shade = torch.where(is_eye, shade * (0.55 + 0.45 * hm._tsmooth(0.0, 0.03, up_k)), shade)
+        shade = torch.where(is_eye, shade * (0.55 + 0.45 * hm.smoothstep(0.0, 0.03, up_k)), shade)
 
     # Periocular masks: eyeball pixels and skin in the enlarged eye region, dilated a little.
     region = hm.eye_region_weight(pos1, P)  # (2, N)
