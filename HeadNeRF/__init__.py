@@ -4,22 +4,19 @@ Data flows one way: HDF5 row (``data``) -> camera + codes + gaze -> rays and sam
 (``rendering``) -> fields (``fields``) -> volume rendering -> 2-D neural renderer ->
 image -> losses. ``models`` composes the pieces; ``training`` runs the loop.
 
-Floors (a module may import only from floors below its own; no cycles):
+Floors (a module imports only from floors below its own; there are no cycles; ``tests`` check
+the graph is acyclic and that nothing imports ``training``):
 
-0. ``run_lock``, ``shapes``, ``cli_checks``, ``geometry/``, ``config``, ``metrics``: nothing of the package
-   (``atomic_io`` imports only ``run_lock``);
-1. ``checkpoint`` (atomic_io), ``rendering/`` (geometry, shapes), ``data/`` (geometry, atomic_io),
-   ``loop``, ``memory``, ``losses`` (config);
-2. ``fields/`` and ``neural_renderer`` (rendering), ``face/`` (data, geometry, atomic_io);
-3. ``models`` (config, fields, neural_renderer, rendering, geometry), ``preprocess/`` (data, face, geometry,
-   atomic_io, run_lock), ``estimator/`` (checkpoint, config, data, geometry, loop);
-4. ``fitting`` (models and everything below; TODO(lead): becomes the ``fitting/`` package of helper
-   "fitpkg"), ``evaluation/`` (fitting, estimator and below; its exact-render measurements are
-   ``evaluation/exact_render.py``);
-5. ``training`` (imported only by ``train_headnerf.py`` and its tests), ``fitting_outputs``, ``eyewarp/``.
+0. ``config``, ``geometry/``, ``metrics``, ``shapes``, ``run_lock``, ``memory``, ``cli_checks``: nothing of the package;
+1. ``atomic_io`` (run_lock), ``rendering/`` (geometry, shapes), ``loop`` (config), ``losses`` (config, metrics);
+2. ``checkpoint``, ``image_io`` (atomic_io), ``data/`` (atomic_io, geometry), ``fields/``, ``neural_renderer`` (rendering);
+3. ``face/`` (data, geometry), ``run_dir`` (checkpoint, loop), ``models`` (fields, neural_renderer, rendering, shapes);
+4. ``preprocess/`` (face, data), ``eyewarp/`` (face, data, image_io), ``estimator/`` (run_dir, checkpoint, data);
+5. ``fitting/`` (models, estimator, eyewarp, face and below);
+6. ``evaluation/`` (fitting, estimator and below; the exact readout, the exact-render measurements of the
+   training report and the fit, the photo warp's synthetic measurement);
+7. ``training`` (imported only by ``train_headnerf.py`` and its tests).
 
-Known upward arrows, each a lazy import with a comment, left for the lead: ``fitting`` -> ``evaluation.readout``
-(the fit's ground-truth check) and ``eyewarp`` <-> ``fitting_outputs`` (shared image writers).
 The top-level scripts (``train_headnerf.py``, ``Evaluation.py``, ``FittingSingleImage.py``,
 ``train_gaze_estimator.py``, ``DataProcess/*.py``) parse arguments and call one package function.
 """

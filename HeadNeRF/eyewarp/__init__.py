@@ -4,10 +4,9 @@
 ``redirect.py`` (targets -> images, refusals), ``outputs.py`` (the files FittingSingleImage.py writes).
 See docs/photo_redirection.md.
 
-May import: ``face``, ``geometry``, ``data`` (the synthetic head model for its eye geometry),
-``evaluation.readout`` (its synthetic check). TODO(lead): ``outputs`` imports ``fitting_outputs``'s
-writers while ``fitting_outputs`` calls ``write_photo_redirection``: a cycle to cut by moving the
-writers to a floor module.
+May import: ``face``, ``geometry``, ``data`` (the synthetic head model for its eye geometry) and
+``image_io`` (frame writers). Its synthetic measurement (exact readout against the generator) lives
+above it, in ``evaluation/photo_warp.py``; ``fitting`` calls ``outputs.write_photo_redirection``.
 """
 
 from .eyeball import HEAD_MODEL, HUMAN, EyeAnatomy, Eyeball, estimate_eyeballs

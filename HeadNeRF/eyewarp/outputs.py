@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from ..image_io import label, write_animation, write_png
 from .redirect import PhotoRedirection, RedirectConfig, changed_region, prepare, redirect
 
 __all__ = ["DEFAULT_TARGETS", "face_crop_box", "target_name", "write_photo_redirection"]
@@ -85,8 +86,6 @@ def _write_photo_redirection(work, image, analysis, face, targets, mp4, config, 
             (normalised frame) or empty for ``DEFAULT_TARGETS``.
     Never raises for a face it cannot redirect: the notes say why and the affected files are not written.
     """
-    from HeadNeRF.image_io import label, write_animation, write_png
-
     t0 = time.perf_counter()
     targets = np.asarray(targets, np.float64).reshape(-1, 2)
     named = [(target_name(g), tuple(g)) for g in targets] if len(targets) else list(DEFAULT_TARGETS)
