@@ -65,9 +65,9 @@ def test_round_trip_through_dict():
 
 
 def _is_training_config(path: str) -> bool:
-    """config/ also holds evaluation and gaze-estimator configs, each loaded by its own typed class."""
+    """config/ also holds evaluation, gaze-estimator and photo-fit configs, each loaded by its own typed class."""
     name = os.path.basename(path)
-    return not (name.endswith("_evaluation.yml") or name.startswith("gaze_estimator"))
+    return not (name.endswith("_evaluation.yml") or name.startswith("gaze_estimator") or name == "fitting.yml")
 
 
 SHIPPED = sorted(glob.glob(os.path.join(ROOT, "config", "*.yml")))
@@ -84,6 +84,10 @@ def test_shipped_configs_load(path):
         from HeadNeRF.estimator.config import EstimatorConfig
 
         assert load_yaml(path, EstimatorConfig).model.input_size > 0
+    elif name == "fitting.yml":
+        from HeadNeRF.fitting import load_photo_fit_config
+
+        assert load_photo_fit_config(path, {}).fit.steps > 0
     else:
         assert load_yaml(path).model.model_name in ("HeadNeRF", "HeadNeRF_Gaze", "GazeNeRF")
 

@@ -23,6 +23,7 @@ import torch
 
 from ..data.codes import split_code
 from ..data.dataset import GazeDataset
+from ..data.layout import read_row
 from ..data.synthetic import render_view
 from ..fitting import FitConfig, ModelInfo, fit_image, is_synthetic_layout, render_fit, target_from_dataset_row
 from ..geometry.gaze import gaze_in_head_frame
@@ -81,6 +82,7 @@ def redirection_measurement(render_at, source: dict, code, gaze_head: torch.Tens
 def same_camera_targets(path: str, row: int, cam: int, frame: int, heldout_frames: set) -> tuple | None:
     """Rows B of the source's subject file: every other held-out frame of camera ``cam`` (when it has none,
     every other frame). Returns (source code (D,), B's head-frame gazes (n, 2)), or None without any B."""
+    # Selecting B needs whole columns (camera, frame, validity), so this reads the file itself.
     with h5py.File(path, "r") as f:
         cams, frames = np.asarray(f["cam_index"][:]), np.asarray(f["frame_index"][:])
         valid = np.asarray(f["valid_mask"][:], dtype=bool)
@@ -117,10 +119,10 @@ def dataset_redirection(model, val_ds: GazeDataset, sources: list, device, reado
     """
     if not sources:
         return None
-    with h5py.File(val_ds.paths[val_ds.rows[sources[0]].subject], "r") as f:
-        if f.attrs.get("source") != "synthetic":
-            return None
-        supersample = int(f.attrs.get("supersample", 1))  # render the target exactly as the stored images were
+    first = read_row(val_ds.paths[val_ds.rows[sources[0]].subject], 0)
+    if first["source"] != "synthetic":
+        return None
+    supersample = first["supersample"]  # render the target exactly as the stored images were
     # The readout redraws a row from its code: only when the codes are the generator's own.
     readout = readout and val_ds.code_slices is not None and is_synthetic_layout(val_ds.code_slices)
     heldout_frames = set(val_ds.split.heldout_frames)
@@ -159,13 +161,11 @@ def quality_source(ds: GazeDataset, subject: int | None, source_cam: int, source
         raise ValueError(f"subject {sid} has no row of camera {source_cam}")
     frame = frames_of_cam[0] if source_frame is None else source_frame
     src = next(i for i in mine if ds.rows[i].cam == source_cam and ds.rows[i].frame == frame)
-    with h5py.File(ds.paths[sid], "r") as f:
-        if f.attrs.get("source") != "synthetic":
-            raise ValueError(f"{ds.paths[sid]}: ground-truth quality needs synthetic data (source "
-                             f"{f.attrs.get('source')!r})")
-        supersample = int(f.attrs.get("supersample", 1))
-        true_code = np.asarray(f["latent_code"][ds.rows[src].row], dtype=np.float32)
-    return {"sid": sid, "mine": mine, "frame": frame, "index": src, "supersample": supersample, "code": true_code}
+    row = read_row(ds.paths[sid], ds.rows[src].row, ("latent_code",))
+    if row["source"] != "synthetic":
+        raise ValueError(f"{ds.paths[sid]}: ground-truth quality needs synthetic data (source {row['source']!r})")
+    return {"sid": sid, "mine": mine, "frame": frame, "index": src, "supersample": row["supersample"],
+            "code": row["latent_code"]}
 
 
 def other_views_quality(model, res, ds: GazeDataset, rows: list, true_code, info: ModelInfo, device) -> dict:
