@@ -166,6 +166,9 @@ def render_rays(rays: RayBatch, features: torch.Tensor, density: torch.Tensor) -
         dict of (B, ·, h, w) maps: "features" (pre-multiplied), "opacity", "depth"; and
         "sample_density" (N, S), the densities themselves (for the density grid).
     """
+    dims = check_shape("render_rays", "density", density, ("N", "S"))
+    check_shape("render_rays", "features", features, ("N", "S", None), dims)
+    check_shape("render_rays", "rays.deltas", rays.deltas, ("N", "S"), dims)
     with torch.autocast(rays.depths.device.type, enabled=False):  # fp32 compositing, also under mlp_precision bf16
         features, density = features.float(), density.float()
         weights = transmittance_weights(alpha_from_density(density, rays.deltas))  # (N, S)

@@ -93,6 +93,16 @@ def test_forward_names_a_wrong_shape(name, key, bad, expected):
     assert str(err.value) == f"{name}.forward: {expected}"
 
 
+def test_render_rays_names_a_wrong_shape():
+    from HeadNeRF.models import render_rays
+    from HeadNeRF.shapes import ShapeError
+
+    class Rays:  # render_rays reads only deltas and depths before compositing
+        deltas = depths = torch.ones(4, 3)
+    with pytest.raises(ShapeError, match=r"render_rays: features must be \(N=4, S=3, \*\), got \(4, 2, 5\)"):
+        render_rays(Rays(), torch.zeros(4, 2, 5), torch.zeros(4, 3))
+
+
 @pytest.mark.parametrize("name", list(MODEL_CLASSES))
 def test_gaze_changes_image_only_for_gaze_models(name):
     model = make(name)

@@ -197,7 +197,7 @@ def _mean_head_eyes() -> tuple[np.ndarray, float]:
     """The synthetic mean head's eyeball centres (2, 3) [right, left] (head frame) and radius (cached)."""
     global _MEAN_EYES
     if _MEAN_EYES is None:
-        from HeadNeRF.data.synthetic import head_model as hm
+        from HeadNeRF.data.synthetic import head_model as hm  # lazy: data.synthetic loads pytorch3d's renderer
 
         P = hm.decode(np.zeros(hm.CODE_DIM, np.float32))
         _MEAN_EYES = (np.asarray(hm.eyeball_centers(P), np.float64), float(P.eye_radius))
@@ -391,7 +391,7 @@ def estimate_eyeballs(lm478: np.ndarray, R_head: np.ndarray, t_head: np.ndarray,
     t = np.asarray(t_head, np.float64).reshape(3)
     K = np.asarray(K, np.float64).reshape(3, 3)
     forward = -R[:, 2]  # the face looks along the head's -z
-    from HeadNeRF.data.synthetic.head_model import FACE_CENTER
+    from HeadNeRF.data.synthetic.head_model import FACE_CENTER  # lazy: data.synthetic loads pytorch3d's renderer
 
     depth = float((R @ np.asarray(FACE_CENTER, np.float64) + t)[2])
     eyes = [_eye_geometry(lm478, k, R, t, K, depth, anatomy) for k in range(2)]

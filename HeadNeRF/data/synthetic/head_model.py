@@ -37,6 +37,8 @@ import dataclasses
 import numpy as np
 import torch
 
+from HeadNeRF.geometry.gaze import pitch_yaw_to_vector
+
 __all__ = [
     "IDENTITY_NAMES", "EXPRESSION_NAMES", "ALBEDO_NAMES", "ILLUMINATION_NAMES",
     "CODE_SLICES", "CODE_DIM", "PART_SKIN", "PART_HAIR", "PART_RIGHT_EYE_REGION",
@@ -549,8 +551,6 @@ def eyeball_albedo(pos: torch.Tensor, eye_center: torch.Tensor, optical_axis: to
 
 def iris_centers_3d(P: HeadParams, gaze_head: torch.Tensor) -> torch.Tensor:
     """(..., 2) gaze (pitch, yaw) in the head frame -> (..., 2, 3) iris centres [right, left] on the eyeball surface."""
-    from HeadNeRF.geometry.gaze import pitch_yaw_to_vector
-
     axis = pitch_yaw_to_vector(gaze_head.to(torch.float32))
     centers = torch.tensor(P.eye_centers, dtype=torch.float32)
     return centers + P.eye_radius * axis.unsqueeze(-2)
@@ -607,8 +607,6 @@ def eyeball_face_part(mesh: HeadMesh, gaze_head) -> np.ndarray:
     Labels a face by its centroid (the renderer colours per fragment, so this is only a
     face-level summary, e.g. for statistics or debugging). gaze_head: (2,) pitch/yaw, head frame.
     """
-    from HeadNeRF.geometry.gaze import pitch_yaw_to_vector
-
     P = mesh.params
     axis = pitch_yaw_to_vector(torch.as_tensor(np.asarray(gaze_head, dtype=np.float32))).numpy()
     out = np.full(len(mesh.faces), -1, dtype=np.int64)

@@ -42,6 +42,7 @@ from HeadNeRF.geometry.cameras import (camera_center, intrinsics_matrix, normali
                                        scale_intrinsics)
 from HeadNeRF.geometry.gaze import pitch_yaw_to_vector, gaze_in_head_frame, vector_to_pitch_yaw, head_pose_from_rotation
 from . import head_model as hm
+from . import rig
 
 __all__ = ["render_view", "render", "rasterize_views", "mesh_for_code", "default_tile_size", "prepare_view",
            "shade_view", "shade_image", "shade_eye_pixels"]
@@ -357,8 +358,6 @@ def render(code, camera, gaze, head_pose, image_size: int = 128, device: str = "
         render_view's dict plus face_gaze (B, 2), face_head_pose (B, 2), gaze_head (B, 2),
         cam_R_w2c (B, 3, 3), cam_t_w2c (B, 3), cam_K (B, 3, 3) (float32 numpy).
     """
-    from . import rig
-
     cams = np.atleast_1d(np.asarray(camera, dtype=np.int64))
     head = np.asarray(head_pose, dtype=np.float32).reshape(-1, 2)
     gaze_cam = torch.as_tensor(np.asarray(gaze, dtype=np.float32).reshape(-1, 2))
