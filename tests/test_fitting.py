@@ -32,7 +32,7 @@ from HeadNeRF.fitting import (
     split_code,
     target_from_dataset_row,
 )
-from HeadNeRF.fitting.fit import MAX_BAD_STEPS, FitProblem, FitStage, fit_step
+from HeadNeRF.fitting.fit import MAX_BAD_STEPS, FitProblem, FitStage, fit_guard, fit_step
 from HeadNeRF.loop import TrainingAborted
 
 SCRIPT = os.path.join(ROOT, "FittingSingleImage.py")
@@ -163,19 +163,19 @@ def test_fit_step_is_one_guarded_step(ckpt, tiny_dataset):
     target = target_from_dataset_row(ds, 0, code=info.code_mean)
     cfg = FitConfig(steps=1, rays_per_step=64)
     problem = FitProblem.start(model, target, cfg)
-    opt = torch.optim.Adam(problem.param_groups())
-    loss, bad = fit_step(model, problem, opt, FitStage("codes", cfg.eye, False), step=0)
-    assert np.isfinite(loss) and bad == 0 and problem.d_shape.abs().sum() > 0
+    guard = fit_guard(torch.optim.Adam(problem.param_groups()))
+    loss = fit_step(model, problem, guard, FitStage("codes", cfg.eye, False), step=0)
+    assert np.isfinite(loss) and guard.bad_steps == 0 and problem.d_shape.abs().sum() > 0
 
     broken = dataclasses.replace(target, image=torch.full_like(target.image, float("nan")))
     problem = FitProblem.start(model, broken, cfg)
-    opt = torch.optim.Adam(problem.param_groups())
+    guard = fit_guard(torch.optim.Adam(problem.param_groups()))
     with pytest.warns(UserWarning, match="non-finite"):
         for step in range(MAX_BAD_STEPS - 1):
-            loss, bad = fit_step(model, problem, opt, FitStage("codes", cfg.eye, False), step, bad)
-            assert loss is None and bad == step + 1
+            loss = fit_step(model, problem, guard, FitStage("codes", cfg.eye, False), step)
+            assert loss is None and guard.bad_steps == step + 1
         with pytest.raises(TrainingAborted):
-            fit_step(model, problem, opt, FitStage("codes", cfg.eye, False), MAX_BAD_STEPS, bad)
+            fit_step(model, problem, guard, FitStage("codes", cfg.eye, False), MAX_BAD_STEPS)
         assert problem.d_shape.abs().sum() == 0  # no bad step reached the codes
         res = fit_image(model, broken, FitConfig(steps=20), progress=False)
     assert res.steps_run == {"codes": 0} and torch.equal(res.shape_code, broken.shape_code)

@@ -21,7 +21,7 @@ gaze-independent trunk is never taught to paint this image's pupils at their cur
 (which would leave "ghost" pupils when the gaze changes). The eyes therefore keep what the
 frozen codes stage fitted; the rest of the head gains the fine-tuned detail.
 
-A non-finite loss or gradient skips its step (``loop.backward_if_finite`` / ``loop.step_or_skip``);
+A non-finite loss or gradient skips its step (``loop.GuardedStep``, the same step both training loops take);
 ``MAX_BAD_STEPS`` in a row end the stage with what it had.
 
 Camera-frame vs head-frame gaze follows ``docs/conventions.md``: a FitTarget's ``gaze`` is in
@@ -39,7 +39,7 @@ from pytorch3d.transforms import axis_angle_to_matrix
 from tqdm import tqdm
 
 from ..geometry.gaze import gaze_in_head_frame, head_pose_from_rotation, rotate_pitch_yaw
-from ..loop import TrainingAborted, backward_if_finite, step_or_skip
+from ..loop import GuardedStep, TrainingAborted
 from ..losses import VGGPerceptual, masked_error
 from ..metrics import masked_psnr, whiten_background
 from ..rendering.pixels import gather_pixels, sample_pixels
@@ -48,7 +48,7 @@ from .render import render_fit
 from .result import FitResult
 from .targets import FitTarget, check_target_shapes
 
-__all__ = ["MAX_BAD_STEPS", "FitProblem", "FitStage", "fit_image", "fit_step"]
+__all__ = ["MAX_BAD_STEPS", "FitProblem", "FitStage", "fit_guard", "fit_image", "fit_step"]
 
 MAX_BAD_STEPS = 5  # consecutive non-finite losses or gradients that end a fitting stage
 
@@ -177,26 +177,27 @@ class FitProblem:
         return terms
 
 
-def fit_step(net, problem: FitProblem, optimizer, stage: FitStage, step: int, bad_steps: int = 0
-             ) -> tuple[float | None, int]:
-    """One guarded optimisation step of ``problem`` through ``net``.
+def fit_guard(optimizer) -> GuardedStep:
+    """The fit's guarded step over every parameter of ``optimizer``: no clipping, ``MAX_BAD_STEPS`` skips in a row
+    abort (its ``bad_steps`` counts them)."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    return GuardedStep(optimizer, params, 0.0, MAX_BAD_STEPS, "(a fit: no run directory)", "the fit's learning rates")
 
-    Returns (the loss, or None when the step was skipped for a non-finite loss or gradient; the count of
-    consecutive skipped steps). Raises ``loop.TrainingAborted`` at ``MAX_BAD_STEPS`` skips in a row.
+
+def fit_step(net, problem: FitProblem, guarded_step: GuardedStep, stage: FitStage, step: int) -> float | None:
+    """One guarded optimisation step of ``problem`` through ``net`` (``guarded_step``: :func:`fit_guard`).
+
+    Returns the loss, or None when the step was skipped for a non-finite loss or gradient. Raises
+    ``loop.TrainingAborted`` at ``MAX_BAD_STEPS`` skips in a row.
     """
     pixels, tgt = problem.draw()
     loss = sum(problem.loss_terms(problem.render(net, pixels), tgt, stage).values())
-    optimizer.zero_grad(set_to_none=True)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    finite = bool(backward_if_finite(loss, params))
-    bad_steps = step_or_skip(finite, loss, optimizer, params, 0.0, bad_steps, MAX_BAD_STEPS, step,
-                             "(a fit: no run directory)", "the fit's learning rates")
-    if not finite:
-        return None, bad_steps
+    if not guarded_step(loss, step):
+        return None
     if problem.fit_gaze:
         with torch.no_grad():
             problem.gaze.clamp_(-1.2, 1.2)
-    return loss.item(), bad_steps
+    return loss.item()
 
 
 def run_stage(net, problem: FitProblem, groups: list[dict], steps: int, stage: FitStage, progress: bool) -> list:
@@ -204,14 +205,14 @@ def run_stage(net, problem: FitProblem, groups: list[dict], steps: int, stage: F
     opt = torch.optim.Adam(groups)
     base = [g["lr"] for g in opt.param_groups]
     stop = EarlyStop(problem.cfg.early_stop_patience, problem.cfg.early_stop_delta)
-    history, bad_steps = [], 0
+    guarded_step, history = fit_guard(opt), []
     bar = tqdm(total=steps, desc=f"fit {stage.name}", dynamic_ncols=True, leave=False) if progress else None
     try:
         for it in range(steps):
             for g, lr in zip(opt.param_groups, base):
                 g["lr"] = lr * 0.1 ** (it / max(steps, 1))
             try:
-                loss, bad_steps = fit_step(net, problem, opt, stage, it, bad_steps)
+                loss = fit_step(net, problem, guarded_step, stage, it)
             except TrainingAborted:  # never let bad steps poison the codes: the stage ends with what it had
                 break
             if loss is None:
