@@ -61,6 +61,8 @@ class ModelConfig:
     # eye_frame (each sample point in each eye's gaze-rotated frame, fields/gaze.py eye_frame_points)
     eye_frame_freqs: int = 4  # PE frequencies of the eye-frame directions (gaze_input eye_frame)
     eye_centers_from_code: bool = False  # eye_frame: the eyeball centres move with the shape code (a linear map)
+    eye_polar_cells: int = 0  # eye_frame: a learned table over the angle from each eye's optical axis (fields/gaze.py
+    # EyePolarTable) beside the eye-frame encoding; 0 = off
     gaze_pixel_coords: bool = True  # the pixel's (col, row) among the gaze MLP's per-ray inputs
     bound_radius: float = 1.6  # the head lies inside this sphere around the origin (head units); no samples outside
     template_gaze_noise: float = 0.08  # std of the noise on the zero template gaze while training
@@ -81,6 +83,10 @@ class ModelConfig:
         check_field(self.gaze_input in ("tiled", "eye_frame"), "gaze_input",
                     f"must be tiled or eye_frame, got {self.gaze_input!r}")
         check_field(self.eye_frame_freqs >= 0, "eye_frame_freqs", "must be >= 0")
+        check_field(self.eye_polar_cells == 0 or self.eye_polar_cells >= 2, "eye_polar_cells",
+                    f"must be 0 (off) or >= 2, got {self.eye_polar_cells}")
+        check_field(self.eye_polar_cells == 0 or self.gaze_input == "eye_frame", "eye_polar_cells",
+                    "needs gaze_input: eye_frame (the table reads the eye-frame points)")
         check_field(self.mlp_precision in ("fp32", "bf16", "auto"), "mlp_precision",
                     f"must be fp32, bf16 or auto, got {self.mlp_precision!r}")
         check_field(self.triplane_resolution >= 0, "triplane_resolution", "must be >= 0 (0 = off)")

@@ -68,7 +68,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .fields.encoding import encoding_dim, positional_encoding
-from .fields.gaze import (EYE_CENTER_MAX_OFFSET, MEAN_EYE_CENTERS, GazeMLP, eye_frame_dim, eye_frame_encoding, eye_frame_points, gaze_input_dim,
+from .fields.gaze import (EYE_CENTER_MAX_OFFSET, MEAN_EYE_CENTERS, EyePolarTable, GazeMLP, eye_frame_dim, eye_frame_encoding, eye_frame_points, gaze_input_dim,
                           grid_coords, per_ray_gaze_inputs, pool_eye_mask, rotate_feature_groups)
 from .fields.triplane import TriplaneEncoding
 from .fields.trunk import ConditionalTrunk
@@ -80,6 +80,8 @@ from .rendering.rays import generate_rays, pixel_index_centers, ray_sphere_bound
 from .rendering.sampling import stratified_samples
 from .shapes import check_shape
 from .rendering.volume import alpha_from_density, composite, depth_and_opacity, transmittance_weights
+
+EYE_POLAR_CHANNELS = 8  # features per eye of the optional eye polar table (ModelConfig.eye_polar_cells)
 
 __all__ = ["HeadNeRF", "HeadNeRF_Gaze", "GazeNeRF", "MODEL_CLASSES", "build_model", "redirect",
            "camera_for_head_pose", "RayBatch", "eval_mode", "mlp_autocast", "native_bf16_cpu", "resolve_mlp_precision"]
@@ -326,7 +328,10 @@ class HeadNeRF_Gaze(GazeModelBase):
         self.ray_gaze_tile = 0 if eye_frame else cfg.gaze_tile
         self.gaze_mlp = GazeMLP(self.point_dim, gaze_input_dim(self.ray_gaze_tile, cfg.gaze_pixel_coords),
                                 cfg.gaze_mlp_width, cfg.gaze_mlp_depth, cfg.mlp_width, self.trunk.colour_width,
-                                eye_frame_dim(cfg.eye_frame_freqs) if eye_frame else 0)
+                                (eye_frame_dim(cfg.eye_frame_freqs) + 2 * EYE_POLAR_CHANNELS * (cfg.eye_polar_cells > 0))
+                                if eye_frame else 0)
+        # optional learned iris/limbus profile over the angle from each optical axis (fields/gaze.py EyePolarTable)
+        self.eye_polar = EyePolarTable(cfg.eye_polar_cells, EYE_POLAR_CHANNELS) if cfg.eye_polar_cells else None
         # learnable eyeball centres (2, 3), head frame, started at the synthetic head model's mean; with
         # eye_centers_from_code a zero-initialised linear map of the shape code moves them per subject, bounded
         # (EYE_CENTER_MAX_OFFSET tanh): unbounded, the map drove the centres a metre away within 3000 steps
@@ -349,7 +354,10 @@ class HeadNeRF_Gaze(GazeModelBase):
                 offset = EYE_CENTER_MAX_OFFSET * torch.tanh(self.eye_center_offset(shape_code.float())).view(-1, 2, 3)
                 centers = (centers + offset).index_select(0, rays.ray_image)
             points = eye_frame_points(rays.points.float(), centers, rotation)
-            return eye_frame_encoding(points, self.cfg.eye_frame_freqs)
+            encoded = eye_frame_encoding(points, self.cfg.eye_frame_freqs)
+            if self.eye_polar is None:
+                return encoded
+            return torch.cat((encoded, self.eye_polar(points)), dim=-1)
 
     def render_fields(self, rays, shape_code, appearance_code, gaze_head, pooled_eye_mask, training, render_template,
                       generator):

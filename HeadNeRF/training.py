@@ -171,10 +171,10 @@ def prepare(cfg: TrainConfig, resume: str | None = None):
 
 
 def make_optimizer(cfg: TrainConfig, model, offsets: PerImageOffsets):
-    """(Adam, its plateau schedule, the parameters it steps). The tri-plane features take
-    ``triplane_lr_scale`` times larger steps; the schedule scales every group by the same factor."""
+    """(Adam, its plateau schedule, the parameters it steps). The tri-plane features (and the eye polar
+    table, also a grid of free features) take ``triplane_lr_scale`` times larger steps; the schedule scales every group by the same factor."""
     params = list(model.parameters()) + list(offsets.parameters())
-    planes = [p for name, p in model.named_parameters() if name.startswith("triplane.")]
+    planes = [p for name, p in model.named_parameters() if name.startswith(("triplane.", "eye_polar."))]
     others = [p for p in params if all(p is not q for q in planes)]
     groups = [{"params": others, "lr": cfg.init_lr}]
     if planes:

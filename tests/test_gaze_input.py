@@ -175,3 +175,36 @@ def test_shipped_eye_frame_config_is_the_quickstart_with_the_eye_frame_input():
     model = build_model(cfg, DS, DA)
     assert model.eye_centers.shape == (2, 3) and model.gaze_mlp.sample_in is not None
     assert model.eye_center_offset is not None
+
+
+def test_eye_polar_table_is_a_ring_function_on_the_shell():
+    """Features depend only on the angle from the optical axis (rotations about it keep them) and fade off the sphere."""
+    from HeadNeRF.fields.gaze import EyePolarTable
+
+    table = EyePolarTable(cells=16, channels=3, shell_width=0.25)
+    torch.manual_seed(0)
+    u = torch.nn.functional.normalize(torch.randn(50, 2, 3), dim=-1)
+    a = 0.7  # a rotation about the optical axis (z)
+    spin = torch.tensor([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]], dtype=torch.float32)
+    on_shell = table(u)
+    assert on_shell.shape == (50, 2 * 3)
+    torch.testing.assert_close(table(u @ spin.T), on_shell, atol=1e-5, rtol=1e-5)
+    axis = table(torch.tensor([[[0.0, 0.0, -1.0]]]))
+    torch.testing.assert_close(axis, table.table[0].reshape(1, 3))  # the iris centre reads the first cell
+    far = table(3.0 * u)
+    assert far.abs().max() < 1e-6 * max(1.0, on_shell.abs().max().item())
+    with pytest.raises(ValueError, match="cells"):
+        EyePolarTable(cells=1)
+
+
+def test_eye_polar_model_trains_the_table_and_needs_the_eye_frame():
+    with pytest.raises(ConfigError, match="eye_polar_cells"):
+        ModelConfig(eye_polar_cells=32)  # tiled gaze input
+    with pytest.raises(ConfigError, match="eye_polar_cells"):
+        ModelConfig(gaze_input="eye_frame", eye_polar_cells=1)
+    model = make("HeadNeRF_Gaze", gaze_input="eye_frame", eye_frame_freqs=2, eye_polar_cells=8)
+    assert model.gaze_mlp.sample_in.in_features == eye_frame_dim(2) + 2 * 8
+    x = inputs()
+    model.train()
+    model(**x, training=True)["image"].square().mean().backward()
+    assert model.eye_polar.table.grad is not None and model.eye_polar.table.grad.abs().sum() > 0

@@ -42,7 +42,8 @@ from .encoding import positional_encoding
 from .trunk import add_relu, ray_chunks
 
 __all__ = ["GazeMLP", "per_ray_gaze_inputs", "gaze_input_dim", "pool_eye_mask", "grid_coords", "rotate_feature_groups",
-           "MEAN_EYE_CENTERS", "EYE_RADIUS", "EYE_CENTER_MAX_OFFSET", "eye_frame_points", "eye_frame_encoding", "eye_frame_dim"]
+           "MEAN_EYE_CENTERS", "EYE_RADIUS", "EYE_CENTER_MAX_OFFSET", "eye_frame_points", "eye_frame_encoding", "eye_frame_dim",
+           "EyePolarTable"]
 
 # The synthetic head model's eyeball centres [subject's right (x < 0), left], head frame, averaged over
 # 40 sampled subjects (per-subject std 0.8 / 1.3 / 2.0 cm in x / y / z), and its eyeball radius. They
@@ -93,6 +94,47 @@ def eye_frame_encoding(eye_points: torch.Tensor, num_freqs: int) -> torch.Tensor
     direction = eye_points / radius.clamp_min(1e-6)
     per_eye = torch.cat((positional_encoding(direction, num_freqs), torch.tanh(radius - 1.0)), dim=-1)
     return per_eye.flatten(-2)
+
+
+class EyePolarTable(nn.Module):
+    """Learned features over each eye's polar angle from its optical axis, on the eyeball's shell.
+
+    An iris, a limbus and a pupil are rings about the optical axis: functions of the polar angle
+    ``theta = atan2(|u_xy|, -u_z)`` of the eye-frame point ``u`` (the axis is ``(0, 0, -1)``), with sharp
+    steps at the limbus and the pupil's edge. A PE of the direction needs high frequencies for such a
+    step; a table over ``theta`` (``cells`` entries, linear interpolation) can hold it at any sharpness.
+    Both eyes read the same table (the same iris). The features fade off the sphere's surface with
+    ``exp(-((|u| - 1) / shell_width)^2)``, so they do not paint the skin around the eye.
+
+    ``ModelConfig.eye_polar_cells`` (opt-in, needs ``gaze_input: eye_frame``); the table takes the
+    tri-plane's learning rate (``training.make_optimizer``).
+    """
+
+    def __init__(self, cells: int, channels: int = 8, shell_width: float = 0.25):
+        super().__init__()
+        if cells < 2:
+            raise ValueError(f"EyePolarTable: cells must be >= 2, got {cells}")
+        self.shell_width = shell_width
+        self.table = nn.Parameter(0.1 * torch.randn(cells, channels))
+
+    @property
+    def channels(self) -> int:
+        return self.table.shape[1]
+
+    def forward(self, eye_points: torch.Tensor) -> torch.Tensor:
+        """(..., E, 3) eye-frame points -> (..., E * channels) features."""
+        if eye_points.shape[-1] != 3:
+            raise ValueError(f"EyePolarTable: expected eye-frame points (..., E, 3), got {tuple(eye_points.shape)}")
+        radius = eye_points.norm(dim=-1)  # (..., E)
+        theta = torch.atan2(eye_points[..., :2].norm(dim=-1), -eye_points[..., 2])  # (..., E) in [0, pi]
+        cells = self.table.shape[0]
+        pos = (theta * ((cells - 1) / torch.pi)).clamp(0, cells - 1)
+        lo = pos.floor().clamp(max=cells - 2)
+        frac = (pos - lo).unsqueeze(-1)
+        lo = lo.long()
+        feats = self.table[lo] * (1 - frac) + self.table[lo + 1] * frac  # (..., E, C)
+        window = torch.exp(-((radius - 1.0) / self.shell_width) ** 2).unsqueeze(-1)
+        return (feats * window).flatten(-2)
 
 
 def pool_eye_mask(eye_mask: torch.Tensor | None, batch: int, size: int, like: torch.Tensor,
