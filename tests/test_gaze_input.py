@@ -156,9 +156,10 @@ def test_eye_centre_offsets_are_bounded():
         torch.testing.assert_close(per_code(**x)["image"], shifted(**x)["image"])
 
 
-def test_shipped_eye_frame_config_is_the_quickstart_with_the_eye_frame_input():
-    """config/quickstart_eye_frame.yml differs from config/quickstart.yml only in the gaze input (and run dir),
-    and builds the eye-frame model (the full training path is the quickstart's, tests/test_training.py)."""
+def test_shipped_quickstart_is_the_tiled_config_with_the_eye_frame_input_and_polar_table():
+    """config/quickstart.yml (the default) differs from config/quickstart_tiled.yml (the earlier default) only in the
+    gaze input, the per-code eye centres, the polar table (and run dir), and builds that model (the full training
+    path is the quickstart's, tests/test_training.py)."""
     import os
 
     from HeadNeRF.config import load_yaml, to_dict
@@ -166,15 +167,16 @@ def test_shipped_eye_frame_config_is_the_quickstart_with_the_eye_frame_input():
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     base, variant = (to_dict(load_yaml(os.path.join(root, "config", f"{n}.yml")))
-                     for n in ("quickstart", "quickstart_eye_frame"))
+                     for n in ("quickstart_tiled", "quickstart"))
     assert variant["model"].pop("gaze_input") == "eye_frame" and base["model"].pop("gaze_input") == "tiled"
     assert variant["model"].pop("eye_centers_from_code") and not base["model"].pop("eye_centers_from_code")
+    assert variant["model"].pop("eye_polar_cells") == 64 and base["model"].pop("eye_polar_cells") == 0
     assert variant.pop("run_dir") != base.pop("run_dir")
     assert variant == base
-    cfg = load_yaml(os.path.join(root, "config", "quickstart_eye_frame.yml")).model
+    cfg = load_yaml(os.path.join(root, "config", "quickstart.yml")).model
     model = build_model(cfg, DS, DA)
     assert model.eye_centers.shape == (2, 3) and model.gaze_mlp.sample_in is not None
-    assert model.eye_center_offset is not None
+    assert model.eye_center_offset is not None and model.eye_polar is not None
 
 
 def test_eye_polar_table_is_a_ring_function_on_the_shell():
