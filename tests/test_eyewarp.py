@@ -232,6 +232,7 @@ def test_head_model_redirection_reads_near_the_requested_gaze():
     assert len(red.usable) == 2
     a_in, a_out = (pitch_yaw_axes(np.array(g[0]), np.array(g[1])) for g in (g_in, g_out))
     assert _angle_deg(R.T @ red.usable[0].gaze, a_in) < 5.0  # current gaze, through the PnP pose
+    assert all(e.catchlight is not None for e in red.usable)
     request = vector_to_pitch_yaw(torch.tensor(R @ a_out)).numpy()  # camera frame = the image's normalised frame
     out, note = redirect(img, red, request)
     assert out is not None, note
@@ -244,3 +245,29 @@ def test_head_model_redirection_reads_near_the_requested_gaze():
     assert 11.0 < requested < 13.0
     assert _angle_deg(pitch_yaw_axes(read[0], read[1]), a_out) < 4.0
     assert abs(_angle_deg(pitch_yaw_axes(copy[0], copy[1]), a_out) - requested) < 1.0
+
+
+def test_the_catchlight_sits_where_the_sphere_mirrors_the_light_into_the_camera():
+    """warp._catchlight (the highlight the warp keeps in place): brightest where the sphere's normal is halfway
+    between the light and the camera, nothing outside the lid opening, scaled by the fitted colour."""
+    from HeadNeRF.eyewarp.eyeball import HEAD_MODEL, Eyeball, project
+    from HeadNeRF.eyewarp.warp import _catchlight
+
+    K = np.array([[400.0, 0, 64.0], [0, 400.0, 64.0], [0, 0, 1]])
+    centre, radius = np.array([2.0, -1.0, 400.0]), 6.0  # pixel units: 1 unit = 1 px at the eye's depth
+    light = np.array([0.4, -0.5, -0.77])
+    light /= np.linalg.norm(light)
+    ang = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+    c2 = project(centre[None], K)[0]
+    contour = (c2 + np.c_[9.0 * np.cos(ang), -4.5 * np.sin(ang)]).astype(np.float32)  # 0..8: the upper lid
+    eye = Eyeball("right", contour, centre, radius, np.array([0.0, 0.0, -1.0]), HEAD_MODEL.iris_angle, 18.0, 9.0,
+                  HEAD_MODEL, catchlight=(light, np.array([200.0, 210.0, 220.0])))
+    spec = _catchlight(eye, (50, 50, 80, 80), K)
+    assert spec.shape == (30, 30, 3) and spec.max() > 50
+    y, x = np.unravel_index(int(np.argmax(spec[..., 0])), spec.shape[:2])
+    half = light - centre / np.linalg.norm(centre)
+    expected = project((centre + radius * half / np.linalg.norm(half))[None], K)[0] - [50, 50]
+    assert np.hypot(x + 0.5 - expected[0], y + 0.5 - expected[1]) < 1.0
+    np.testing.assert_allclose(spec[y, x] / spec[y, x, 0], [1.0, 1.05, 1.1], rtol=1e-5)
+    eye.contour = (c2 + 0.2 * (contour - c2)).astype(np.float32)  # a slit that misses the highlight
+    assert _catchlight(eye, (50, 50, 80, 80), K)[y, x].max() == 0.0

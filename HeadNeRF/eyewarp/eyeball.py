@@ -117,7 +117,9 @@ class Eyeball:
     coordinates; radius (float, same units); gaze (3,) unit optical axis, camera frame.
     width_px: corner-to-corner width; height_px: mean lid gap; status: None when usable, else the
     reason in one line. fit_contrast: Fisher ratio of the limbus fit (low = iris not seen); minus the
-    mean squared colour residual (0-1 scale) of the head-model fit.
+    mean squared colour residual (0-1 scale) of the head-model fit. catchlight: None, or (light (3,) unit key-light
+    direction, camera frame; rgb (3,) 0-255) when the head-model fit found the eyeball's specular highlight, which
+    stays where it is when the eye turns (the warp moves the eyeball's colours without it, then puts it back).
     """
 
     side: str
@@ -131,6 +133,7 @@ class Eyeball:
     anatomy: EyeAnatomy
     status: str | None = None
     fit_contrast: float = 0.0
+    catchlight: tuple | None = None
 
 
 def eye_frame(contour: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -439,6 +442,7 @@ def _fit_head_model(image: np.ndarray, eyes: list[Eyeball], R: np.ndarray, t: np
         e.contour = fit.contours[i].astype(np.float32)
         e.width_px = float(np.linalg.norm(e.contour[8] - e.contour[0]))
         e.fit_contrast = -fit.residual
+        e.catchlight = (fit.light_cam.copy(), 255.0 * fit.catchlight_rgb[i])
     return True
 
 

@@ -30,7 +30,10 @@ Model (per eye, head frame of the PnP pose, numpy):
 * **Colours are solved, not searched**: per eye and candidate, the RGB of skin, sclera, iris and
   pupil is the least-squares fit of the four box-filtered basis maps to the image pixels (so skin tone,
   iris colour, sclera tint, exposure and light colour need no prior). The score is the residual.
-  Lambert shading and the catch-light are not modelled (they are the residual floor).
+  **Catch-light**: a fifth basis, the generator's ``(n . h)^120`` highlight for a key light picked among
+  the generator's light directions (one light for both eyes; a coarse grid at the coarse gaze, a finer one
+  once the eyes are in place); its direction and colour go to the warp, which keeps the highlight where
+  it is. Lambert shading is not modelled (it is the residual floor).
 * **Search** (coarse to fine, grids, no gradients: the residual is piecewise constant in sub-pixel
   steps): (1) one gaze for both eyes on a grid over the whole gaze range, delta = 0; (2) per eye, a
   delta grid (+-0.04 head units, ~0.25 r) x a local gaze window; (3) a finer delta grid per eye; (4) one
@@ -77,7 +80,8 @@ class EyeModelFit:
     """Result. gaze_head (3,) optical axis, head frame of the pose; gaze_cam (3,) the same in the camera frame;
     centres_head / centres_cam (2, 3) corrected eyeball centres (camera: head units); delta (2, 3);
     contours (2, 16, 2) fitted lid openings (px); residual: mean squared error per pixel and channel; sides:
-    the eyes fitted (0 right, 1 left), the rows of the per-eye arrays."""
+    the eyes fitted (0 right, 1 left), the rows of the per-eye arrays; light_cam (3,) the key light's direction
+    (camera frame) that places the catch-light; catchlight_rgb (2, 3) its solved colour per eye (0-1 scale)."""
 
     gaze_head: np.ndarray
     gaze_cam: np.ndarray
@@ -87,6 +91,8 @@ class EyeModelFit:
     contours: np.ndarray
     residual: float
     sides: tuple = (0, 1)
+    light_cam: np.ndarray | None = None
+    catchlight_rgb: np.ndarray | None = None
 
 
 _MEAN: MeanEyes | None = None
@@ -273,10 +279,10 @@ def _spec(lay: _Layers, light: np.ndarray) -> np.ndarray:
     return (lay.vis * nh ** 120).mean(-1)
 
 
-def light_dirs() -> np.ndarray:
+def light_dirs(n_az: int = 8, n_el: int = 4) -> np.ndarray:
     """(L, 3) candidate key-light directions (head frame): the generator's ranges (``head_model.decode``), azimuth
-    -0.7..0.7 rad in 8 steps x elevation 0.05..0.65 rad in 4."""
-    az, el = np.meshgrid(np.linspace(-0.7, 0.7, 8), np.linspace(0.05, 0.65, 4), indexing="ij")
+    -0.7..0.7 rad in ``n_az`` steps x elevation 0.05..0.65 rad in ``n_el``."""
+    az, el = np.meshgrid(np.linspace(-0.7, 0.7, n_az), np.linspace(0.05, 0.65, n_el), indexing="ij")
     az, el = az.ravel(), el.ravel()
     return np.stack([np.sin(az) * np.cos(el), -np.sin(el), -np.cos(az) * np.cos(el)], 1)
 
@@ -296,11 +302,12 @@ def _eyeball_table(P) -> np.ndarray:
     return np.stack([sclera_b, iris_b, pupil.astype(np.float64)], 1)
 
 
-def _residuals(eye: _Eye, lay: _Layers, axes: np.ndarray, mean: MeanEyes) -> np.ndarray:
+def _residuals(eye: _Eye, lay: _Layers, axes: np.ndarray, mean: MeanEyes, colours: bool = False):
     """(D, G) least-squares residual (sum over pixels and channels) of each centre correction x gaze axis.
 
     axes: (G, 3) shared by all corrections, or (D, G, 3) per correction. Bases: skin, catch-light, sclera, iris,
-    pupil (colours solved per candidate; pixels outside ``lay.pix`` have the skin basis only)."""
+    pupil (colours solved per candidate; pixels outside ``lay.pix`` have the skin basis only). colours=True: also
+    the solved colours (D, G, 5, 3), in that order, 0-1 scale."""
     D, Pe, m = lay.weight.shape
     axes = np.broadcast_to(axes, (D,) + axes.shape[-2:])
     G = axes.shape[1]
@@ -324,7 +331,8 @@ def _residuals(eye: _Eye, lay: _Layers, axes: np.ndarray, mean: MeanEyes) -> np.
     res = total - np.sum(b * x, axis=(-2, -1))
     # Free colours could swap roles (an "iris" on white sclera, a dark "sclera"): the iris must be darker.
     lum = x @ np.array([0.299, 0.587, 0.114])  # (D, G, 5): skin, catch-light, sclera, iris, pupil
-    return np.where(lum[..., 3] > lum[..., 2] - 0.05, res + total, res)
+    res = np.where(lum[..., 3] > lum[..., 2] - 0.05, res + total, res)
+    return (res, x) if colours else res
 
 
 def _gaze_grid(pitch, yaw, span: float, step: float) -> tuple[np.ndarray, np.ndarray]:
@@ -364,6 +372,17 @@ def _coarse_gaze(eyes: list[_Eye], layers: list[_Layers], mean: MeanEyes, gaze_b
     return axes[int(np.argmin(sum(_residuals(e, lay, axes, mean)[0] for e, lay in zip(eyes, layers))))]
 
 
+def _pick_light(eyes: list[_Eye], layers: list[_Layers], axis: np.ndarray, mean: MeanEyes, lights: np.ndarray
+                ) -> np.ndarray:
+    """The candidate light (3,) whose catch-light fits both eyes best at one correction each and the axis (3,)."""
+    score = np.zeros(len(lights))
+    for e, lay in zip(eyes, layers):
+        for i, light in enumerate(lights):
+            lay.spec = _spec(lay, light)
+            score[i] += _residuals(e, lay, axis[None], mean)[0, 0]
+    return lights[int(np.argmin(score))]
+
+
 def _search(eyes: list[_Eye], mean: MeanEyes, gaze_box: tuple[float, float]):
     """Coarse-to-fine search (module docstring): -> (pitch, yaw) shared, deltas (per eye (3,)), light (3,), residual.
 
@@ -371,13 +390,7 @@ def _search(eyes: list[_Eye], mean: MeanEyes, gaze_box: tuple[float, float]):
     which is then searched again with it."""
     layers = [_layers(e, np.zeros((1, 3)), mean) for e in eyes]
     axis0 = _coarse_gaze(eyes, layers, mean, gaze_box)
-    lights = light_dirs()
-    score = np.zeros(len(lights))
-    for e, lay in zip(eyes, layers):
-        for i, light in enumerate(lights):
-            lay.spec = _spec(lay, light)
-            score[i] += _residuals(e, lay, axis0[None], mean)[0, 0]
-    light = lights[int(np.argmin(score))]
+    light = _pick_light(eyes, layers, axis0, mean, light_dirs())
     for lay in layers:
         lay.spec = _spec(lay, light)
     axis0 = _coarse_gaze(eyes, layers, mean, gaze_box)
@@ -388,6 +401,9 @@ def _search(eyes: list[_Eye], mean: MeanEyes, gaze_box: tuple[float, float]):
             delta, axis, iris = _refine_eye(e, mean, iris, delta, light, d_span, d_step, g_step)
         deltas.append(delta)
         gazes.append(axis)
+    axis = np.mean(gazes, 0)  # the light again, now that the eyes are in place: it decides where the highlight is
+    light = _pick_light(eyes, [_layers(e, d[None], mean) for e, d in zip(eyes, deltas)], axis / np.linalg.norm(axis),
+                        mean, light_dirs(15, 7))
     g, res = _shared_gaze(eyes, mean, deltas, light, _axes_pitch_yaw(np.mean(gazes, 0)),
                           ((0.05, 0.01), (0.008, 0.002)))
     return g, deltas, light, res
@@ -455,10 +471,12 @@ def fit_eye_model(image: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray
         eyes = [_eye_data(image, e.k, R, t, K, mean, 2) for e in eyes]
         g, res = _shared_gaze(eyes, mean, deltas, light, g, ((0.05, 0.01), (0.01, 0.002)))
     axis = pitch_yaw_axes(np.array(g[0]), np.array(g[1]))
+    catch = np.stack([np.clip(_residuals(e, _layers(e, d[None], mean, light), axis[None], mean, colours=True)[1][0, 0, 1],
+                              0.0, None) for e, d in zip(eyes, deltas)])
     deltas = np.stack(deltas)
     ks = [e.k for e in eyes]
     centres = mean.centres[ks] + deltas
     contours = np.stack([_contour(k, d, R, t, K, mean) for k, d in zip(ks, deltas)])
     n_px = sum(len(e.target) for e in eyes)
     return EyeModelFit(axis, R @ axis, centres, centres @ R.T + t, deltas, contours, res / (3 * n_px),
-                       tuple(ks))
+                       tuple(ks), R @ light, catch)
