@@ -402,8 +402,12 @@ def _search(eyes: list[_Eye], mean: MeanEyes, gaze_box: tuple[float, float]):
     deltas, gazes = [], []
     for e in eyes:
         delta, axis, iris = np.zeros(3), axis0, mean.radius * axis0
-        for d_span, d_step, g_step in ((DELTA_RANGE, 0.01, 0.03), (0.008, 0.004, 0.012)):
-            delta, axis, iris = _refine_eye(e, mean, iris, delta, light, d_span, d_step, g_step)
+        for _ in range(2):  # a correction on the grid's edge: once more around it (a poor PnP pose, side views)
+            centre = delta
+            delta, axis, iris = _refine_eye(e, mean, iris, centre, light, DELTA_RANGE, 0.01, 0.03)
+            if np.abs(delta[:2] - centre[:2]).max() < DELTA_RANGE - 1e-9:
+                break
+        delta, axis, iris = _refine_eye(e, mean, iris, delta, light, 0.008, 0.004, 0.012)
         deltas.append(delta)
         gazes.append(axis)
     axis = np.mean(gazes, 0)  # the light again, now that the eyes are in place: it decides where the highlight is
