@@ -1,6 +1,7 @@
 """Photoreal gaze redirection of ordinary photos: a model-based warp of the photo's own eye pixels.
 
-``eyeball.py`` (eye model from the face analysis), ``warp.py`` (the backward warp of one eye),
+``eyeball.py`` (eye model from the face analysis), ``model_eye.py`` (the synthetic heads' eyes fitted with
+our head model: current gaze, centres, lid openings, catch-light), ``warp.py`` (the backward warp of one eye),
 ``redirect.py`` (targets -> images, refusals), ``outputs.py`` (the files FittingSingleImage.py writes).
 See docs/photo_redirection.md.
 

@@ -23,6 +23,12 @@ unit is one pixel at the face's depth, the image being scale free):
   then a 4x finer one. ``parallel_eyes`` fits one axis to both eyes at once. Eyes narrower than
   ``ANALYSIS_EYE_WIDTH_PX`` are fitted on an upsampled crop of their region (``_analysis_view``), so
   the fit samples eyes of about the same size in pixels at every photo size.
+  ``HEAD_MODEL`` replaces this fit (``gaze_fit="head_model"``) by ``model_eye.fit_eye_model``: the mean
+  synthetic head's eye region is drawn at the PnP pose and fitted to the pixels (one gaze for both eyes,
+  an eyeball-centre correction per eye, colours solved by least squares). On the synthetic heads the limbus
+  fit's error came from the centre prior (~5-6 deg) and from mediapipe's contour missing the cartoon's
+  opening; the model knows where the opening sits on the eyeball. Its centres and lid openings replace the
+  prior's. ``HUMAN`` keeps the limbus fit (the head model does not describe real eyes).
 
 Everything is numpy on the photo's own pixels; the face analysis itself is not part of this module.
 """
@@ -35,6 +41,8 @@ import math
 import numpy as np
 
 from HeadNeRF.face.landmarks68 import IRIS_CENTERS, LEFT_EYE_CONTOUR, RIGHT_EYE_CONTOUR
+
+from .model_eye import fit_eye_model
 
 __all__ = [
     "EYE_NAMES",
@@ -69,6 +77,10 @@ class EyeAnatomy:
         centre error on frontal test renders at 256 px, against 0.16 r from the contour).
     parallel_eyes: both eyes share one optical axis, fitted to both limbi at once (the synthetic
         heads; real eyes converge on what they look at, so each is fitted alone).
+    gaze_fit: how the current gaze is read from the pixels: "limbus" (the limbus-contrast fit below, any
+        eye) or "head_model" (``model_eye.fit_eye_model``: the synthetic mean head's eye region drawn at the
+        PnP pose and fitted, gaze + a centre correction per eye; its centres and lid openings replace the
+        prior's; the synthetic heads only).
     """
 
     name: str
@@ -81,6 +93,7 @@ class EyeAnatomy:
     iris_search_deg: float = 30.0
     centre_from: str = "contour"
     parallel_eyes: bool = False
+    gaze_fit: str = "limbus"
 
 
 # Human: eyeball radius 12 mm, palpebral fissure ~29 mm, iris radius ~5.9 mm, lid opening plane
@@ -89,7 +102,7 @@ class EyeAnatomy:
 HUMAN = EyeAnatomy("human", 12.0 / 29.0, (0.0, -0.21, 0.85), math.asin(5.9 / 12.0), 0.7, 0.3, 1.0, 6.0)
 # The synthetic head model (HeadNeRF/data/synthetic/head_model.py): lids do not depend on gaze.
 HEAD_MODEL = EyeAnatomy("head_model", 1.0 / 1.47, (0.0, 0.023, 1.11), math.asin(0.097 / 0.165), 0.0, 0.0, 1.3, 30.0,
-                        "pnp", True)
+                        "pnp", True, "head_model")
 AREA_WEIGHT = 0.5  # weight of the iris-darker-than-sclera area term in the limbus score
 ANATOMIES = {"human": HUMAN, "head_model": HEAD_MODEL}
 # Eyes narrower than this are fitted on an upsampled copy (the limbus fit samples ~40 px eyes at every size).
@@ -103,7 +116,10 @@ class Eyeball:
     side: "right" | "left" (the subject's). contour (16, 2) px lid contour. centre (3,) camera
     coordinates; radius (float, same units); gaze (3,) unit optical axis, camera frame.
     width_px: corner-to-corner width; height_px: mean lid gap; status: None when usable, else the
-    reason in one line. fit_contrast: Fisher ratio of the iris fit (low = iris not seen).
+    reason in one line. fit_contrast: Fisher ratio of the limbus fit (low = iris not seen); minus the
+    mean squared colour residual (0-1 scale) of the head-model fit. catchlight: None, or (light (3,) unit key-light
+    direction, camera frame; rgb (3,) 0-255) when the head-model fit found the eyeball's specular highlight, which
+    stays where it is when the eye turns (the warp moves the eyeball's colours without it, then puts it back).
     """
 
     side: str
@@ -117,6 +133,7 @@ class Eyeball:
     anatomy: EyeAnatomy
     status: str | None = None
     fit_contrast: float = 0.0
+    catchlight: tuple | None = None
 
 
 def eye_frame(contour: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -404,9 +421,29 @@ def estimate_eyeballs(lm478: np.ndarray, R_head: np.ndarray, t_head: np.ndarray,
             eyes[k].status = (f"{eyes[k].side} eye not visible (profile: {w[k]:.1f} px wide against "
                               f"{w[1 - k]:.1f} px for the other eye)")
     good = [e for e in eyes if e.status is None]
-    if good:
+    if good and not (anatomy.gaze_fit == "head_model" and _fit_head_model(np.asarray(image), good, R, t, K, depth)):
         _fit_gazes(np.asarray(image), good, K, forward, anatomy, analysis_width_px)
     return eyes
+
+
+def _fit_head_model(image: np.ndarray, eyes: list[Eyeball], R: np.ndarray, t: np.ndarray, K: np.ndarray,
+                    depth: float) -> bool:
+    """The synthetic heads' eyes by ``model_eye.fit_eye_model`` (in place: gaze, centre, lid opening, width);
+    False when it has nothing to fit (no eye box inside the image), and the limbus fit runs instead."""
+    sides = [EYE_NAMES.index(e.side) for e in eyes]
+    fit = fit_eye_model(image, R, t, K, sides=sides)
+    if fit is None or list(fit.sides) != sides:
+        return False
+    scale = depth / float(np.sqrt(K[0, 0] * K[1, 1]))  # head units per pixel unit (as _eye_geometry)
+    for e in eyes:
+        i = fit.sides.index(EYE_NAMES.index(e.side))
+        e.gaze = fit.gaze_cam.copy()
+        e.centre = fit.centres_cam[i] / scale
+        e.contour = fit.contours[i].astype(np.float32)
+        e.width_px = float(np.linalg.norm(e.contour[8] - e.contour[0]))
+        e.fit_contrast = -fit.residual
+        e.catchlight = (fit.light_cam.copy(), 255.0 * fit.catchlight_rgb[i])
+    return True
 
 
 def _fit_gazes(image: np.ndarray, eyes: list[Eyeball], K: np.ndarray, forward: np.ndarray, anatomy: EyeAnatomy,

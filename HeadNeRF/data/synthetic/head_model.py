@@ -46,7 +46,7 @@ __all__ = [
     "EYEBALL_SCLERA", "EYEBALL_IRIS", "EYEBALL_PUPIL", "FACE_CENTER", "HeadParams", "HeadMesh",
     "sample_code", "decode", "build_mesh", "skin_albedo", "eyeball_albedo", "eyeball_part",
     "in_eye_opening", "eye_region_weight", "landmarks_3d", "iris_centers_3d", "eyeball_face_part", "eyeball_centers",
-    "eye_almond", "smoothstep",
+    "eye_almond", "smoothstep", "skin_surface_at",
 ]
 
 IDENTITY_NAMES = (
@@ -296,6 +296,17 @@ def eyeball_centers(P: HeadParams) -> np.ndarray:
         q = _surface_point_xy(np.array([[s * P.eye_x, P.eye_y]]), P, push_out=False)[0]
         centers.append((s * P.eye_x, P.eye_y, q[2] + P.eye_radius + LID_MARGIN * 0.5))
     return np.asarray(centers)
+
+
+def skin_surface_at(xy: np.ndarray, P: HeadParams, lids: bool = True) -> np.ndarray:
+    """The front skin surface point (N, 3) at head-frame (x, y) (N, 2): what covers the eyeball there.
+
+    lids=True: with the skin pushed out of the eyeballs (the lids; the point then moves radially off the
+    eyeball, so its (x, y) is no longer exactly the one asked for); lids=False: the smooth skin before the
+    push-out, whose (x, y) is the one asked for (a height field z(x, y)). The photo eye model
+    (``eyewarp.model_eye``) intersects camera rays with the smooth skin and the lid sphere (radius
+    ``eye_radius + LID_MARGIN``) to know where the eyeball shows through the eye opening."""
+    return _surface_point_xy(np.asarray(xy, np.float64).reshape(-1, 2), P, push_out=lids)
 
 
 def _push_out(p: np.ndarray, eye_centers: np.ndarray, P: HeadParams) -> np.ndarray:
