@@ -111,6 +111,7 @@ class LossConfig:
     nonhead: float = 1.0  # non-head pixels of the render must be background (white)
     background: float = 1.0  # the rendered background feature map alone must be white
     eye: float = 10.0  # extra photometric weight inside the eye masks
+    eye_per_image: bool = False  # the eye term averages each image's eye pixels, then the images (turned views' small eyes weigh as much)
     template: float = 0.5  # template (gaze = 0) render vs the frame, outside the eyes
     template_eye: float = 0.0  # template render vs the subject/camera's most frontal-gaze frame, inside the eyes
     vgg: float = 0.0  # perceptual loss; needs vgg_weights_path (no weights ship offline)

@@ -31,6 +31,25 @@ def masked_error(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, k
     return (err * mask).sum() / denom
 
 
+def masked_error_per_image(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """Mean over the images of each image's mean error where ``mask`` is 1 (images with an empty mask left out).
+
+    Unlike ``masked_error``, which pools the pixels of the whole batch, every image weighs the same however many
+    masked pixels it has: a turned view's eyes (a few pixels) count as much as a frontal view's.
+
+    Args:
+        pred, target: (B, C, H, W).
+        mask: (B, 1, H, W) in [0, 1].
+    Returns:
+        scalar; 0 when every mask is empty.
+    """
+    err = (pred - target).square() if kind == "mse" else (pred - target).abs()
+    area = mask.sum(dim=(1, 2, 3))  # (B,)
+    per_image = (err * mask).sum(dim=(1, 2, 3)) / (area * pred.shape[1]).clamp_min(1e-6)
+    has = (area > 0.5).to(per_image.dtype)
+    return (per_image * has).sum() / has.sum().clamp_min(1.0)
+
+
 class VGGPerceptual(torch.nn.Module):
     """Sum of L1 distances between VGG16 relu1_2/2_2/3_3/4_3 features (inputs RGB in [0, 1]).
 
@@ -84,7 +103,7 @@ def total_loss(out: dict, batch: dict, cfg: LossConfig, vgg: VGGPerceptual | Non
     terms = {
         "head": masked_error(pred, gt, head, cfg.photometric),
         "nonhead": masked_error(pred, white, 1.0 - head, "mse"),
-        "eye": masked_error(pred, gt, eye, cfg.photometric),
+        "eye": (masked_error_per_image if cfg.eye_per_image else masked_error)(pred, gt, eye, cfg.photometric),
     }
     if cfg.background > 0 and "background_image" in out:
         terms["background"] = (out["background_image"] - 1.0).square().mean()
