@@ -13,7 +13,12 @@ import torch.nn.functional as F
 from .config import ConfigError, LossConfig
 from .metrics import whiten_background
 
-__all__ = ["masked_error", "total_loss", "VGGPerceptual"]
+__all__ = ["masked_error", "masked_error_per_image", "total_loss", "VGGPerceptual"]
+
+
+def _pixel_error(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-element squared ("mse") or absolute ("l1") error, shaped like ``pred``."""
+    return (pred - target).square() if kind == "mse" else (pred - target).abs()
 
 
 def masked_error(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, kind: str = "mse") -> torch.Tensor:
@@ -26,7 +31,7 @@ def masked_error(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, k
     Returns:
         scalar; 0 when the mask is empty.
     """
-    err = (pred - target).square() if kind == "mse" else (pred - target).abs()
+    err = _pixel_error(pred, target, kind)
     denom = (mask.sum() * pred.shape[1]).clamp_min(1.0)
     return (err * mask).sum() / denom
 
@@ -43,7 +48,7 @@ def masked_error_per_image(pred: torch.Tensor, target: torch.Tensor, mask: torch
     Returns:
         scalar; 0 when every mask is empty.
     """
-    err = (pred - target).square() if kind == "mse" else (pred - target).abs()
+    err = _pixel_error(pred, target, kind)
     area = mask.sum(dim=(1, 2, 3))  # (B,)
     per_image = (err * mask).sum(dim=(1, 2, 3)) / (area * pred.shape[1]).clamp_min(1e-6)
     has = (area > 0.5).to(per_image.dtype)
