@@ -192,6 +192,13 @@ def _synthetic_view(size: int, gazes, seed: int = 3, head_pose=(0.08, -0.12)):
     return code, R, t, K, ren["image"]
 
 
+def _axis(pitch_yaw) -> np.ndarray:
+    """(2,) pitch/yaw (rad) -> (3,) unit axis (``geometry.gaze.pitch_yaw_to_vector``)."""
+    from HeadNeRF.geometry.gaze import pitch_yaw_to_vector
+
+    return pitch_yaw_to_vector(torch.tensor(np.asarray(pitch_yaw, np.float64))).numpy()
+
+
 def _angle_deg(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return math.degrees(math.acos(float(np.clip(a @ b / np.linalg.norm(a) / np.linalg.norm(b), -1, 1))))
@@ -201,7 +208,7 @@ def test_head_model_eye_fit_reads_the_current_gaze_and_the_eye_placement():
     """On exact renders of a subject whose eyes sit elsewhere than the mean head's, the head-model fit (given the
     true pose) reads the gaze labels within 4 deg (3 deg on average) and finds the subject's eyeball-centre offset."""
     from HeadNeRF.data.synthetic import head_model as hm
-    from HeadNeRF.eyewarp.model_eye import fit_eye_model, mean_eyes, pitch_yaw_axes
+    from HeadNeRF.eyewarp.model_eye import fit_eye_model, mean_eyes
 
     gazes = [(0.2, -0.3), (-0.25, 0.2), (0.0, 0.05)]
     code, R, t, K, images = _synthetic_view(128, gazes)
@@ -210,7 +217,7 @@ def test_head_model_eye_fit_reads_the_current_gaze_and_the_eye_placement():
     for g, img in zip(gazes, images):
         fit = fit_eye_model(img, R, t, K)
         assert fit is not None and fit.sides == (0, 1)
-        errors.append(_angle_deg(fit.gaze_head, pitch_yaw_axes(np.array(g[0]), np.array(g[1]))))
+        errors.append(_angle_deg(fit.gaze_head, _axis(g)))
         assert np.abs(fit.delta[:, :2] - true_offset[:, :2]).max() < 0.01, (fit.delta, true_offset)
         assert np.allclose(fit.gaze_cam, R @ fit.gaze_head)
     assert max(errors) < 4.0 and np.mean(errors) < 3.0, errors
@@ -222,7 +229,6 @@ def test_head_model_redirection_reads_near_the_requested_gaze():
     from HeadNeRF.evaluation.photo_warp import analyse_synthetic
     from HeadNeRF.evaluation.readout import GazeReadout
     from HeadNeRF.geometry.gaze import vector_to_pitch_yaw
-    from HeadNeRF.eyewarp.model_eye import pitch_yaw_axes
 
     g_in, g_out = np.array([0.1, -0.15]), np.array([0.1 - 0.12, -0.15 + 0.16])
     code, R, t, K, images = _synthetic_view(128, [g_in])
@@ -230,7 +236,7 @@ def test_head_model_redirection_reads_near_the_requested_gaze():
     lm, R_pnp, t_pnp = analyse_synthetic(img, K)
     red = prepare(img, lm, K, R_pnp, t_pnp, R_pnp, RedirectConfig(anatomy="head_model"))
     assert len(red.usable) == 2
-    a_in, a_out = (pitch_yaw_axes(np.array(g[0]), np.array(g[1])) for g in (g_in, g_out))
+    a_in, a_out = (_axis(g) for g in (g_in, g_out))
     assert _angle_deg(R.T @ red.usable[0].gaze, a_in) < 5.0  # current gaze, through the PnP pose
     assert all(e.catchlight is not None for e in red.usable)
     request = vector_to_pitch_yaw(torch.tensor(R @ a_out)).numpy()  # camera frame = the image's normalised frame
@@ -243,8 +249,8 @@ def test_head_model_redirection_reads_near_the_requested_gaze():
     copy = reader.read(img)["gaze_head"].numpy()
     requested = _angle_deg(a_in, a_out)
     assert 11.0 < requested < 13.0
-    assert _angle_deg(pitch_yaw_axes(read[0], read[1]), a_out) < 4.0
-    assert abs(_angle_deg(pitch_yaw_axes(copy[0], copy[1]), a_out) - requested) < 1.0
+    assert _angle_deg(_axis(read), a_out) < 4.0
+    assert abs(_angle_deg(_axis(copy), a_out) - requested) < 1.0
 
 
 def test_the_catchlight_sits_where_the_sphere_mirrors_the_light_into_the_camera():

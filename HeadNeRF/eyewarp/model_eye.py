@@ -63,14 +63,19 @@ import dataclasses
 import math
 
 import numpy as np
+import torch
 
-__all__ = ["EyeModelFit", "MeanEyes", "fit_eye_model", "light_dirs", "mean_eyes", "pitch_yaw_axes"]
+from HeadNeRF.geometry.gaze import pitch_yaw_to_vector, vector_to_pitch_yaw
+
+__all__ = ["EyeModelFit", "MeanEyes", "SPECULAR_EXPONENT", "catchlight", "fit_eye_model", "light_dirs", "mean_eyes",
+           "subpixel_centres"]
 
 # Box around each eyeball centre (head units, local x0, x1, y0, y1): the opening, lash line and lid crease.
 BOX = (-0.23, 0.23, -0.13, 0.10)
 DELTA_RANGE = 0.04  # eyeball-centre correction searched (head units, +-; the eyeball radius is 0.165)
 _GRID_U = np.round(np.arange(-0.42, 0.4201, 0.01), 4)  # skin height field around each eye (local x)
 _GRID_V = np.round(np.arange(-0.28, 0.2401, 0.01), 4)  # (local y)
+SPECULAR_EXPONENT = 120  # the generator's eyeball highlight: 0.9 (n . h)^120 (data/synthetic/render.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,15 +135,34 @@ def mean_eyes() -> MeanEyes:
     return _MEAN
 
 
-def pitch_yaw_axes(pitch: np.ndarray, yaw: np.ndarray) -> np.ndarray:
-    """(...) pitch, yaw (rad) -> (..., 3) unit optical axes (``geometry.gaze.pitch_yaw_to_vector``'s convention)."""
-    cp = np.cos(pitch)
-    return np.stack([-cp * np.sin(yaw), -np.sin(pitch), -cp * np.cos(yaw)], -1)
+def _axes(pitch_yaw: np.ndarray) -> np.ndarray:
+    """(..., 2) pitch/yaw (rad) -> (..., 3) unit optical axes: ``geometry.gaze.pitch_yaw_to_vector`` on numpy."""
+    return pitch_yaw_to_vector(torch.from_numpy(np.asarray(pitch_yaw, np.float64))).numpy()
 
 
-def _axes_pitch_yaw(v: np.ndarray) -> tuple[float, float]:
-    v = v / np.linalg.norm(v)
-    return float(math.asin(-np.clip(v[1], -1, 1))), float(math.atan2(-v[0], -v[2]))
+def _pitch_yaw(axes: np.ndarray) -> np.ndarray:
+    """(..., 3) axes (any length) -> (..., 2) pitch/yaw (rad): ``geometry.gaze.vector_to_pitch_yaw`` on numpy."""
+    return vector_to_pitch_yaw(torch.from_numpy(np.asarray(axes, np.float64))).numpy()
+
+
+def subpixel_centres(x0: int, y0: int, x1: int, y1: int, n: int) -> np.ndarray:
+    """(P * n * n, 2) (x, y) centres of the n x n sub-pixels of every pixel of the box [x0, x1) x [y0, y1): pixels
+    row-major, each pixel's sub-pixels consecutive (rows of sub-pixels outer); pixel (x, y) spans [x, x + 1)."""
+    sub = (np.arange(n) + 0.5) / n
+    sy, sx = np.meshgrid(sub, sub, indexing="ij")
+    ys, xs = np.mgrid[y0:y1, x0:x1]
+    return np.stack([(xs.reshape(-1, 1) + sx.reshape(1, -1)).reshape(-1),
+                     (ys.reshape(-1, 1) + sy.reshape(1, -1)).reshape(-1)], -1)
+
+
+def catchlight(normal: np.ndarray, to_camera: np.ndarray, light: np.ndarray) -> np.ndarray:
+    """The generator's eyeball highlight shape ``(n . h)^SPECULAR_EXPONENT`` (colour left out).
+
+    normal (..., 3) unit sphere normals; to_camera (..., 3) unit directions to the camera; light (3,) unit
+    direction to the light; h is halfway between the light and the camera. Returns (...) in [0, 1]."""
+    h = to_camera + light
+    h = h / np.linalg.norm(h, axis=-1, keepdims=True)
+    return np.clip(np.sum(normal * h, -1), 0.0, 1.0) ** SPECULAR_EXPONENT
 
 
 def _smoothstep(a: float, b: float, x: np.ndarray) -> np.ndarray:
@@ -228,13 +252,9 @@ def _eye_data(image: np.ndarray, k: int, R: np.ndarray, t: np.ndarray, K: np.nda
     x1, y1 = min(int(math.ceil(uv[:, 0].max())), W), min(int(math.ceil(uv[:, 1].max())), H)
     if x1 - x0 < 2 or y1 - y0 < 2:
         return None
-    ys, xs = np.mgrid[y0:y1, x0:x1]
     target = image[y0:y1, x0:x1, :3].reshape(-1, 3).astype(np.float64) / 255.0
-    sub = (np.arange(n) + 0.5) / n
-    sy, sx = np.meshgrid(sub, sub, indexing="ij")
-    px = (xs.reshape(-1, 1) + sx.reshape(1, -1)).reshape(-1)
-    py = (ys.reshape(-1, 1) + sy.reshape(1, -1)).reshape(-1)
-    rays_cam = np.c_[px, py, np.ones(len(px))] @ np.linalg.inv(K).T
+    xy = subpixel_centres(x0, y0, x1, y1, n)
+    rays_cam = np.c_[xy, np.ones(len(xy))] @ np.linalg.inv(K).T
     d = rays_cam @ R  # camera -> head frame (R^T applied to each row)
     d /= np.linalg.norm(d, axis=1, keepdims=True)
     o = -R.T @ t - c
@@ -285,12 +305,9 @@ def _layers(eye: _Eye, deltas: np.ndarray, mean: MeanEyes, light: np.ndarray | N
 
 
 def _spec(lay: _Layers, light: np.ndarray) -> np.ndarray:
-    """(D, Pe) the generator's eyeball catch-light (n . h)^120 (h halfway between the light and the camera),
-    box-filtered; its colour is solved with the others."""
-    h = lay.view + light
-    h /= np.linalg.norm(h, axis=-1, keepdims=True)
-    nh = np.clip(np.sum(lay.ndir * h[None], -1), 0.0, 1.0)
-    return (lay.vis * nh ** 120).mean(-1)
+    """(D, Pe) the generator's eyeball catch-light (``catchlight``), box-filtered; its colour is solved with the
+    others."""
+    return (lay.vis * catchlight(lay.ndir, lay.view[None], light)).mean(-1)
 
 
 def light_dirs(n_az: int = 8, n_el: int = 4) -> np.ndarray:
@@ -354,7 +371,7 @@ def _gaze_grid(pitch, yaw, span: float, step: float) -> tuple[np.ndarray, np.nda
     a = np.arange(-span, span + 1e-9, step)
     dp, dy = (v.ravel() for v in np.meshgrid(a, a, indexing="ij"))
     py = np.stack([np.asarray(pitch)[..., None] + dp, np.asarray(yaw)[..., None] + dy], -1)
-    return py, pitch_yaw_axes(py[..., 0], py[..., 1])
+    return py, _axes(py)
 
 
 def _delta_grid(centre: np.ndarray, span: float, step: float) -> np.ndarray:
@@ -371,8 +388,8 @@ def _refine_eye(eye: _Eye, mean: MeanEyes, iris: np.ndarray, delta: np.ndarray, 
     dg = _delta_grid(delta, d_span, d_step)
     base = iris[None] - dg
     base /= np.linalg.norm(base, axis=1, keepdims=True)
-    p, y = np.arcsin(-base[:, 1]), np.arctan2(-base[:, 0], -base[:, 2])
-    _, axes = _gaze_grid(p, y, g_step, g_step)  # (D, 9, 3)
+    py = _pitch_yaw(base)
+    _, axes = _gaze_grid(py[:, 0], py[:, 1], g_step, g_step)  # (D, 9, 3)
     res = _residuals(eye, _layers(eye, dg, mean, light), axes, mean)
     i, j = np.unravel_index(int(np.argmin(res)), res.shape)
     return dg[i], axes[i, j], dg[i] + mean.radius * axes[i, j]
@@ -422,7 +439,7 @@ def _search(eyes: list[_Eye], mean: MeanEyes, gaze_box: tuple[float, float]):
     axis = np.mean(gazes, 0)  # the light again, now that the eyes are in place: it decides where the highlight is
     light = _pick_light(eyes, [_layers(e, d[None], mean) for e, d in zip(eyes, deltas)], axis / np.linalg.norm(axis),
                         mean, light_dirs(15, 7))
-    g, res = _shared_gaze(eyes, mean, deltas, light, _axes_pitch_yaw(np.mean(gazes, 0)),
+    g, res = _shared_gaze(eyes, mean, deltas, light, _pitch_yaw(np.mean(gazes, 0)),
                           ((0.05, 0.01), (0.008, 0.002)))
     return g, deltas, light, res
 
@@ -496,7 +513,7 @@ def fit_eye_model(image: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray
         img_last, K_last = _box_filtered(image, K, f_last)
         eyes = [_eye_data(img_last, e.k, R, t, K_last, mean, 2) for e in eyes]
         g, res = _shared_gaze(eyes, mean, deltas, light, g, ((0.05, 0.01), (0.01, 0.002)))
-    axis = pitch_yaw_axes(np.array(g[0]), np.array(g[1]))
+    axis = _axes(g)
     catch = np.stack([np.clip(_residuals(e, _layers(e, d[None], mean, light), axis[None], mean, colours=True)[1][0, 0, 1],
                               0.0, None) for e, d in zip(eyes, deltas)])
     deltas = np.stack(deltas)

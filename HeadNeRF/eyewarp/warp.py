@@ -33,6 +33,7 @@ import math
 import numpy as np
 
 from .eyeball import Eyeball, pixel_rays, eye_frame, opening_occupancy, project, ray_sphere
+from .model_eye import catchlight, subpixel_centres
 
 __all__ = ["ELLIPSE_AXES", "periocular_mask", "rotation_between", "warp_eye"]
 
@@ -170,20 +171,16 @@ def _eyeball_sources(image: np.ndarray, eye: Eyeball, p: np.ndarray, q: np.ndarr
 
 def _catchlight(eye: Eyeball, box: tuple, K: np.ndarray) -> np.ndarray:
     """(h, w, 3) float32: the eyeball's specular highlight over the box (x0, y0, x1, y1), as the synthetic heads
-    draw it: rgb x (n . h)^120 (n the sphere normal, h halfway between the light and the camera), averaged over
+    draw it: rgb x ``model_eye.catchlight`` (the sphere's normal against the light and the camera), averaged over
     sub-pixel rays (it is about a pixel wide on small eyes) that see the eyeball through the lid opening."""
     light, rgb = eye.catchlight
     x0, y0, x1, y1 = box
     n = int(np.clip(math.ceil(24.0 / max(eye.width_px, 1e-6)), 2, 4))
-    sub = (np.arange(n) + 0.5) / n
-    ys, xs = np.mgrid[y0:y1, x0:x1]
-    xy = np.stack([(xs[..., None, None] + sub[None, None, None, :]) + 0 * sub[:, None],
-                   (ys[..., None, None] + sub[None, None, :, None]) + 0 * sub[None, :]], -1).reshape(-1, 2)
+    xy = subpixel_centres(x0, y0, x1, y1, n)
     X, hit = ray_sphere(pixel_rays(xy, K), eye.centre, eye.radius)
     normal = (X - eye.centre) / eye.radius
-    half = light / np.linalg.norm(light) - X / np.linalg.norm(X, axis=1, keepdims=True)
-    half /= np.linalg.norm(half, axis=1, keepdims=True)
-    s = np.clip(np.sum(normal * half, 1), 0.0, 1.0) ** 120 * hit * (opening_occupancy(xy, eye.contour) > 0.5)
+    shine = catchlight(normal, -X / np.linalg.norm(X, axis=1, keepdims=True), light / np.linalg.norm(light))
+    s = shine * hit * (opening_occupancy(xy, eye.contour) > 0.5)
     s = s.reshape(y1 - y0, x1 - x0, n * n).mean(-1)
     return (s[..., None] * np.asarray(rgb, np.float32)).astype(np.float32)
 
