@@ -341,6 +341,12 @@ def _analysis_view(image: np.ndarray, contours: list[np.ndarray], K: np.ndarray,
     return _grey(big), [f * (c - [x0, y0]) for c in contours], K_view
 
 
+def _head_units_per_pixel_unit(depth: float, K: np.ndarray) -> float:
+    """Head units per "pixel unit" at the face's depth: the Eyeball's coordinates are pixel units (1 unit = 1 px
+    at that depth, so the image is scale free); camera coordinates in head units divide by this."""
+    return depth / float(np.sqrt(K[0, 0] * K[1, 1]))
+
+
 def _eye_geometry(lm478: np.ndarray, k: int, R: np.ndarray, t: np.ndarray, K: np.ndarray, depth: float,
                   anatomy: EyeAnatomy) -> Eyeball:
     """Eye ``k`` (0 right, 1 left) from the landmarks and the head pose: lid opening, centre, radius and the
@@ -355,8 +361,7 @@ def _eye_geometry(lm478: np.ndarray, k: int, R: np.ndarray, t: np.ndarray, K: np
     (su, tu), (sl, tl), _, _, _ = _lid_curves(contour)
     s_mid = np.linspace(su[0], su[-1], 9)[2:7]
     height = float(np.mean(np.interp(s_mid, sl, tl) - np.interp(s_mid, su, tu)))
-    # "pixel units": 1 unit = 1 px at the face's depth (the image is scale free)
-    scale = depth / float(np.sqrt(K[0, 0] * K[1, 1]))  # head units per pixel at the eye
+    scale = _head_units_per_pixel_unit(depth, K)
     opening = pixel_rays(centroid[None], K)[0] * depth  # camera coordinates (head units)
     centre = (opening + R @ (np.asarray(anatomy.centre_offset, np.float64) * radius_px * scale)) / scale
     radius = radius_px
@@ -434,7 +439,7 @@ def _fit_head_model(image: np.ndarray, eyes: list[Eyeball], R: np.ndarray, t: np
     fit = fit_eye_model(image, R, t, K, sides=sides)
     if fit is None or list(fit.sides) != sides:
         return False
-    scale = depth / float(np.sqrt(K[0, 0] * K[1, 1]))  # head units per pixel unit (as _eye_geometry)
+    scale = _head_units_per_pixel_unit(depth, K)
     for e in eyes:
         i = fit.sides.index(EYE_NAMES.index(e.side))
         e.gaze = fit.gaze_cam.copy()
