@@ -4,7 +4,7 @@ fp32 GEMM, and the speed-up over a "seed-layout" re-implementation of the same f
 Prints numbers only (no asserts). CPU, ``torch.set_num_threads(2)`` unless ``--threads``. Usage:
 
     python benchmarks/bench_render.py [--only seed|quick] [--repeats N] [--threads T] [--clock wall|cpu]
-                                      [--malloc keep|default]
+                                      [--malloc keep|default] [--profile ROWS]
 
 On a machine shared with other jobs, ``--threads 1 --clock cpu`` gives stable numbers (CPU
 time, not time spent waiting for a core). ``--malloc`` chooses the allocator setting of the
@@ -193,7 +193,18 @@ def interleaved_min(fns: dict, repeats: int, warmup: int = 1) -> dict:
     return best
 
 
-def bench_config(name: str, cfg: ModelConfig, repeats: int, train_repeats: int) -> None:
+def print_profile(label: str, fn, rows: int) -> None:
+    """One run of ``fn`` under ``torch.profiler`` (CPU): the ``rows`` ops with the most self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()  # warm-up outside the profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    print(f"--- profile: {label} (one step; self CPU time) ---")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
+def bench_config(name: str, cfg: ModelConfig, repeats: int, train_repeats: int, profile_rows: int = 0) -> None:
     print(f"\n=== {name}: {cfg.featmap_size}² rays × {cfg.num_samples} samples, trunk {cfg.mlp_depth}×{cfg.mlp_width}, "
           f"gaze {cfg.gaze_mlp_depth}×{cfg.gaze_mlp_width}, {cfg.featmap_channels} ch, {cfg.image_size}² output ===")
     torch.manual_seed(0)
@@ -285,6 +296,9 @@ def bench_config(name: str, cfg: ModelConfig, repeats: int, train_repeats: int) 
         print(f"train step B={B} (fwd+bwd, template + background): {t['step']:9.1f} ms;  MLP field fwd+bwd: ours "
               f"{t['field']:.1f} ms vs seed layout {t['seed_field']:.1f} ms -> {t['seed_field'] / t['field']:.2f}×;  "
               f"opt-in bf16 {t['field_bf16']:.1f} ms -> {t['seed_field'] / t['field_bf16']:.2f}×")
+        if profile_rows and B == 1:
+            print_profile(f"{name} MLP field fwd+bwd, B=1, fp32", field_step, profile_rows)
+            print_profile(f"{name} MLP field fwd+bwd, B=1, opt-in bf16", field_step_bf16, profile_rows)
     model.zero_grad(set_to_none=True)
     model_bf16.zero_grad(set_to_none=True)
 
@@ -297,6 +311,8 @@ def main():
     parser.add_argument("--malloc", choices=("keep", "default"), default="default",
                         help="keep: glibc keeps freed memory (HeadNeRF/memory.py); default: glibc's own settings. Process-wide: ours and the seed layout always run under the same one")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                        help="also profile one B=1 field train step (fp32 and bf16) and print its ROWS top ops")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="cpu: process CPU time (for a shared, overloaded machine; use with --threads 1)")
     args = parser.parse_args()
@@ -308,7 +324,7 @@ def main():
           f"allocator: {'freed memory kept' if kept else 'glibc default'}")
     for name, cfg in CONFIGS.items():
         if args.only in (None, name):
-            bench_config(name, cfg, args.repeats, args.train_repeats)
+            bench_config(name, cfg, args.repeats, args.train_repeats, args.profile)
 
 
 if __name__ == "__main__":
