@@ -156,10 +156,11 @@ def test_eye_centre_offsets_are_bounded():
         torch.testing.assert_close(per_code(**x)["image"], shifted(**x)["image"])
 
 
-def test_shipped_quickstart_is_the_tiled_config_with_the_eye_frame_input_and_polar_table():
+def test_shipped_quickstart_is_the_tiled_config_with_the_eye_frame_input_polar_table_and_auto_precision():
     """config/quickstart.yml (the default) differs from config/quickstart_tiled.yml (the earlier default) only in the
-    gaze input, the per-code eye centres, the polar table (and run dir), and builds that model (the full training
-    path is the quickstart's, tests/test_training.py)."""
+    gaze input, the per-code eye centres, the polar table, the MLP precision (auto: bf16 on CPUs with native bf16)
+    (and run dir), and builds that model (the full training path is the quickstart's, tests/test_training.py);
+    config/quickstart_fp32.yml is the default with fp32 forced, nothing else changed."""
     import os
 
     from HeadNeRF.config import load_yaml, to_dict
@@ -171,8 +172,13 @@ def test_shipped_quickstart_is_the_tiled_config_with_the_eye_frame_input_and_pol
     assert variant["model"].pop("gaze_input") == "eye_frame" and base["model"].pop("gaze_input") == "tiled"
     assert variant["model"].pop("eye_centers_from_code") and not base["model"].pop("eye_centers_from_code")
     assert variant["model"].pop("eye_polar_cells") == 64 and base["model"].pop("eye_polar_cells") == 0
+    assert variant["model"].pop("mlp_precision") == "auto" and base["model"].pop("mlp_precision") == "fp32"
     assert variant.pop("run_dir") != base.pop("run_dir")
     assert variant == base
+    default, fp32 = (to_dict(load_yaml(os.path.join(root, "config", f"{n}.yml"))) for n in ("quickstart", "quickstart_fp32"))
+    assert default["model"].pop("mlp_precision") == "auto" and fp32["model"].pop("mlp_precision") == "fp32"
+    assert default.pop("run_dir") != fp32.pop("run_dir")
+    assert default == fp32
     cfg = load_yaml(os.path.join(root, "config", "quickstart.yml")).model
     model = build_model(cfg, DS, DA)
     assert model.eye_centers.shape == (2, 3) and model.gaze_mlp.sample_in is not None
