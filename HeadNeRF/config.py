@@ -60,7 +60,9 @@ class ModelConfig:
     gaze_input: str = "tiled"  # HeadNeRF_Gaze's gaze MLP input: tiled (the seed's (pitch, yaw) × gaze_tile) |
     # eye_frame (each sample point in each eye's gaze-rotated frame, fields/gaze.py eye_frame_points)
     eye_frame_freqs: int = 4  # PE frequencies of the eye-frame directions (gaze_input eye_frame)
-    eye_centers_from_code: bool = False  # eye_frame: the eyeball centres move with the shape code (a linear map)
+    eye_centers_from_code: bool = False  # eye_frame: the eyeball centres move with the shape code (a learned linear map)
+    eye_centers_from_head_model: bool = False  # eye_frame: each image's eyeball centres from the head model at its shape
+    # code (fields/eye_centers.py; exact for synthetic data, the head-model fit's for ETH-XGaze and photos)
     eye_polar_cells: int = 0  # eye_frame: a learned table over the angle from each eye's optical axis (fields/gaze.py
     # EyePolarTable) beside the eye-frame encoding; 0 = off
     gaze_pixel_coords: bool = True  # the pixel's (col, row) among the gaze MLP's per-ray inputs
@@ -85,6 +87,8 @@ class ModelConfig:
         check_field(self.eye_frame_freqs >= 0, "eye_frame_freqs", "must be >= 0")
         check_field(self.eye_polar_cells == 0 or self.eye_polar_cells >= 2, "eye_polar_cells",
                     f"must be 0 (off) or >= 2, got {self.eye_polar_cells}")
+        check_field(not self.eye_centers_from_head_model or self.gaze_input == "eye_frame", "eye_centers_from_head_model",
+                    "needs gaze_input: eye_frame (the centres are those of the eye frames)")
         check_field(self.eye_polar_cells == 0 or self.gaze_input == "eye_frame", "eye_polar_cells",
                     "needs gaze_input: eye_frame (the table reads the eye-frame points)")
         check_field(self.mlp_precision in ("fp32", "bf16", "auto"), "mlp_precision",

@@ -68,6 +68,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .fields.encoding import encoding_dim, positional_encoding
+from .fields.eye_centers import head_model_eye_centers, head_model_shape_dim
 from .fields.gaze import (EYE_CENTER_MAX_OFFSET, MEAN_EYE_CENTERS, EyePolarTable, GazeMLP, eye_frame_dim, eye_frame_encoding, eye_frame_points, gaze_input_dim,
                           grid_coords, per_ray_gaze_inputs, pool_eye_mask, rotate_feature_groups)
 from .fields.triplane import TriplaneEncoding
@@ -335,12 +336,32 @@ class HeadNeRF_Gaze(GazeModelBase):
         # learnable eyeball centres (2, 3), head frame, started at the synthetic head model's mean; with
         # eye_centers_from_code a zero-initialised linear map of the shape code moves them per subject, bounded
         # (EYE_CENTER_MAX_OFFSET tanh): unbounded, the map drove the centres a metre away within 3000 steps
-        self.eye_centers = nn.Parameter(torch.tensor(MEAN_EYE_CENTERS)) if eye_frame else None
+        # With eye_centers_from_head_model the centres are each image's head-model centres (fields/eye_centers.py)
+        # and the parameter is a shared learnable correction started at 0 (the head model's centres can be off by
+        # the same amount for every real person; on synthetic data they are exact).
+        self.centers_from_head_model = eye_frame and cfg.eye_centers_from_head_model
+        if self.centers_from_head_model and shape_code_dim != head_model_shape_dim():
+            raise ValueError(f"eye_centers_from_head_model needs the synthetic head model's code layout (shape code = "
+                             f"identity ⊕ expression, {head_model_shape_dim()} channels); this dataset's shape code has "
+                             f"{shape_code_dim}. Set eye_centers_from_head_model: false (or eye_centers_from_code: true).")
+        self.eye_centers = None
+        if eye_frame:
+            self.eye_centers = nn.Parameter(torch.zeros(2, 3) if self.centers_from_head_model
+                                            else torch.tensor(MEAN_EYE_CENTERS))
         self.eye_center_offset = None
         if eye_frame and cfg.eye_centers_from_code:
             self.eye_center_offset = nn.Linear(shape_code_dim, 6)
             nn.init.zeros_(self.eye_center_offset.weight)
             nn.init.zeros_(self.eye_center_offset.bias)
+
+    def image_eye_centers(self, shape_code: torch.Tensor) -> torch.Tensor:
+        """(B, Ds) shape codes -> (B, 2, 3) head-frame eyeball centres of each image (eye_frame models only)."""
+        centers = self.eye_centers.float().expand(shape_code.shape[0], 2, 3)
+        if self.centers_from_head_model:
+            centers = centers + head_model_eye_centers(shape_code)
+        if self.eye_center_offset is not None:
+            centers = centers + EYE_CENTER_MAX_OFFSET * torch.tanh(self.eye_center_offset(shape_code.float())).view(-1, 2, 3)
+        return centers
 
     def eye_frame_inputs(self, rays: RayBatch, gazes: list[torch.Tensor], shape_code: torch.Tensor
                          ) -> torch.Tensor | None:
@@ -349,10 +370,9 @@ class HeadNeRF_Gaze(GazeModelBase):
             return None
         with torch.autocast(rays.depths.device.type, enabled=False):  # geometry in fp32 also under bf16
             rotation = gaze_rotation(torch.stack(gazes).float()).index_select(1, rays.ray_image)  # (P, N, 3, 3)
-            centers = self.eye_centers.float()  # (2, 3)
-            if self.eye_center_offset is not None:  # (B, 2, 3) per image -> (N, 2, 3) per ray
-                offset = EYE_CENTER_MAX_OFFSET * torch.tanh(self.eye_center_offset(shape_code.float())).view(-1, 2, 3)
-                centers = (centers + offset).index_select(0, rays.ray_image)
+            centers = self.eye_centers.float()  # (2, 3), shared by every image
+            if self.centers_from_head_model or self.eye_center_offset is not None:  # (B, 2, 3) -> (N, 2, 3) per ray
+                centers = self.image_eye_centers(shape_code).index_select(0, rays.ray_image)
             points = eye_frame_points(rays.points.float(), centers, rotation)
             encoded = eye_frame_encoding(points, self.cfg.eye_frame_freqs)
             if self.eye_polar is None:

@@ -216,3 +216,35 @@ def test_eye_polar_model_trains_the_table_and_needs_the_eye_frame():
     model.train()
     model(**x, training=True)["image"].square().mean().backward()
     assert model.eye_polar.table.grad is not None and model.eye_polar.table.grad.abs().sum() > 0
+
+
+def test_eye_centres_from_head_model_are_the_generators_for_every_subject():
+    """eye_centers_from_head_model: each image's centres are the synthetic head model's eyeballs at its shape code
+    (the generator's own, also for a code never trained on), the shared correction starts at 0 and adds to every
+    image, and a dataset with another code layout is refused at build time with the fix in the message."""
+    from HeadNeRF.data.synthetic import head_model as hm
+    from HeadNeRF.fields.eye_centers import head_model_shape_dim
+    from HeadNeRF.models import build_model
+    from tests.test_models import tiny_cfg
+
+    ds = head_model_shape_dim()
+    cfg = tiny_cfg(gaze_input="eye_frame", eye_frame_freqs=2, eye_centers_from_head_model=True)
+    model = build_model(cfg, ds, DA).eval()
+    rng = np.random.default_rng(3)
+    codes = np.stack([hm.sample_code(rng) for _ in range(3)])
+    got = model.image_eye_centers(torch.tensor(codes[:, :ds], dtype=torch.float32)).detach()
+    assert got.shape == (3, 2, 3)
+    for code, centres in zip(codes, got):
+        np.testing.assert_allclose(centres.numpy(), hm.eyeball_centers(hm.decode(code)), atol=1e-5)
+    assert (got[0] - got[1]).abs().max() > 2e-3  # the subjects' eyes really are in different places
+    with torch.no_grad():
+        model.eye_centers += 0.01
+    torch.testing.assert_close(model.image_eye_centers(torch.tensor(codes[:, :ds], dtype=torch.float32)), got + 0.01)
+    x = inputs()
+    x["shape_code"] = torch.tensor(codes[:2, :ds], dtype=torch.float32)
+    with torch.no_grad():
+        assert torch.isfinite(model(**x)["image"]).all()
+    with pytest.raises(ValueError, match="head model's code layout"):
+        build_model(cfg, DS, DA)
+    with pytest.raises(ConfigError, match="eye_centers_from_head_model"):
+        ModelConfig(eye_centers_from_head_model=True)  # gaze_input tiled: there are no eye frames
