@@ -62,7 +62,9 @@ class ModelConfig:
     eye_frame_freqs: int = 4  # PE frequencies of the eye-frame directions (gaze_input eye_frame)
     eye_centers_from_code: bool = False  # eye_frame: the eyeball centres move with the shape code (a learned linear map)
     eye_centers_from_head_model: bool = False  # eye_frame: each image's eyeball centres from the head model at its shape
-    # code (fields/eye_centers.py; exact for synthetic data, the head-model fit's for ETH-XGaze and photos)
+    # code, fixed (fields/eye_centers.py; exact for synthetic data, the head-model fit's for ETH-XGaze and photos)
+    gaze_region_radius: float = 0.0  # eye_frame: > 0 runs the gaze MLP only on samples within this many eyeball radii of
+    # an eye centre, its injections faded to 0 over the last half radius (models.py gaze_injections_near_eyes); 0 = all
     eye_polar_cells: int = 0  # eye_frame: a learned table over the angle from each eye's optical axis (fields/gaze.py
     # EyePolarTable) beside the eye-frame encoding; 0 = off
     gaze_pixel_coords: bool = True  # the pixel's (col, row) among the gaze MLP's per-ray inputs
@@ -89,6 +91,11 @@ class ModelConfig:
                     f"must be 0 (off) or >= 2, got {self.eye_polar_cells}")
         check_field(not self.eye_centers_from_head_model or self.gaze_input == "eye_frame", "eye_centers_from_head_model",
                     "needs gaze_input: eye_frame (the centres are those of the eye frames)")
+        check_field(not (self.eye_centers_from_head_model and self.eye_centers_from_code), "eye_centers_from_head_model",
+                    "and eye_centers_from_code are two sources of the same centres: set one of them")
+        check_field(self.gaze_region_radius == 0 or (self.gaze_region_radius >= 1.5 and self.gaze_input == "eye_frame"),
+                    "gaze_region_radius", f"must be 0 (everywhere) or >= 1.5 eyeball radii with gaze_input: eye_frame, got "
+                    f"{self.gaze_region_radius} with gaze_input {self.gaze_input!r}")
         check_field(self.eye_polar_cells == 0 or self.gaze_input == "eye_frame", "eye_polar_cells",
                     "needs gaze_input: eye_frame (the table reads the eye-frame points)")
         check_field(self.mlp_precision in ("fp32", "bf16", "auto"), "mlp_precision",

@@ -69,7 +69,7 @@ from torch import nn
 from .config import ModelConfig
 from .fields.encoding import encoding_dim, positional_encoding
 from .fields.eye_centers import head_model_eye_centers, head_model_shape_dim
-from .fields.gaze import (EYE_CENTER_MAX_OFFSET, MEAN_EYE_CENTERS, EyePolarTable, GazeMLP, eye_frame_dim, eye_frame_encoding, eye_frame_points, gaze_input_dim,
+from .fields.gaze import (EYE_CENTER_MAX_OFFSET, EYE_RADIUS, MEAN_EYE_CENTERS, gaze_region_window, EyePolarTable, GazeMLP, eye_frame_dim, eye_frame_encoding, eye_frame_points, gaze_input_dim,
                           grid_coords, per_ray_gaze_inputs, pool_eye_mask, rotate_feature_groups)
 from .fields.triplane import TriplaneEncoding
 from .fields.trunk import ConditionalTrunk
@@ -336,18 +336,18 @@ class HeadNeRF_Gaze(GazeModelBase):
         # learnable eyeball centres (2, 3), head frame, started at the synthetic head model's mean; with
         # eye_centers_from_code a zero-initialised linear map of the shape code moves them per subject, bounded
         # (EYE_CENTER_MAX_OFFSET tanh): unbounded, the map drove the centres a metre away within 3000 steps
-        # With eye_centers_from_head_model the centres are each image's head-model centres (fields/eye_centers.py)
-        # and the parameter is a shared learnable correction started at 0 (the head model's centres can be off by
-        # the same amount for every real person; on synthetic data they are exact).
+        # eye_centers_from_head_model: each image's centres are its head-model centres (fields/eye_centers.py), fixed:
+        # no learned parameter, so the backward does not run through the eye-frame geometry (a shared learned
+        # correction moved at most 0.008 head units in a quickstart run, and its gradient cost that backward)
+        self.eye_frame = eye_frame
         self.centers_from_head_model = eye_frame and cfg.eye_centers_from_head_model
         if self.centers_from_head_model and shape_code_dim != head_model_shape_dim():
             raise ValueError(f"eye_centers_from_head_model needs the synthetic head model's code layout (shape code = "
                              f"identity ⊕ expression, {head_model_shape_dim()} channels); this dataset's shape code has "
                              f"{shape_code_dim}. Set eye_centers_from_head_model: false (or eye_centers_from_code: true).")
         self.eye_centers = None
-        if eye_frame:
-            self.eye_centers = nn.Parameter(torch.zeros(2, 3) if self.centers_from_head_model
-                                            else torch.tensor(MEAN_EYE_CENTERS))
+        if eye_frame and not self.centers_from_head_model:
+            self.eye_centers = nn.Parameter(torch.tensor(MEAN_EYE_CENTERS))
         self.eye_center_offset = None
         if eye_frame and cfg.eye_centers_from_code:
             self.eye_center_offset = nn.Linear(shape_code_dim, 6)
@@ -356,28 +356,71 @@ class HeadNeRF_Gaze(GazeModelBase):
 
     def image_eye_centers(self, shape_code: torch.Tensor) -> torch.Tensor:
         """(B, Ds) shape codes -> (B, 2, 3) head-frame eyeball centres of each image (eye_frame models only)."""
-        centers = self.eye_centers.float().expand(shape_code.shape[0], 2, 3)
         if self.centers_from_head_model:
-            centers = centers + head_model_eye_centers(shape_code)
+            return head_model_eye_centers(shape_code)
+        centers = self.eye_centers.float().expand(shape_code.shape[0], 2, 3)
         if self.eye_center_offset is not None:
             centers = centers + EYE_CENTER_MAX_OFFSET * torch.tanh(self.eye_center_offset(shape_code.float())).view(-1, 2, 3)
         return centers
 
-    def eye_frame_inputs(self, rays: RayBatch, gazes: list[torch.Tensor], shape_code: torch.Tensor
-                         ) -> torch.Tensor | None:
-        """(P, N, S, eye_frame_dim) encoded eye-frame points of every pass's gaze; None for ``tiled``."""
-        if self.eye_centers is None:
+    def ray_eye_centers(self, shape_code: torch.Tensor, ray_image: torch.Tensor) -> torch.Tensor:
+        """(B, Ds) codes, (N,) image of each ray -> (N, 2, 3) eyeball centres per ray, or (2, 3) when shared."""
+        if self.centers_from_head_model or self.eye_center_offset is not None:
+            return self.image_eye_centers(shape_code).index_select(0, ray_image)
+        return self.eye_centers.float()
+
+    def eye_frame_inputs(self, rays: RayBatch, gazes: list[torch.Tensor], shape_code: torch.Tensor,
+                         centers: torch.Tensor | None = None) -> torch.Tensor | None:
+        """(P, N, S, eye_frame_dim) encoded eye-frame points of every pass's gaze; None for ``tiled``.
+        ``centers``: ``ray_eye_centers`` when the caller has them already."""
+        if not self.eye_frame:
             return None
         with torch.autocast(rays.depths.device.type, enabled=False):  # geometry in fp32 also under bf16
             rotation = gaze_rotation(torch.stack(gazes).float()).index_select(1, rays.ray_image)  # (P, N, 3, 3)
-            centers = self.eye_centers.float()  # (2, 3), shared by every image
-            if self.centers_from_head_model or self.eye_center_offset is not None:  # (B, 2, 3) -> (N, 2, 3) per ray
-                centers = self.image_eye_centers(shape_code).index_select(0, rays.ray_image)
+            if centers is None:
+                centers = self.ray_eye_centers(shape_code, rays.ray_image)
             points = eye_frame_points(rays.points.float(), centers, rotation)
             encoded = eye_frame_encoding(points, self.cfg.eye_frame_freqs)
             if self.eye_polar is None:
                 return encoded
             return torch.cat((encoded, self.eye_polar(points)), dim=-1)
+
+    def gaze_injections_near_eyes(self, rays: RayBatch, ray_inputs: torch.Tensor, gazes: list[torch.Tensor],
+                                  shape_code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gaze MLP on the samples near an eyeball only (``ModelConfig.gaze_region_radius``).
+
+        A gaze moves the eyeballs and the lids on them, nothing else, so the injections are 0 beyond
+        ``gaze_region_radius`` eyeball radii from both centres and fade to 0 over the last half radius before
+        it (``gaze_region_window``: no step in the field). Only the samples inside are gathered and run.
+
+        Args: ray_inputs (P, N, F); gazes: P (B, 2). Returns: density offset (P, N, S), colour injection
+        (P, N, S, trunk colour width), zero outside the region.
+        """
+        N, S = rays.points.shape[:2]
+        P = ray_inputs.shape[0]
+        centers = self.ray_eye_centers(shape_code, rays.ray_image)
+        with torch.no_grad(), torch.autocast(rays.depths.device.type, enabled=False):
+            per_ray = centers.dim() == 3
+            diff = rays.points.float().unsqueeze(-2) - (centers.unsqueeze(1) if per_ray else centers)  # (N, S, 2, 3)
+            radius = diff.norm(dim=-1).amin(-1) / EYE_RADIUS  # (N, S) to the nearer eye, in eyeball radii
+            inside = (radius < self.cfg.gaze_region_radius).reshape(-1).nonzero().squeeze(1)  # (M,) flat samples
+        colour_width = self.gaze_mlp.colour_out.out_features
+        density_off = rays.depths.new_zeros(P, N * S)
+        colour_inj = rays.depths.new_zeros(P, N * S, colour_width)
+        if inside.numel() == 0:
+            return density_off.view(P, N, S), colour_inj.view(P, N, S, colour_width)
+        ray_of = inside // S  # (M,) the ray of each inside sample: each becomes a one-sample ray
+        sub = RayBatch(rays.batch, rays.grid, rays.ray_index[ray_of], rays.ray_image[ray_of],
+                       rays.depths.reshape(-1, 1)[inside], rays.deltas.reshape(-1, 1)[inside],
+                       rays.points_pe.reshape(N * S, 1, -1)[inside], rays.pixels, rays.points.reshape(-1, 1, 3)[inside])
+        sub_centers = centers.index_select(0, ray_of) if per_ray else centers
+        hidden, colour = self.gaze_mlp(sub.points_pe, ray_inputs.index_select(1, ray_of),
+                                       self.eye_frame_inputs(sub, gazes, shape_code, sub_centers))  # (P, M, 1, ·)
+        window = gaze_region_window(radius.reshape(-1)[inside], self.cfg.gaze_region_radius)  # (M,)
+        offset = self.gaze_mlp.density_offset(hidden, self.trunk.density_head.weight)[..., 0] * window  # (P, M)
+        density_off = density_off.index_copy(1, inside, offset.to(density_off.dtype))
+        colour_inj = colour_inj.index_copy(1, inside, (colour[:, :, 0] * window.unsqueeze(-1)).to(colour_inj.dtype))
+        return density_off.view(P, N, S), colour_inj.view(P, N, S, colour_width)
 
     def render_fields(self, rays, shape_code, appearance_code, gaze_head, pooled_eye_mask, training, render_template,
                       generator):
@@ -395,9 +438,12 @@ class HeadNeRF_Gaze(GazeModelBase):
         ray_inputs = torch.stack([per_ray_gaze_inputs(pooled_eye_mask, g, self.ray_gaze_tile, coords,
                                                       cfg.gaze_pixel_coords) for g in gazes])  # (P, B, R, F)
         ray_inputs = ray_inputs.flatten(1, 2).index_select(1, rays.ray_index)  # (P, N, F)
-        gaze_hidden, colour_inj = self.gaze_mlp(rays.points_pe, ray_inputs,
-                                                self.eye_frame_inputs(rays, gazes, shape_code))  # (P, N, S, Wg), (P, N, S, W/2)
-        density_off = self.gaze_mlp.density_offset(gaze_hidden, self.trunk.density_head.weight)  # (P, N, S)
+        if cfg.gaze_region_radius > 0:
+            density_off, colour_inj = self.gaze_injections_near_eyes(rays, ray_inputs, gazes, shape_code)
+        else:
+            gaze_hidden, colour_inj = self.gaze_mlp(rays.points_pe, ray_inputs,
+                                                    self.eye_frame_inputs(rays, gazes, shape_code))  # (P, N, S, Wg), (P, N, S, W/2)
+            density_off = self.gaze_mlp.density_offset(gaze_hidden, self.trunk.density_head.weight)  # (P, N, S)
 
         # The trunk is gaze-independent: one evaluation shared by the gaze and template passes.
         h = self.trunk.hidden(rays.points_pe, shape_code, rays.ray_image)

@@ -220,8 +220,7 @@ def test_eye_polar_model_trains_the_table_and_needs_the_eye_frame():
 
 def test_eye_centres_from_head_model_are_the_generators_for_every_subject():
     """eye_centers_from_head_model: each image's centres are the synthetic head model's eyeballs at its shape code
-    (the generator's own, also for a code never trained on), the shared correction starts at 0 and adds to every
-    image, and a dataset with another code layout is refused at build time with the fix in the message."""
+    (the generator's own, also for a code never trained on), fixed (no learned parameter), and a dataset with another code layout is refused at build time with the fix in the message."""
     from HeadNeRF.data.synthetic import head_model as hm
     from HeadNeRF.fields.eye_centers import head_model_shape_dim
     from HeadNeRF.models import build_model
@@ -237,9 +236,7 @@ def test_eye_centres_from_head_model_are_the_generators_for_every_subject():
     for code, centres in zip(codes, got):
         np.testing.assert_allclose(centres.numpy(), hm.eyeball_centers(hm.decode(code)), atol=1e-5)
     assert (got[0] - got[1]).abs().max() > 2e-3  # the subjects' eyes really are in different places
-    with torch.no_grad():
-        model.eye_centers += 0.01
-    torch.testing.assert_close(model.image_eye_centers(torch.tensor(codes[:, :ds], dtype=torch.float32)), got + 0.01)
+    assert model.eye_centers is None and not any("eye_cent" in n for n, _ in model.named_parameters())  # fixed
     x = inputs()
     x["shape_code"] = torch.tensor(codes[:2, :ds], dtype=torch.float32)
     with torch.no_grad():
@@ -248,3 +245,55 @@ def test_eye_centres_from_head_model_are_the_generators_for_every_subject():
         build_model(cfg, DS, DA)
     with pytest.raises(ConfigError, match="eye_centers_from_head_model"):
         ModelConfig(eye_centers_from_head_model=True)  # gaze_input tiled: there are no eye frames
+    with pytest.raises(ConfigError, match="set one of them"):
+        ModelConfig(gaze_input="eye_frame", eye_centers_from_head_model=True, eye_centers_from_code=True)
+
+
+def test_gaze_region_runs_the_gaze_mlp_near_the_eyes_only():
+    """gaze_region_radius: the injections equal the full gaze MLP's within region - 1/2 eyeball radius of an eye
+    centre, are exactly 0 beyond the region (a gaze changes nothing there), and a region covering every sample
+    renders the same image as the model without one."""
+    from HeadNeRF.fields.gaze import gaze_region_window
+    from HeadNeRF.models import build_model
+    from tests.test_models import tiny_cfg
+
+    r = torch.linspace(0.0, 3.0, 31)
+    w = gaze_region_window(r, 2.0)
+    assert (w[r <= 1.5] == 1).all() and (w[r >= 2.0] == 0).all() and (w[1:] <= w[:-1]).all()
+    x = inputs()
+
+    def build(**kw):
+        torch.manual_seed(0)
+        return build_model(tiny_cfg(gaze_input="eye_frame", eye_frame_freqs=2, eye_polar_cells=8, **kw), DS, DA).eval()
+
+    full, everywhere, region = build(), build(gaze_region_radius=1e3), build(gaze_region_radius=2.0)
+    with torch.no_grad():
+        a, b = everywhere(**x, render_template=True), full(**x, render_template=True)
+    for key in ("image", "template_image"):
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    # the injections themselves, on samples spread around the eyes
+    g = torch.Generator().manual_seed(4)
+    N, S = 40, 6
+    centres = torch.tensor(MEAN_EYE_CENTERS)
+    points = centres[torch.randint(0, 2, (N, S), generator=g)] + 0.12 * torch.randn(N, S, 3, generator=g) * 3
+    from HeadNeRF.fields.encoding import positional_encoding
+    from HeadNeRF.models import RayBatch
+
+    rays = RayBatch(2, (1, N), torch.arange(N), torch.arange(N) % 2, torch.rand(N, S), torch.rand(N, S),
+                    positional_encoding(points, 4), None, points)
+    gazes = [0.3 * torch.randn(2, 2, generator=g), torch.zeros(2, 2)]
+    ray_inputs = torch.randn(2, N, region.gaze_mlp.ray_in.in_features, generator=g)
+    with torch.no_grad():
+        hidden, colour = region.gaze_mlp(rays.points_pe, ray_inputs, region.eye_frame_inputs(rays, gazes, x["shape_code"]))
+        density = region.gaze_mlp.density_offset(hidden, region.trunk.density_head.weight)
+        got_density, got_colour = region.gaze_injections_near_eyes(rays, ray_inputs, gazes, x["shape_code"])
+    radius = (points.unsqueeze(-2) - centres).norm(dim=-1).amin(-1) / EYE_RADIUS  # (N, S)
+    near, far = radius < 1.5, radius >= 2.0
+    assert near.sum() > 10 and far.sum() > 10
+    torch.testing.assert_close(got_density[:, near], density[:, near])
+    torch.testing.assert_close(got_colour[:, near], colour[:, near])
+    assert (got_density[:, far] == 0).all() and (got_colour[:, far] == 0).all()
+    with pytest.raises(ConfigError, match="gaze_region_radius"):
+        ModelConfig(gaze_region_radius=2.0)  # tiled: no eye centres
+    with pytest.raises(ConfigError, match="gaze_region_radius"):
+        ModelConfig(gaze_input="eye_frame", gaze_region_radius=0.5)

@@ -42,7 +42,7 @@ from .encoding import positional_encoding
 from .trunk import add_relu, ray_chunks
 
 __all__ = ["GazeMLP", "per_ray_gaze_inputs", "gaze_input_dim", "pool_eye_mask", "grid_coords", "rotate_feature_groups",
-           "MEAN_EYE_CENTERS", "EYE_RADIUS", "EYE_CENTER_MAX_OFFSET", "eye_frame_points", "eye_frame_encoding", "eye_frame_dim",
+           "MEAN_EYE_CENTERS", "EYE_RADIUS", "EYE_CENTER_MAX_OFFSET", "eye_frame_points", "gaze_region_window", "eye_frame_encoding", "eye_frame_dim",
            "EyePolarTable"]
 
 # The synthetic head model's eyeball centres [subject's right (x < 0), left], head frame, averaged over
@@ -77,6 +77,13 @@ def eye_frame_points(points: torch.Tensor, eye_centers: torch.Tensor, rotation: 
     offsets = (points.unsqueeze(-2) - eye_centers) / EYE_RADIUS  # (N, S, E, 3)
     # v R = (R^T v^T)^T: the rotation of each ray, broadcast over its samples and the eyes
     return torch.einsum("nsed,pndk->pnsek", offsets, rotation)
+
+
+def gaze_region_window(radius: torch.Tensor, region_radius: float, fade: float = 0.5) -> torch.Tensor:
+    """Weight of the gaze injections at ``radius`` eyeball radii from the nearer eye centre (any shape):
+    1 up to ``region_radius - fade``, a smoothstep down to 0 at ``region_radius``, 0 beyond."""
+    t = ((region_radius - radius) / fade).clamp(0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
 
 
 def eye_frame_dim(num_freqs: int, num_eyes: int = 2) -> int:
