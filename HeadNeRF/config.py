@@ -62,7 +62,7 @@ class ModelConfig:
     eye_frame_freqs: int = 4  # PE frequencies of the eye-frame directions (gaze_input eye_frame)
     eye_centers_from_code: bool = False  # eye_frame: the eyeball centres move with the shape code (a learned linear map)
     eye_centers_from_head_model: bool = False  # eye_frame: each image's eyeball centres from the head model at its shape
-    # code, fixed (fields/eye_centers.py; exact for synthetic data, the head-model fit's for ETH-XGaze and photos)
+    # code, fixed (data/synthetic/eye_centers.py; exact for synthetic data, the head-model fit's for ETH-XGaze and photos)
     gaze_region_radius: float = 0.0  # eye_frame: > 0 runs the gaze MLP only on samples within this many eyeball radii of
     # an eye centre, its injections faded to 0 over the last half radius (models.py gaze_injections_near_eyes); 0 = all
     eye_polar_cells: int = 0  # eye_frame: a learned table over the angle from each eye's optical axis (fields/gaze.py

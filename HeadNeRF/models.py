@@ -68,7 +68,6 @@ from torch import nn
 
 from .config import ModelConfig
 from .fields.encoding import encoding_dim, positional_encoding
-from .fields.eye_centers import head_model_eye_centers, head_model_shape_dim
 from .fields.gaze import (EYE_CENTER_MAX_OFFSET, EYE_RADIUS, MEAN_EYE_CENTERS, gaze_region_window, EyePolarTable, GazeMLP, eye_frame_dim, eye_frame_encoding, eye_frame_points, gaze_input_dim,
                           grid_coords, per_ray_gaze_inputs, pool_eye_mask, rotate_feature_groups)
 from .fields.triplane import TriplaneEncoding
@@ -86,6 +85,13 @@ EYE_POLAR_CHANNELS = 8  # features per eye of the optional eye polar table (Mode
 
 __all__ = ["HeadNeRF", "HeadNeRF_Gaze", "GazeNeRF", "MODEL_CLASSES", "build_model", "redirect",
            "camera_for_head_pose", "RayBatch", "eval_mode", "mlp_autocast", "native_bf16_cpu", "resolve_mlp_precision"]
+
+
+def _head_model_eyes():
+    """``data.synthetic.eye_centers``, imported when a model needs it (the package imports pytorch3d's renderer)."""
+    from .data.synthetic import eye_centers
+
+    return eye_centers
 
 
 @dataclasses.dataclass
@@ -336,14 +342,14 @@ class HeadNeRF_Gaze(GazeModelBase):
         # learnable eyeball centres (2, 3), head frame, started at the synthetic head model's mean; with
         # eye_centers_from_code a zero-initialised linear map of the shape code moves them per subject, bounded
         # (EYE_CENTER_MAX_OFFSET tanh): unbounded, the map drove the centres a metre away within 3000 steps
-        # eye_centers_from_head_model: each image's centres are its head-model centres (fields/eye_centers.py), fixed:
+        # eye_centers_from_head_model: each image's centres are its head-model centres (data/synthetic/eye_centers.py), fixed:
         # no learned parameter, so the backward does not run through the eye-frame geometry (a shared learned
         # correction moved at most 0.008 head units in a quickstart run, and its gradient cost that backward)
         self.eye_frame = eye_frame
         self.centers_from_head_model = eye_frame and cfg.eye_centers_from_head_model
-        if self.centers_from_head_model and shape_code_dim != head_model_shape_dim():
+        if self.centers_from_head_model and shape_code_dim != _head_model_eyes().head_model_shape_dim():
             raise ValueError(f"eye_centers_from_head_model needs the synthetic head model's code layout (shape code = "
-                             f"identity ⊕ expression, {head_model_shape_dim()} channels); this dataset's shape code has "
+                             f"identity ⊕ expression, {_head_model_eyes().head_model_shape_dim()} channels); this dataset's shape code has "
                              f"{shape_code_dim}. Set eye_centers_from_head_model: false (or eye_centers_from_code: true).")
         self.eye_centers = None
         if eye_frame and not self.centers_from_head_model:
@@ -357,7 +363,7 @@ class HeadNeRF_Gaze(GazeModelBase):
     def image_eye_centers(self, shape_code: torch.Tensor) -> torch.Tensor:
         """(B, Ds) shape codes -> (B, 2, 3) head-frame eyeball centres of each image (eye_frame models only)."""
         if self.centers_from_head_model:
-            return head_model_eye_centers(shape_code)
+            return _head_model_eyes().head_model_eye_centers(shape_code)
         centers = self.eye_centers.float().expand(shape_code.shape[0], 2, 3)
         if self.eye_center_offset is not None:
             centers = centers + EYE_CENTER_MAX_OFFSET * torch.tanh(self.eye_center_offset(shape_code.float())).view(-1, 2, 3)

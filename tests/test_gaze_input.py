@@ -158,7 +158,7 @@ def test_eye_centre_offsets_are_bounded():
 
 def test_shipped_quickstart_is_the_tiled_config_with_the_eye_frame_input_polar_table_and_auto_precision():
     """config/quickstart.yml (the default) differs from config/quickstart_tiled.yml (the earlier default) only in the
-    gaze input, the per-code eye centres, the polar table, the MLP precision (auto: bf16 on CPUs with native bf16)
+    gaze input, the head-model eye centres, the polar table, the MLP precision (auto: bf16 on CPUs with native bf16)
     (and run dir), and builds that model (the full training path is the quickstart's, tests/test_training.py);
     config/quickstart_fp32.yml is the default with fp32 forced, nothing else changed."""
     import os
@@ -170,7 +170,7 @@ def test_shipped_quickstart_is_the_tiled_config_with_the_eye_frame_input_polar_t
     base, variant = (to_dict(load_yaml(os.path.join(root, "config", f"{n}.yml")))
                      for n in ("quickstart_tiled", "quickstart"))
     assert variant["model"].pop("gaze_input") == "eye_frame" and base["model"].pop("gaze_input") == "tiled"
-    assert variant["model"].pop("eye_centers_from_code") and not base["model"].pop("eye_centers_from_code")
+    assert variant["model"].pop("eye_centers_from_head_model") and not base["model"].pop("eye_centers_from_head_model")
     assert variant["model"].pop("eye_polar_cells") == 64 and base["model"].pop("eye_polar_cells") == 0
     assert variant["model"].pop("mlp_precision") == "auto" and base["model"].pop("mlp_precision") == "fp32"
     assert variant.pop("run_dir") != base.pop("run_dir")
@@ -180,9 +180,11 @@ def test_shipped_quickstart_is_the_tiled_config_with_the_eye_frame_input_polar_t
     assert default.pop("run_dir") != fp32.pop("run_dir")
     assert default == fp32
     cfg = load_yaml(os.path.join(root, "config", "quickstart.yml")).model
-    model = build_model(cfg, DS, DA)
-    assert model.eye_centers.shape == (2, 3) and model.gaze_mlp.sample_in is not None
-    assert model.eye_center_offset is not None and model.eye_polar is not None
+    from HeadNeRF.data.synthetic.eye_centers import head_model_shape_dim
+
+    model = build_model(cfg, head_model_shape_dim(), DA)
+    assert model.centers_from_head_model and model.eye_centers is None and model.gaze_mlp.sample_in is not None
+    assert model.eye_center_offset is None and model.eye_polar is not None
 
 
 def test_eye_polar_table_is_a_ring_function_on_the_shell():
@@ -222,7 +224,7 @@ def test_eye_centres_from_head_model_are_the_generators_for_every_subject():
     """eye_centers_from_head_model: each image's centres are the synthetic head model's eyeballs at its shape code
     (the generator's own, also for a code never trained on), fixed (no learned parameter), and a dataset with another code layout is refused at build time with the fix in the message."""
     from HeadNeRF.data.synthetic import head_model as hm
-    from HeadNeRF.fields.eye_centers import head_model_shape_dim
+    from HeadNeRF.data.synthetic.eye_centers import head_model_shape_dim
     from HeadNeRF.models import build_model
     from tests.test_models import tiny_cfg
 

@@ -22,14 +22,14 @@ __all__ = ["head_model_shape_dim", "head_model_eye_centers"]
 
 def head_model_shape_dim() -> int:
     """Shape-code channels (identity ⊕ expression) of the synthetic head model's code layout."""
-    from ..data.synthetic import head_model as hm
+    from . import head_model as hm
 
     return hm.CODE_SLICES["expression"][1]
 
 
 @functools.lru_cache(maxsize=4096)
 def _centers_of(shape_code_bytes: bytes) -> np.ndarray:
-    from ..data.synthetic import head_model as hm
+    from . import head_model as hm
 
     shape = np.frombuffer(shape_code_bytes, dtype=np.float64)
     code = np.zeros(hm.CODE_DIM, np.float64)
