@@ -291,11 +291,9 @@ def _skin_points(d: np.ndarray, P: HeadParams) -> np.ndarray:
 
 def eyeball_centers(P: HeadParams) -> np.ndarray:
     """(2, 3) eyeball centres [subject's right (x<0), left], just behind the skin surface."""
-    centers = []
-    for s in (-1, 1):
-        q = _surface_point_xy(np.array([[s * P.eye_x, P.eye_y]]), P, push_out=False)[0]
-        centers.append((s * P.eye_x, P.eye_y, q[2] + P.eye_radius + LID_MARGIN * 0.5))
-    return np.asarray(centers)
+    sides = np.array([[-P.eye_x, P.eye_y], [P.eye_x, P.eye_y]])
+    q = _surface_point_xy(sides, P, push_out=False)  # both eyes in one fixed-point iteration (row-wise: the same values)
+    return np.concatenate([sides, q[:, 2:3] + P.eye_radius + LID_MARGIN * 0.5], axis=1)
 
 
 def skin_surface_at(xy: np.ndarray, P: HeadParams, lids: bool = True) -> np.ndarray:
