@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import tiny_config_dict
+from conftest import ROOT, tiny_config_dict
 
 # ------------------------------------------------------------------------------------ fixtures
 
@@ -571,3 +571,43 @@ def test_checks_say_met_only_when_the_eyes_beat_the_no_redirection_row():
     for i, r in enumerate(same):
         r["id_reference"]["other_subject"]["id_sim"] = 90.0 + (i % 2)  # another subject scores like the same one
     assert not R.aggregate(same, ["codes"])["overall"]["id_reference"]["informative"]
+
+
+def test_the_default_recipe_trains_evaluates_and_fits_a_photo(tiny_dataset, tmp_path, write_config):
+    """The shipped quickstart's gaze keys (eye frame, head-model eye centres, gaze region, polar table, auto precision)
+    at tiny sizes, through every script's path: training, the evaluation (codes + fine-tuning, the readout, the
+    controllability map) and FittingSingleImage.py on a real photo. Not accuracy: that the default model's code paths
+    (per-image centres from a fitted code, the gathered near-eye samples) run end to end and write their outputs."""
+    import subprocess
+    import sys
+
+    import imageio.v2 as imageio
+    import skimage.data
+
+    from HeadNeRF.config import TrainConfig, from_dict, load_yaml
+    from HeadNeRF.training import train
+
+    shipped = load_yaml(os.path.join(ROOT, "config", "quickstart.yml")).model
+    run = str(tmp_path / "default")
+    tc = tiny_config_dict(tiny_dataset, run, steps=3)
+    tc["model"].update(featmap_size=32, image_size=32, gaze_input=shipped.gaze_input, eye_frame_freqs=2,  # 32 px: readable eyes
+                       eye_centers_from_head_model=shipped.eye_centers_from_head_model,
+                       gaze_region_radius=shipped.gaze_region_radius, eye_polar_cells=8,
+                       mlp_precision=shipped.mlp_precision)
+    tc["rays_per_image"] = 96
+    assert shipped.eye_centers_from_head_model and shipped.gaze_region_radius > 0  # what this test is about
+    train(from_dict(TrainConfig, tc), progress=False)
+    out = str(tmp_path / "res")
+    assert run_cli(write_config, base_config(tiny_dataset, (run, "", None), out)) == 0
+    result = _json(os.path.join(out, "metrics.json"))
+    assert result["aggregate"]["overall"]["codes"]["gaze_err_readout_n"] > 0
+    assert result["controllability"]["readout"]["mean_deg"] is not None
+    photo = str(tmp_path / "astronaut.png")
+    imageio.imwrite(photo, skimage.data.astronaut())
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "FittingSingleImage.py"), "--model_path", run, "--img", photo,
+                          "--save_root", str(tmp_path / "fit"), "--steps", "3", "--finetune_steps", "1", "--no_mp4",
+                          "--no_progress"], check=False, capture_output=True, text=True, timeout=900, cwd=ROOT,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert res.returncode == 0, res.stderr
+    fit = _json(str(tmp_path / "fit" / "fit.json"))
+    assert "gaze_sweep.gif" in fit["outputs"] and os.path.isfile(tmp_path / "fit" / "photo_strip.png")
