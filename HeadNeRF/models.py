@@ -68,8 +68,9 @@ from torch import nn
 
 from .config import ModelConfig
 from .fields.encoding import encoding_dim, positional_encoding
-from .fields.gaze import (EYE_CENTER_MAX_OFFSET, EYE_RADIUS, MEAN_EYE_CENTERS, gaze_region_window, EyePolarTable, GazeMLP, eye_frame_dim, eye_frame_encoding, eye_frame_points, gaze_input_dim,
-                          grid_coords, per_ray_gaze_inputs, pool_eye_mask, rotate_feature_groups)
+from .fields.gaze import (EYE_CENTER_MAX_OFFSET, MEAN_EYE_CENTERS, EyePolarTable, GazeMLP, eye_frame_dim, eye_frame_encoding,
+                          eye_frame_points, eye_offsets, gaze_input_dim, gaze_region_window, grid_coords, per_ray_gaze_inputs,
+                          pool_eye_mask, rotate_feature_groups)
 from .fields.triplane import TriplaneEncoding
 from .fields.trunk import ConditionalTrunk
 from .geometry.cameras import scale_intrinsics
@@ -347,9 +348,9 @@ class HeadNeRF_Gaze(GazeModelBase):
         # correction moved at most 0.008 head units in a quickstart run, and its gradient cost that backward)
         self.eye_frame = eye_frame
         self.centers_from_head_model = eye_frame and cfg.eye_centers_from_head_model
-        if self.centers_from_head_model and shape_code_dim != _head_model_eyes().head_model_shape_dim():
+        if self.centers_from_head_model and shape_code_dim != (expected := _head_model_eyes().head_model_shape_dim()):
             raise ValueError(f"eye_centers_from_head_model needs the synthetic head model's code layout (shape code = "
-                             f"identity ⊕ expression, {_head_model_eyes().head_model_shape_dim()} channels); this dataset's shape code has "
+                             f"identity ⊕ expression, {expected} channels); this dataset's shape code has "
                              f"{shape_code_dim}. Set eye_centers_from_head_model: false (or eye_centers_from_code: true).")
         self.eye_centers = None
         if eye_frame and not self.centers_from_head_model:
@@ -406,9 +407,7 @@ class HeadNeRF_Gaze(GazeModelBase):
         P = ray_inputs.shape[0]
         centers = self.ray_eye_centers(shape_code, rays.ray_image)
         with torch.no_grad(), torch.autocast(rays.depths.device.type, enabled=False):
-            per_ray = centers.dim() == 3
-            diff = rays.points.float().unsqueeze(-2) - (centers.unsqueeze(1) if per_ray else centers)  # (N, S, 2, 3)
-            radius = diff.norm(dim=-1).amin(-1) / EYE_RADIUS  # (N, S) to the nearer eye, in eyeball radii
+            radius = eye_offsets(rays.points.float(), centers).norm(dim=-1).amin(-1)  # (N, S) to the nearer eye, in radii
             inside = (radius < self.cfg.gaze_region_radius).reshape(-1).nonzero().squeeze(1)  # (M,) flat samples
         colour_width = self.gaze_mlp.colour_out.out_features
         density_off = rays.depths.new_zeros(P, N * S)
@@ -419,7 +418,7 @@ class HeadNeRF_Gaze(GazeModelBase):
         sub = RayBatch(rays.batch, rays.grid, rays.ray_index[ray_of], rays.ray_image[ray_of],
                        rays.depths.reshape(-1, 1)[inside], rays.deltas.reshape(-1, 1)[inside],
                        rays.points_pe.reshape(N * S, 1, -1)[inside], rays.pixels, rays.points.reshape(-1, 1, 3)[inside])
-        sub_centers = centers.index_select(0, ray_of) if per_ray else centers
+        sub_centers = centers.index_select(0, ray_of) if centers.dim() == 3 else centers  # per ray, or shared (2, 3)
         hidden, colour = self.gaze_mlp(sub.points_pe, ray_inputs.index_select(1, ray_of),
                                        self.eye_frame_inputs(sub, gazes, shape_code, sub_centers))  # (P, M, 1, ·)
         window = gaze_region_window(radius.reshape(-1)[inside], self.cfg.gaze_region_radius)  # (M,)

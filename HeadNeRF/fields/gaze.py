@@ -42,7 +42,7 @@ from .encoding import positional_encoding
 from .trunk import add_relu, ray_chunks
 
 __all__ = ["GazeMLP", "per_ray_gaze_inputs", "gaze_input_dim", "pool_eye_mask", "grid_coords", "rotate_feature_groups",
-           "MEAN_EYE_CENTERS", "EYE_RADIUS", "EYE_CENTER_MAX_OFFSET", "eye_frame_points", "gaze_region_window", "eye_frame_encoding", "eye_frame_dim",
+           "MEAN_EYE_CENTERS", "EYE_RADIUS", "EYE_CENTER_MAX_OFFSET", "eye_frame_points", "eye_offsets", "gaze_region_window", "eye_frame_encoding", "eye_frame_dim",
            "EyePolarTable"]
 
 # The synthetic head model's eyeball centres [subject's right (x < 0), left], head frame, averaged over
@@ -72,11 +72,16 @@ def eye_frame_points(points: torch.Tensor, eye_centers: torch.Tensor, rotation: 
     Returns:
         (P, N, S, E, 3).
     """
+    # v R = (R^T v^T)^T: the rotation of each ray, broadcast over its samples and the eyes
+    return torch.einsum("nsed,pndk->pnsek", eye_offsets(points, eye_centers), rotation)
+
+
+def eye_offsets(points: torch.Tensor, eye_centers: torch.Tensor) -> torch.Tensor:
+    """(N, S, 3) head-frame points, (E, 3) or per-ray (N, E, 3) centres -> (N, S, E, 3) ``(x - c) / EYE_RADIUS``
+    (unrotated: their norms are the distances to each eye in eyeball radii)."""
     if eye_centers.dim() == 3:
         eye_centers = eye_centers.unsqueeze(1)  # (N, 1, E, 3): broadcast over the samples
-    offsets = (points.unsqueeze(-2) - eye_centers) / EYE_RADIUS  # (N, S, E, 3)
-    # v R = (R^T v^T)^T: the rotation of each ray, broadcast over its samples and the eyes
-    return torch.einsum("nsed,pndk->pnsek", offsets, rotation)
+    return (points.unsqueeze(-2) - eye_centers) / EYE_RADIUS
 
 
 def gaze_region_window(radius: torch.Tensor, region_radius: float, fade: float = 0.5) -> torch.Tensor:
