@@ -240,8 +240,8 @@ class GazeModelBase(nn.Module):
                         depths, deltas, encoded, pixels, points)
 
     def render_fields(self, rays, shape_code, appearance_code, gaze_head, pooled_eye_mask, training, render_template,
-                      generator) -> tuple[dict, dict | None]:
-        """-> (main maps, template maps or None), each from ``render_rays``."""
+                      generator, eye_centers=None) -> tuple[dict, dict | None]:
+        """-> (main maps, template maps or None), each from ``render_rays``. ``eye_centers``: ``forward``'s."""
         raise NotImplementedError
 
     @property
@@ -249,7 +249,8 @@ class GazeModelBase(nn.Module):
         """True when ``forward`` accepts ``pixels``: the renderer is per-pixel (featmap_size == image_size)."""
         return self.renderer.pointwise
 
-    def check_inputs(self, shape_code, appearance_code, R_w2c, t_w2c, K, gaze_head, eye_mask, pixels) -> int:
+    def check_inputs(self, shape_code, appearance_code, R_w2c, t_w2c, K, gaze_head, eye_mask, pixels,
+                     eye_centers=None) -> int:
         """Raise one :class:`~HeadNeRF.shapes.ShapeError` naming the argument, expected and actual shape; return B."""
         where = f"{type(self).__name__}.forward"
         dims = check_shape(where, "shape_code", shape_code, ("B", self.shape_code_dim))
@@ -263,11 +264,16 @@ class GazeModelBase(nn.Module):
             check_shape(where, "eye_mask", eye_mask, ("B", 1, "H", "H"), dims)
         if pixels is not None:
             check_shape(where, "pixels", pixels, ("B", None), dims)
+        if eye_centers is not None:
+            if not getattr(self, "eye_frame", False):
+                raise ValueError(f"{where}: eye_centers is for eye_frame models (gaze_input: eye_frame); this model "
+                                 "has no eyeball frame")
+            check_shape(where, "eye_centers", eye_centers, ("B", 2, 3), dims)
         return dims["B"]
 
     def forward(self, shape_code, appearance_code, R_w2c, t_w2c, K, gaze_head=None, eye_mask=None,
                 training: bool = False, render_template: bool = False, render_background: bool = False,
-                generator=None, pixels: torch.Tensor | None = None) -> dict:
+                generator=None, pixels: torch.Tensor | None = None, eye_centers: torch.Tensor | None = None) -> dict:
         """Render images.
 
         Args:
@@ -283,11 +289,14 @@ class GazeModelBase(nn.Module):
             pixels: (B, K) long row-major indices into the S × S output image: render only those
                 pixels (training on pixel subsets). Needs a per-pixel renderer
                 (``renders_pixel_subsets``); the image maps are then (B, ·, 1, K) strips.
+            eye_centers: (B, 2, 3) head-frame eyeball centres [subject's right, left] to use instead of the
+                model's own (``image_eye_centers`` of the shape code); eye_frame models only. A fit passes the
+                centres of its starting code so that they stay put while the code moves (``FitConfig.eye_centers``).
         Returns:
             dict: "image" (B, 3, S, S) in [0, 1], "opacity" (B, 1, h, w), "depth" (B, 1, h, w),
             optionally "template_image" (B, 3, S, S) and "background_image" (1, 3, S, S).
         """
-        B = self.check_inputs(shape_code, appearance_code, R_w2c, t_w2c, K, gaze_head, eye_mask, pixels)
+        B = self.check_inputs(shape_code, appearance_code, R_w2c, t_w2c, K, gaze_head, eye_mask, pixels, eye_centers)
         if pixels is not None and not self.renders_pixel_subsets:
             raise ValueError("pixels: rendering a pixel subset needs featmap_size == image_size (a per-pixel "
                              f"renderer); this model renders {self.cfg.featmap_size}² features to "
@@ -298,7 +307,7 @@ class GazeModelBase(nn.Module):
         pooled = pool_eye_mask(eye_mask, B, self.cfg.featmap_size, shape_code, pixels)  # (B, 1, h, w)
         with mlp_autocast(self.cfg.mlp_precision, shape_code.device.type):
             main, template = self.render_fields(rays, shape_code, appearance_code, gaze_head, pooled, training,
-                                                render_template, generator)
+                                                render_template, generator, eye_centers)
         if training and self.density_grid is not None:
             self.density_grid.record(rays.points, main["sample_density"])
         out = {"image": self.renderer(main["features"], main["opacity"], pixels), "opacity": main["opacity"],
@@ -319,7 +328,7 @@ class HeadNeRF(GazeModelBase):
                                       cfg.mlp_depth, cfg.skip_layer, cfg.featmap_channels)
 
     def render_fields(self, rays, shape_code, appearance_code, gaze_head, pooled_eye_mask, training, render_template,
-                      generator):
+                      generator, eye_centers=None):
         features, density = self.trunk(rays.points_pe, shape_code, appearance_code, rays.ray_image)
         return render_rays(rays, features, density), None
 
@@ -370,8 +379,12 @@ class HeadNeRF_Gaze(GazeModelBase):
             centers = centers + EYE_CENTER_MAX_OFFSET * torch.tanh(self.eye_center_offset(shape_code.float())).view(-1, 2, 3)
         return centers
 
-    def ray_eye_centers(self, shape_code: torch.Tensor, ray_image: torch.Tensor) -> torch.Tensor:
-        """(B, Ds) codes, (N,) image of each ray -> (N, 2, 3) eyeball centres per ray, or (2, 3) when shared."""
+    def ray_eye_centers(self, shape_code: torch.Tensor, ray_image: torch.Tensor,
+                        image_centers: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, Ds) codes, (N,) image of each ray -> (N, 2, 3) eyeball centres per ray, or (2, 3) when shared.
+        ``image_centers`` (B, 2, 3): given centres (``forward``'s ``eye_centers``) instead of the model's."""
+        if image_centers is not None:
+            return image_centers.float().index_select(0, ray_image)
         if self.centers_from_head_model or self.eye_center_offset is not None:
             return self.image_eye_centers(shape_code).index_select(0, ray_image)
         return self.eye_centers.float()
@@ -393,19 +406,18 @@ class HeadNeRF_Gaze(GazeModelBase):
             return torch.cat((encoded, self.eye_polar(points)), dim=-1)
 
     def gaze_injections_near_eyes(self, rays: RayBatch, ray_inputs: torch.Tensor, gazes: list[torch.Tensor],
-                                  shape_code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                                  shape_code: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The gaze MLP on the samples near an eyeball only (``ModelConfig.gaze_region_radius``).
 
         A gaze moves the eyeballs and the lids on them, nothing else, so the injections are 0 beyond
         ``gaze_region_radius`` eyeball radii from both centres and fade to 0 over the last half radius before
         it (``gaze_region_window``: no step in the field). Only the samples inside are gathered and run.
 
-        Args: ray_inputs (P, N, F); gazes: P (B, 2). Returns: density offset (P, N, S), colour injection
+        Args: ray_inputs (P, N, F); gazes: P (B, 2); centers: ``ray_eye_centers``. Returns: density offset (P, N, S), colour injection
         (P, N, S, trunk colour width), zero outside the region.
         """
         N, S = rays.points.shape[:2]
         P = ray_inputs.shape[0]
-        centers = self.ray_eye_centers(shape_code, rays.ray_image)
         with torch.no_grad(), torch.autocast(rays.depths.device.type, enabled=False):
             radius = eye_offsets(rays.points.float(), centers).norm(dim=-1).amin(-1)  # (N, S) to the nearer eye, in radii
             inside = (radius < self.cfg.gaze_region_radius).reshape(-1).nonzero().squeeze(1)  # (M,) flat samples
@@ -428,7 +440,7 @@ class HeadNeRF_Gaze(GazeModelBase):
         return density_off.view(P, N, S), colour_inj.view(P, N, S, colour_width)
 
     def render_fields(self, rays, shape_code, appearance_code, gaze_head, pooled_eye_mask, training, render_template,
-                      generator):
+                      generator, eye_centers=None):
         cfg = self.cfg
         alpha = cfg.feat_addition_alpha
         gazes = [gaze_head]
@@ -443,11 +455,12 @@ class HeadNeRF_Gaze(GazeModelBase):
         ray_inputs = torch.stack([per_ray_gaze_inputs(pooled_eye_mask, g, self.ray_gaze_tile, coords,
                                                       cfg.gaze_pixel_coords) for g in gazes])  # (P, B, R, F)
         ray_inputs = ray_inputs.flatten(1, 2).index_select(1, rays.ray_index)  # (P, N, F)
+        centers = self.ray_eye_centers(shape_code, rays.ray_image, eye_centers) if self.eye_frame else None
         if cfg.gaze_region_radius > 0:
-            density_off, colour_inj = self.gaze_injections_near_eyes(rays, ray_inputs, gazes, shape_code)
+            density_off, colour_inj = self.gaze_injections_near_eyes(rays, ray_inputs, gazes, shape_code, centers)
         else:
-            gaze_hidden, colour_inj = self.gaze_mlp(rays.points_pe, ray_inputs,
-                                                    self.eye_frame_inputs(rays, gazes, shape_code))  # (P, N, S, Wg), (P, N, S, W/2)
+            gaze_hidden, colour_inj = self.gaze_mlp(rays.points_pe, ray_inputs, self.eye_frame_inputs(
+                rays, gazes, shape_code, centers))  # (P, N, S, Wg), (P, N, S, W/2)
             density_off = self.gaze_mlp.density_offset(gaze_hidden, self.trunk.density_head.weight)  # (P, N, S)
 
         # The trunk is gaze-independent: one evaluation shared by the gaze and template passes.
@@ -477,7 +490,7 @@ class GazeNeRF(GazeModelBase):
                                            min(cfg.gaze_mlp_depth // 2, cfg.gaze_mlp_depth - 1), cfg.featmap_channels)
 
     def render_fields(self, rays, shape_code, appearance_code, gaze_head, pooled_eye_mask, training, render_template,
-                      generator):
+                      generator, eye_centers=None):
         code = torch.cat((shape_code, gaze_head), dim=-1)  # (B, Ds + 2)
         face = render_rays(rays, *self.face_stream(rays.points_pe, code, appearance_code, rays.ray_image))
         eye_rays = rays.subset(pooled_eye_mask.reshape(-1)[rays.ray_index] > 0)

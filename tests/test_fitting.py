@@ -394,3 +394,34 @@ def test_face_too_small_and_bad_codes(ckpt, photo, tmp_path):
     with pytest.raises(FittingInputError, match="code has 5 values"):
         fit_single_image(dataclasses.replace(cfg, para_3dmm=str(tmp_path / "short.npy")))
     _assert_clean(out)
+
+
+def test_fit_can_hold_the_starting_codes_eye_centres(tiny_dataset):
+    """FitConfig.eye_centers "start": an eye_frame model renders every step, the fitted view and the redirected
+    views with the starting code's eyeball centres while the code moves; "code" lets them follow the code."""
+    from HeadNeRF.data.synthetic.eye_centers import head_model_shape_dim
+    from HeadNeRF.models import build_model
+    from tests.test_models import tiny_cfg
+
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(gaze_input="eye_frame", eye_frame_freqs=2, eye_centers_from_head_model=True,
+                                 gaze_region_radius=3.0), head_model_shape_dim(), 21).eval()
+    ds = GazeDataset(tiny_dataset, "test", image_size=16)
+    target = target_from_dataset_row(ds, 0)
+    start_centres = model.image_eye_centers(target.shape_code)
+    cfg = FitConfig(steps=4, rays_per_step=64, early_stop_patience=0, lr_shape=0.5, eye_centers="start")
+    held = fit_image(model, target, cfg, progress=False)
+    assert not torch.allclose(held.shape_code, target.shape_code)  # the code moved ...
+    torch.testing.assert_close(held.eye_centers, start_centres, rtol=0, atol=0)  # ... the centres did not
+    assert (model.image_eye_centers(held.shape_code) - start_centres).abs().max() > 0
+    gaze = torch.tensor([[0.3, -0.2]])
+    with torch.no_grad():
+        R, t = held.R_w2c, held.t_w2c
+        from HeadNeRF.geometry.gaze import gaze_in_head_frame
+        expected = model(held.shape_code, held.appearance_code, R, t, held.K, gaze_head=gaze_in_head_frame(gaze, R),
+                         eye_mask=held.eye_mask, eye_centers=start_centres)["image"]
+    torch.testing.assert_close(render_fit(held, gaze=gaze), expected.clamp(0, 1))
+    follow = fit_image(model, target, dataclasses.replace(cfg, eye_centers="code"), progress=False)
+    assert follow.eye_centers is None
+    with pytest.raises(ConfigError, match="eye_centers"):
+        FitConfig(eye_centers="fixed")

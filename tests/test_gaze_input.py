@@ -289,7 +289,8 @@ def test_gaze_region_runs_the_gaze_mlp_near_the_eyes_only():
     with torch.no_grad():
         hidden, colour = region.gaze_mlp(rays.points_pe, ray_inputs, region.eye_frame_inputs(rays, gazes, x["shape_code"]))
         density = region.gaze_mlp.density_offset(hidden, region.trunk.density_head.weight)
-        got_density, got_colour = region.gaze_injections_near_eyes(rays, ray_inputs, gazes, x["shape_code"])
+        got_density, got_colour = region.gaze_injections_near_eyes(rays, ray_inputs, gazes, x["shape_code"],
+                                                                   region.ray_eye_centers(x["shape_code"], rays.ray_image))
     radius = (points.unsqueeze(-2) - centres).norm(dim=-1).amin(-1) / EYE_RADIUS  # (N, S)
     near, far = radius < 1.5, radius >= 2.0
     assert near.sum() > 10 and far.sum() > 10
@@ -300,3 +301,32 @@ def test_gaze_region_runs_the_gaze_mlp_near_the_eyes_only():
         ModelConfig(gaze_region_radius=2.0)  # tiled: no eye centres
     with pytest.raises(ConfigError, match="gaze_region_radius"):
         ModelConfig(gaze_input="eye_frame", gaze_region_radius=0.5)
+
+
+def test_given_eye_centres_replace_the_models_own():
+    """forward(eye_centers=...): the model's own centres passed back render bit-identically, other centres move the
+    eyes (and only near them, with a gaze region), a model without eye frames and a wrong shape are refused."""
+    from HeadNeRF.data.synthetic import head_model as hm
+    from HeadNeRF.data.synthetic.eye_centers import head_model_shape_dim
+    from HeadNeRF.models import build_model
+    from HeadNeRF.shapes import ShapeError
+    from tests.test_models import tiny_cfg
+
+    ds = head_model_shape_dim()
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(gaze_input="eye_frame", eye_frame_freqs=2, eye_centers_from_head_model=True,
+                                 gaze_region_radius=3.0), ds, DA).eval()
+    rng = np.random.default_rng(5)
+    x = inputs()
+    x["shape_code"] = torch.tensor(np.stack([hm.sample_code(rng)[:ds] for _ in range(2)]), dtype=torch.float32)
+    own = model.image_eye_centers(x["shape_code"])
+    with torch.no_grad():
+        plain = model(**x)["image"]
+        same = model(**x, eye_centers=own)["image"]
+        moved = model(**x, eye_centers=own + torch.tensor([0.0, 0.05, 0.0]))["image"]
+    torch.testing.assert_close(same, plain, rtol=0, atol=0)
+    assert (moved - plain).abs().max() > 1e-4
+    with pytest.raises(ShapeError, match="eye_centers"):
+        model(**x, eye_centers=own[:, :1])
+    with pytest.raises(ValueError, match="eye_frame"):
+        make("HeadNeRF_Gaze")(**inputs(), eye_centers=own)

@@ -9,7 +9,9 @@ import dataclasses
 
 from ..config import ConfigError, check_field, load_yaml
 
-__all__ = ["FitConfig", "PhotoFitConfig", "load_photo_fit_config"]
+__all__ = ["EYE_CENTER_MODES", "FitConfig", "PhotoFitConfig", "load_photo_fit_config"]
+
+EYE_CENTER_MODES = ("code", "start")  # FitConfig.eye_centers
 
 
 @dataclasses.dataclass
@@ -41,6 +43,10 @@ class FitConfig:
     finetune_triplane_lr_scale: float = 10.0  # tri-plane features take larger steps, as in training
     finetune_eye_weight: float = 0.0  # photometric weight of the eye region while fine-tuning (see fitting.fit)
     freeze_gaze_pathway: bool = True
+    # eye_frame models: where the eyeball centres are while the code moves. "code" = the centres of the code
+    # the fit is at (they move with every step); "start" = the centres of the starting code (a photo's or a
+    # row's landmark fit), fixed: the landmarks place the eyes, the photometric loss cannot drag them.
+    eye_centers: str = "code"
     seed: int = 0
 
     def __post_init__(self):
@@ -51,6 +57,8 @@ class FitConfig:
             raise ConfigError("vgg: the VGG loss needs vgg_weights_path (no weights ship offline)")
         if self.photometric not in ("mse", "l1"):
             raise ConfigError(f"photometric: mse or l1, got {self.photometric!r}")
+        if self.eye_centers not in EYE_CENTER_MODES:
+            raise ConfigError(f"eye_centers: one of {list(EYE_CENTER_MODES)}, got {self.eye_centers!r}")
 
 
 @dataclasses.dataclass
@@ -76,7 +84,8 @@ class PhotoFitConfig:
     mp4: bool = True  # also write .mp4 copies of the animations
     progress: bool = True  # progress bars
     min_interocular_px: float = 12.0  # eye-centre distance in the photo below which there is too little face
-    fit: FitConfig = dataclasses.field(default_factory=FitConfig)
+    # the photo's fit starts from the face package's landmark fit: its eyeball centres stay put (FitConfig.eye_centers)
+    fit: FitConfig = dataclasses.field(default_factory=lambda: FitConfig(eye_centers="start"))
 
     def __post_init__(self):
         check_field(self.device == "cpu" or self.device.startswith("cuda"), "device",

@@ -95,7 +95,8 @@ class FitProblem:
     """One fit's target, settings and free variables (batch of 1).
 
     d_shape (1,Ds), d_app (1,Da): code offsets; cam (1,6): camera refinement; gaze (1,2): camera-frame
-    gaze (a variable only when ``fit_gaze``); ``generator`` draws the per-pixel subsets.
+    gaze (a variable only when ``fit_gaze``); ``generator`` draws the per-pixel subsets; ``eye_centers``
+    (1,2,3): the starting code's eyeball centres, held fixed (``FitConfig.eye_centers: start``).
     """
 
     target: FitTarget
@@ -108,6 +109,7 @@ class FitProblem:
     per_pixel: bool
     generator: torch.Generator
     vgg: torch.nn.Module | None = None
+    eye_centers: torch.Tensor | None = None  # (1,2,3) fixed centres (FitConfig.eye_centers "start"), else None
 
     @classmethod
     def start(cls, model, target: FitTarget, cfg: FitConfig) -> "FitProblem":
@@ -119,11 +121,15 @@ class FitProblem:
         S = target.image.shape[-1]
         per_pixel = model.renders_pixel_subsets and cfg.rays_per_step > 0 and vgg is None and cfg.rays_per_step < S * S
         fit_gaze = (not target.gaze_known) if cfg.fit_gaze is None else cfg.fit_gaze
+        eye_frame = getattr(model, "eye_frame", False)
+        centers = target.eye_centers if eye_frame else None
+        if centers is None and eye_frame and cfg.eye_centers == "start":
+            centers = model.image_eye_centers(target.shape_code).detach()
         return cls(target=target, cfg=cfg, d_shape=torch.zeros_like(target.shape_code, requires_grad=True),
                    d_app=torch.zeros_like(target.appearance_code, requires_grad=True),
                    cam=torch.zeros(1, 6, device=device, requires_grad=cfg.fit_camera),
                    gaze=target.gaze.clone().requires_grad_(fit_gaze), fit_gaze=fit_gaze, per_pixel=per_pixel,
-                   generator=gen, vgg=vgg)
+                   generator=gen, vgg=vgg, eye_centers=centers)
 
     def param_groups(self) -> list[dict]:
         """The free variables' optimiser groups at their configured learning rates."""
@@ -146,7 +152,7 @@ class FitProblem:
         R, tr = self.camera()
         gaze_head = gaze_in_head_frame(self.gaze, t.R_w2c)  # the unrefined rotation, as in training
         out = net(t.shape_code + self.d_shape, t.appearance_code + self.d_app, R, tr, t.K, gaze_head=gaze_head,
-                  eye_mask=t.eye_mask, training=False, pixels=pixels)
+                  eye_mask=t.eye_mask, training=False, pixels=pixels, eye_centers=self.eye_centers)
         return out["image"]
 
     def draw(self) -> tuple[torch.Tensor | None, dict]:
@@ -256,7 +262,7 @@ def fitted_result(problem: FitProblem, net, losses: dict, seconds: dict, steps_r
                            K=target.K.clone(), gaze=problem.gaze.detach().clone(), losses=losses,
                            psnr_head=float("nan"), seconds=seconds, model=net, eye_mask=target.eye_mask.clone(),
                            camera_offset=problem.cam.detach().reshape(-1).clone(), steps_run=steps_run,
-                           head_pose=head_pose_from_rotation(R)[0].cpu())
+                           head_pose=head_pose_from_rotation(R)[0].cpu(), eye_centers=problem.eye_centers)
         # head-frame gaze from the unrefined rotation, as in the fit
         gaze_head = gaze_in_head_frame(result.gaze, target.R_w2c)
         result.gaze = rotate_pitch_yaw(gaze_head, R)  # the same eyeball direction in the refined camera's frame

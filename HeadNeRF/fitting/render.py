@@ -99,12 +99,14 @@ def render_fit(result: FitResult, gaze: torch.Tensor | None = None, head_pose: t
         gaze_head = gaze_in_head_frame(ex(gaze.float()), R)
     c = codes or result.codes
     shape, app = ex(c["shape_code"]), ex(c["appearance_code"])
+    # the fit's fixed eyeball centres belong to its codes; other codes (interpolations) place their own
+    centers = ex(result.eye_centers) if result.eye_centers is not None and codes is None else None
     images = []
     with eval_mode(result.model):
         for i in range(0, B, batch):
             s = slice(i, i + batch)
             px = None if pixels is None else pixels.to(dev).reshape(1, -1).expand(shape[s].shape[0], -1)
             out = result.model(shape[s], app[s], R[s], t[s], K[s], gaze_head=gaze_head[s], eye_mask=eye_mask[s],
-                               pixels=px)
+                               pixels=px, eye_centers=None if centers is None else centers[s])
             images.append(out["image"].clamp(0, 1))
     return torch.cat(images)

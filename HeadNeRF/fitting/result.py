@@ -31,6 +31,7 @@ class FitResult:
     steps_run: dict = dataclasses.field(default_factory=dict)
     head_pose: torch.Tensor | None = None  # (2,) ETH-XGaze head (pitch, yaw) of the fitted camera
     render: torch.Tensor | None = None  # (1,3,S,S) the final render of the target view
+    eye_centers: torch.Tensor | None = None  # (1,2,3) fixed eyeball centres (FitConfig.eye_centers "start"), else None
 
     @property
     def camera(self) -> dict:

@@ -23,7 +23,8 @@ class FitTarget:
     K (1,3,3) in pixels of S; shape_code (1,Ds), appearance_code (1,Da): the initial codes;
     gaze (1,2) camera-frame (pitch, yaw) (the label, or 0 when unknown: ``gaze_known=False``
     lets the fit estimate it); ``code_init`` names where the codes came from; ``warp`` (3,3) maps
-    the original photo's pixels to the S-image (identity for dataset rows).
+    the original photo's pixels to the S-image (identity for dataset rows); ``eye_centers`` (1,2,3), when
+    given, are the eyeball centres an eye_frame model renders with (else ``FitConfig.eye_centers`` decides).
     """
 
     image: torch.Tensor
@@ -39,6 +40,7 @@ class FitTarget:
     code_init: str = "dataset"
     warp: torch.Tensor | None = None
     name: str = "image"
+    eye_centers: torch.Tensor | None = None  # (1,2,3) eyeball centres to hold fixed (a later stage of the same fit)
 
     def to(self, device) -> "FitTarget":
         return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
@@ -94,6 +96,8 @@ def check_target_shapes(target: FitTarget) -> None:
     expected = {"image": (1, 3, S, S), "head_mask": (1, 1, S, S), "eye_mask": (1, 1, S, S), "R_w2c": (1, 3, 3),
                 "t_w2c": (1, 3), "K": (1, 3, 3), "gaze": (1, 2),
                 "shape_code": (1, target.shape_code.shape[-1]), "appearance_code": (1, target.appearance_code.shape[-1])}
+    if target.eye_centers is not None:
+        expected["eye_centers"] = (1, 2, 3)
     for name, shape in expected.items():
         actual = tuple(getattr(target, name).shape)
         if actual != shape or S < 1:
