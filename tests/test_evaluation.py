@@ -403,6 +403,7 @@ def test_gaze_blind_model_does_not_beat_the_no_redirection_row(tiny_dataset, tmp
     assert "Estimator: none" in report and "**Exact readout** (synthetic)" in report
     ro = result["controllability"]["readout"]
     assert ro["mean_deg"] is not None and result["controllability"]["mean_deg"] is None
+    assert result["controllability"]["view"] == "frontal" and "seen frontally" in report  # the default map camera
     ign = result["controllability"]["ignore_request"]
     assert ro["mean_deg"] > 0.5 * ign["grid_centre_deg"]  # a blind model's map is no better than a constant answer
 
@@ -611,3 +612,22 @@ def test_the_default_recipe_trains_evaluates_and_fits_a_photo(tiny_dataset, tmp_
     assert res.returncode == 0, res.stderr
     fit = _json(str(tmp_path / "fit" / "fit.json"))
     assert "gaze_sweep.gif" in fit["outputs"] and os.path.isfile(tmp_path / "fit" / "photo_strip.png")
+
+
+def test_landmark_code_init_places_the_eyes_closer_than_the_mean_code(tiny_dataset):
+    """code_init landmarks: the shape code fitted to a row's own 68 landmarks puts the head model's eyeballs
+    nearer the generator's than the prior mean does (the identity is in the landmarks), on every subject."""
+    from HeadNeRF.data.synthetic.eye_centers import head_model_eye_centers
+    from HeadNeRF.data.dataset import GazeDataset
+    from HeadNeRF.evaluation.protocol import landmark_shape_code
+
+    ds = GazeDataset(tiny_dataset, "all", image_size=64)
+    fitted, prior = [], []
+    for i in range(0, len(ds), 3):
+        item = ds[i]
+        truth = head_model_eye_centers(item["shape_code"][None])
+        code = landmark_shape_code(item)
+        assert code.shape == item["shape_code"].shape and torch.isfinite(code).all()
+        fitted.append((head_model_eye_centers(code[None]) - truth).norm(dim=-1).mean())
+        prior.append((head_model_eye_centers(torch.zeros_like(code)[None]) - truth).norm(dim=-1).mean())
+    assert torch.stack(fitted).mean() < 0.85 * torch.stack(prior).mean(), (fitted, prior)

@@ -15,7 +15,9 @@ from ..fitting import FitConfig
 __all__ = ["CODE_INITS", "REGIMES", "ControllabilityConfig", "EvalConfig", "MetricsConfig", "fit_config_for", "load_eval_config"]
 
 REGIMES = ("codes", "finetune")  # latent codes only | codes + network fine-tuning for finetune_steps
-CODE_INITS = ("mean", "dataset")  # the fit's starting code: the checkpoint's mean code | the row's stored code
+CONTROLLABILITY_VIEWS = ("frontal", "input")  # ControllabilityConfig.view
+CODE_INITS = ("mean", "landmarks", "dataset")  # the fit's starting code: the checkpoint's mean code | fitted to the
+# input row's landmarks (a photo's start) | the row's stored code
 
 
 @dataclasses.dataclass
@@ -54,9 +56,15 @@ class ControllabilityConfig:
     pitch_range: list = dataclasses.field(default_factory=lambda: [-0.4, 0.4])  # radians, eye-in-head (head frame)
     yaw_range: list = dataclasses.field(default_factory=lambda: [-0.5, 0.5])
     resolution: list = dataclasses.field(default_factory=lambda: [5, 5])  # [pitch rows, yaw columns]
+    # The camera the map is drawn in: "frontal" = the input's camera turned about the head to see it at head pose
+    # (0, 0), both eyes in full view (the map measures the eyes, not the view); "input" = the input's own camera,
+    # which for a near-profile input shows one eye a few pixels wide (the redirection pairs cover such views).
+    view: str = "frontal"
 
     def __post_init__(self):
         check_field(self.inputs_per_subject >= 1, "controllability.inputs_per_subject", "must be >= 1")
+        check_field(self.view in CONTROLLABILITY_VIEWS, "controllability.view",
+                    f"must be one of {list(CONTROLLABILITY_VIEWS)}, got {self.view!r}")
         for k in ("pitch_range", "yaw_range"):
             v = getattr(self, k)
             check_field(len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
@@ -86,8 +94,9 @@ class EvalConfig:
     same_camera: bool = False  # targets from the input's camera only (gaze redirection without head-pose change)
     seed: int = 0  # pairs and per-input fitting seeds derive from it
     regimes: list = dataclasses.field(default_factory=lambda: list(REGIMES))
-    # Where each input's fit starts: "mean" = the checkpoint's mean code, as a photo would (the headline);
-    # "dataset" = the row's stored latent code. On synthetic data that code is the generator's, shared with the
+    # Where each input's fit starts: "mean" = the checkpoint's mean code; "landmarks" = the shape code fitted to
+    # the input row's 68 landmarks (as FittingSingleImage.py starts a photo; synthetic 43-d layout only) with the
+    # mean appearance; "dataset" = the row's stored latent code. On synthetic data that code is the generator's, shared with the
     # target row of the same subject: privileged information a photo never has (the report says so).
     code_init: str = "mean"
     finetune_steps: int = 75  # network fine-tuning steps of the "finetune" regime (GazeNeRF's README: 75)

@@ -2,15 +2,20 @@
 
 Needs no target image, so it also runs on subjects without gaze labels (ETH-XGaze test
 subjects). For each selected input row, the ``codes`` fit (the same seeded fit the pairs
-use) is rendered from the input's own camera at every cell of a pitch × yaw grid of requested
-**eye-in-head** gazes (``ControllabilityConfig``; head frame, so every view is asked for the
-same eyeball rotations, inside the range the model was trained on, whatever the camera). Each
-request is turned into the input camera's frame (``rotate_pitch_yaw(g, R_w2c)``), the estimator
-reads each render, and the cell's error is the angle between the reading and that camera-frame
-request. On synthetic subjects the exact readout (``readout.py``) also reads each render in the
-input's view: requested vs read eye-in-head gaze per cell, no learned estimator. The map is the mean
-over the inputs (the per-subject maps are kept too), drawn as a heat map PNG with the mean
-error in the title.
+use) is rendered at every cell of a pitch × yaw grid of requested **eye-in-head** gazes
+(``ControllabilityConfig``; head frame, so every view is asked for the same eyeball rotations,
+inside the range the model was trained on, whatever the camera). The camera (``view``) is by
+default the input's camera turned about the head to see it frontally (head pose (0, 0), same
+distance, the eye mask from the head model's eye landmarks): the map asks whether the eyes follow
+the request, and a near-profile input would otherwise show one eye a few pixels wide (measured on
+the quickstart: the two profile inputs the protocol picks read 12.8° in their own view, where the
+exact renders read back within 0.1°; other inputs read ~3°). ``view: input`` draws it in the input's
+own camera. Each request is turned into the map camera's frame (``rotate_pitch_yaw(g, R_w2c)``), the
+estimator reads each render, and the cell's error is the angle between the reading and that
+camera-frame request. On synthetic subjects the exact readout (``readout.py``) also reads each
+render in the map's view: requested vs read eye-in-head gaze per cell, no learned estimator. The map
+is the mean over the inputs (the per-subject maps are kept too), drawn as a heat map PNG with the
+mean error in the title.
 
 Beside it, the **ignore-the-request** references: the same error for an answer that never
 looks at the request, (a) the input's own gaze (its label, else the estimator's reading of the
@@ -27,9 +32,13 @@ import torch
 from tqdm import tqdm
 
 from ..atomic_io import atomic_write
-from ..geometry.gaze import rotate_pitch_yaw
+from ..data.layout import read_row
+from ..fitting import eye_mask_for_view
+from ..geometry.gaze import gaze_in_head_frame, rotate_pitch_yaw
+from ..models import camera_for_head_pose
 from . import metrics as M
 from .protocol import dataset_item, estimator_reading, fit_input, render_at, row_estimate, row_readout
+from .readout import GazeReadout
 
 __all__ = ["controllability", "gaze_grid", "plot_controllability"]
 
@@ -42,6 +51,27 @@ def gaze_grid(pitch_range, yaw_range, resolution) -> torch.Tensor:
     yaw = torch.linspace(float(yaw_range[0]), float(yaw_range[1]), cols) if cols > 1 else \
         torch.tensor([(yaw_range[0] + yaw_range[1]) / 2.0])
     return torch.stack(torch.meshgrid(pitch, yaw, indexing="ij"), -1)
+
+
+def map_view(ctx, subject: int, row: int, fit) -> tuple[dict, object]:
+    """The map's camera for an input row and its fit (``ControllabilityConfig.view``) as an item-like dict
+    {R_w2c (3,3), t_w2c (3,), K (3,3), eye_mask (1,S,S)}, and its exact readout (None without one).
+
+    "frontal": the eye mask comes from the head model's eye landmarks at the fit's code (synthetic layout; else
+    the mean head), as any new view of a fit (``fitting.eye_mask_for_view``); the readout from the generator's."""
+    item = dataset_item(ctx, subject, row)
+    synthetic = subject in ctx.readout
+    if ctx.cfg.controllability.view == "input":
+        return item, row_readout(ctx, subject, row) if synthetic else None
+    R, t = camera_for_head_pose(item["R_w2c"][None], item["t_w2c"][None], torch.zeros(1, 2))
+    fitted = torch.cat((fit.shape_code, fit.appearance_code), -1).cpu().numpy() if synthetic else None
+    view = {"R_w2c": R[0], "t_w2c": t[0], "K": item["K"],
+            "eye_mask": eye_mask_for_view(R, t, item["K"][None], ctx.image_size, fitted)[0]}
+    readout = None
+    if synthetic:
+        code = read_row(ctx.subjects[subject].path, row, ("latent_code",))["latent_code"]
+        readout = GazeReadout(code, view["R_w2c"], view["t_w2c"], view["K"], ctx.image_size, supersample=ctx.readout[subject])
+    return view, readout
 
 
 def _nanmean(x) -> float | None:
@@ -68,31 +98,36 @@ def controllability(ctx, inputs: list[tuple[int, int]], fit_cache: dict, progres
         if fit is None:
             fit = fit_input(ctx, subject, row, ["codes"])["codes"]
         item = dataset_item(ctx, subject, row)
-        requests = rotate_pitch_yaw(grid.reshape(-1, 2), item["R_w2c"][None])  # (rows*cols, 2) camera frame
-        renders = [render_at(fit, item, req) for req in requests]  # (1, 3, S, S) each
-        entry = {"subject": subject, "input_row": row}
+        view, readout = map_view(ctx, subject, row, fit)
+        requests = rotate_pitch_yaw(grid.reshape(-1, 2), view["R_w2c"][None])  # (rows*cols, 2) camera frame
+        renders = [render_at(fit, view, req) for req in requests]  # (1, 3, S, S) each
+        entry = {"subject": subject, "input_row": row, "view": ctx.cfg.controllability.view}
         if ctx.estimator is not None:
             err = [M.angle_error_deg(estimator_reading(ctx, im)["gaze"], req.double().tolist()) for im, req in zip(renders, requests)]
             entry["errors_deg"] = np.reshape(err, (rows, cols)).tolist()
             entry["mean_deg"] = float(np.mean(err))
-        if subject in ctx.readout:  # the generator's gaze that draws each render, in this input's view
-            reads = row_readout(ctx, subject, row).read_batch([im[0].permute(1, 2, 0).clamp(0, 1) for im in renders])
+        if readout is not None:  # the generator's gaze that draws each render, in the map's view
+            reads = readout.read_batch([im[0].permute(1, 2, 0).clamp(0, 1) for im in renders])
             read = np.array([[float(x) for x in r["gaze_head"]] for r in reads])  # (rows*cols, 2), NaN: no eye visible
             err = [M.angle_error_deg(g, q) if np.isfinite(g).all() else np.nan for g, q in zip(read, flat_head.tolist())]
             entry["readout_read_head"] = read.reshape(rows, cols, 2).tolist()
             entry["readout_errors_deg"] = np.reshape(err, (rows, cols)).tolist()
             entry["readout_mean_deg"] = _nanmean(err)
         if ctx.subjects[subject].gaze_valid[row]:
-            own = item["gaze"].tolist()
+            own = item["gaze"]
         else:
-            own = row_estimate(ctx, subject, row)["gaze"] if ctx.estimator is not None else None
-        centre_cam = rotate_pitch_yaw(centre, item["R_w2c"][None])[0].double().tolist()
+            own = torch.tensor(row_estimate(ctx, subject, row)["gaze"]) if ctx.estimator is not None else None
+        if own is not None:  # the input's eyeball direction, seen from the map's camera
+            own = rotate_pitch_yaw(gaze_in_head_frame(own.reshape(1, 2).float(), item["R_w2c"][None]),
+                                   view["R_w2c"][None])[0].double().tolist()
+        centre_cam = rotate_pitch_yaw(centre, view["R_w2c"][None])[0].double().tolist()
         flat = requests.double().tolist()
         entry["ignore_request"] = {  # rotations keep angles: the same in the head frame
             "input_gaze_deg": _nanmean([M.angle_error_deg(own, q) for q in flat]),
             "grid_centre_deg": _nanmean([M.angle_error_deg(centre_cam, q) for q in flat])}
         per_input.append(entry)
-    out = {"pitch": grid[:, 0, 0].tolist(), "yaw": grid[0, :, 1].tolist(), "inputs": per_input, "mean_deg": None}
+    out = {"pitch": grid[:, 0, 0].tolist(), "yaw": grid[0, :, 1].tolist(), "inputs": per_input, "mean_deg": None,
+           "view": cc.view}
     if not per_input:
         return out
     subjects = sorted({p["subject"] for p in per_input})
@@ -153,11 +188,13 @@ def plot_controllability(result: dict, path: str) -> None:
     panels = []
     if result.get("mean_map_deg") is not None:
         panels.append(("heat", np.array(result["mean_map_deg"], dtype=float),
-                       f"estimator vs request: mean {deg(result['mean_deg'])} over {len(result['inputs'])} inputs{ref}"))
+                       f"estimator vs request ({result.get('view', 'input')} view): mean {deg(result['mean_deg'])} over "
+                       f"{len(result['inputs'])} inputs{ref}"))
     ro = result.get("readout")
     if ro:
         panels.append(("heat", np.array(ro["mean_map_deg"], dtype=float),
-                       f"exact readout vs request: mean {deg(ro['mean_deg'])} over {ro['inputs']} inputs{ref}"))
+                       f"exact readout vs request ({result.get('view', 'input')} view): mean {deg(ro['mean_deg'])} over "
+                       f"{ro['inputs']} inputs{ref}"))
         panels.append(("arrows", np.array(ro["mean_read_head"], dtype=float), "requested (o) -> read (x), eye-in-head"))
     w = 1.1 * len(yaw) + 2.6
     fig, axes = plt.subplots(1, len(panels), figsize=(w * len(panels), 0.9 * len(pitch) + 2.0), squeeze=False)

@@ -28,9 +28,12 @@ For every pair (``pairs.py``) of a test subject:
    (what the metric gives the right person) and another subject from the same camera (what it
    gives the wrong person); without a clear gap between them the metric says nothing here.
 
-Each input's fit starts from the checkpoint's mean code (``code_init: mean``, as a photo
-would) or from the row's stored code (``code_init: dataset``: on synthetic data the
-generator's code, which the target row shares).
+Each input's fit starts from the checkpoint's mean code (``code_init: mean``), from the
+shape code fitted to the input row's own 68 landmarks with the mean appearance
+(``code_init: landmarks``: what ``FittingSingleImage.py`` starts a photo from with the synthetic
+layout; the row's landmarks play the face analysis's), or from the row's stored code
+(``code_init: dataset``: on synthetic data the generator's code, which the target row shares:
+privileged).
 
 Determinism (a re-run continues where the last stopped and ends with the same numbers):
 the model's state is restored from a pristine copy before each fit; each input's fit seed is
@@ -170,6 +173,9 @@ def prepare(cfg: EvalConfig, progress: bool = True) -> Context:
     if dataset.shape_code_dim != info.code_dims[0] or dataset.appearance_code_dim != info.code_dims[1]:
         raise EvaluationError(f"{cfg.dataset_dir}: latent codes are {dataset.shape_code_dim}+{dataset.appearance_code_dim}-d, "
                               f"the model {ckpt} takes {info.code_dims[0]}+{info.code_dims[1]}")
+    if cfg.code_init == "landmarks" and not is_synthetic_layout(info.code_slices):
+        raise EvaluationError(f"code_init: landmarks fits the synthetic head model's 43-d code; the model {ckpt} uses "
+                              f"{info.code_slices}. Use code_init: mean")
     readout, readout_note = _readout_subjects(cfg.dataset_dir, subjects, dataset.code_slices, S)
     if estimator is None:
         if not readout:
@@ -376,10 +382,12 @@ def fit_input(ctx: Context, subject: int, input_row: int, regimes, progress: boo
     ctx.model.load_state_dict(ctx.pristine)  # no fit ever depends on an earlier one (density grid, buffers)
     torch.manual_seed(seed)
     target = target_from_dataset_row(ctx.dataset, ctx.index_of[(subject, input_row)])
-    if ctx.cfg.code_init == "mean":  # start where a photo would: the checkpoint's mean code, not the row's own
+    if ctx.cfg.code_init in ("mean", "landmarks"):  # not the row's own code: start where a photo would
         shape_code, app_code = split_code(ctx.info.code_mean, ctx.info.code_slices)
+        if ctx.cfg.code_init == "landmarks":
+            shape_code = landmark_shape_code(ctx.dataset[ctx.index_of[(subject, input_row)]])
         target = dataclasses.replace(target, shape_code=shape_code[None].clone(), appearance_code=app_code[None].clone(),
-                                     code_init="mean")
+                                     code_init=ctx.cfg.code_init)
     if not ctx.subjects[subject].gaze_valid[input_row]:  # no label: the fit estimates the gaze, from the estimator's reading
         read = row_estimate(ctx, subject, input_row)
         target = dataclasses.replace(target, gaze=torch.tensor([read["gaze"]], dtype=torch.float32), gaze_known=False)
@@ -389,11 +397,22 @@ def fit_input(ctx: Context, subject: int, input_row: int, regimes, progress: boo
         torch.manual_seed(seed + 1)
         c = fits["codes"]
         start = dataclasses.replace(target, shape_code=c.shape_code, appearance_code=c.appearance_code,
-                                    R_w2c=c.R_w2c, t_w2c=c.t_w2c, gaze=c.gaze)
+                                    R_w2c=c.R_w2c, t_w2c=c.t_w2c, gaze=c.gaze, eye_centers=c.eye_centers)
         ft_cfg = dataclasses.replace(fit_config_for(ctx.cfg, "finetune", seed + 1), steps=0)
         fits["finetune"] = fit_image(ctx.model, start, ft_cfg, progress=progress)
     ctx.model.load_state_dict(ctx.pristine)
     return {r: fits[r] for r in regimes}
+
+
+def landmark_shape_code(item: dict) -> torch.Tensor:
+    """(Ds,) the head model's identity ⊕ expression fitted to a dataset item's 68 landmarks with its camera
+    (``face.latent_fit.fit_shape`` on this one row): the shape code a photo's fit starts from
+    (``code_init: landmarks``; synthetic 43-d layout only)."""
+    from ..face.latent_fit import fit_shape  # numpy Gauss-Newton; only this code_init needs it
+
+    shape, _, _, _ = fit_shape(item["lm2d"][None].numpy(), item["R_w2c"][None].numpy(), item["t_w2c"][None].numpy(),
+                               item["K"][None].numpy(), identity_rows=1)
+    return torch.as_tensor(shape[0], dtype=torch.float32)
 
 
 def render_at(fit, item: dict, gaze) -> torch.Tensor:

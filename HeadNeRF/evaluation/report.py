@@ -357,12 +357,16 @@ def _identity_lines(o: dict, regimes: list[str], finetune_steps: int) -> list[st
 
 def _code_init_line(cfg: dict, sources: list[str]) -> str:
     if cfg.get("code_init", "mean") == "mean":
-        return ("Each input's fit starts from the checkpoint's mean latent code, as a photo's would "
-                "(`code_init: mean`, the headline setting).")
+        return ("Each input's fit starts from the checkpoint's mean latent code, as a photo's would without a face fit "
+                "(`code_init: mean`).")
+    if cfg["code_init"] == "landmarks":
+        return ("Each input's fit starts from the shape code fitted to the input row's own 68 landmarks and the mean "
+                "appearance (`code_init: landmarks`), as `FittingSingleImage.py` starts a photo from its face analysis. "
+                "On synthetic data the stored landmarks are the generator's exact projections (a detector's would be noisier).")
     line = "Each input's fit starts from the row's stored latent code (`code_init: dataset`)."
     if "synthetic" in sources:
         line += (" **On synthetic data that code is the generator's, which the target row of the same subject shares:"
-                 " privileged information a photo never has** (the headline setting is `code_init: mean`).")
+                 " privileged information a photo never has** (a photo's start is `code_init: landmarks`).")
     return line
 
 
@@ -372,6 +376,9 @@ def _controllability_lines(ctrl: dict | None) -> list[str]:
     grid = (f"{len(ctrl['inputs'])} inputs × {len(ctrl['pitch'])}×{len(ctrl['yaw'])} requested eye-in-head gazes (pitch "
             f"{fmt(np.degrees(min(ctrl['pitch'])), 0)}…{fmt(np.degrees(max(ctrl['pitch'])), 0)}°, yaw "
             f"{fmt(np.degrees(min(ctrl['yaw'])), 0)}…{fmt(np.degrees(max(ctrl['yaw'])), 0)}°)")
+    grid += (", each input's fit seen frontally (its camera turned about the head to head pose 0, 0; "
+             "`controllability.view: input` draws it in the input's own camera)" if ctrl.get("view", "input") == "frontal"
+             else ", each input's fit in its own camera (`controllability.view: input`)")
     L = []
     ign = ctrl.get("ignore_request") or {}
     ref = (f" — **ignoring the request** would score {fmt(ign.get('input_gaze_deg'), 2)}° (always the input's own "
