@@ -385,7 +385,7 @@ def fit_input(ctx: Context, subject: int, input_row: int, regimes, progress: boo
     if ctx.cfg.code_init in ("mean", "landmarks"):  # not the row's own code: start where a photo would
         shape_code, app_code = split_code(ctx.info.code_mean, ctx.info.code_slices)
         if ctx.cfg.code_init == "landmarks":
-            shape_code = landmark_shape_code(ctx.dataset[ctx.index_of[(subject, input_row)]])
+            shape_code = landmark_shape_code(dataset_item(ctx, subject, input_row))
         target = dataclasses.replace(target, shape_code=shape_code[None].clone(), appearance_code=app_code[None].clone(),
                                      code_init=ctx.cfg.code_init)
     if not ctx.subjects[subject].gaze_valid[input_row]:  # no label: the fit estimates the gaze, from the estimator's reading
