@@ -389,16 +389,14 @@ class HeadNeRF_Gaze(GazeModelBase):
             return self.image_eye_centers(shape_code).index_select(0, ray_image)
         return self.eye_centers.float()
 
-    def eye_frame_inputs(self, rays: RayBatch, gazes: list[torch.Tensor], shape_code: torch.Tensor,
-                         centers: torch.Tensor | None = None) -> torch.Tensor | None:
+    def eye_frame_inputs(self, rays: RayBatch, gazes: list[torch.Tensor], centers: torch.Tensor | None
+                         ) -> torch.Tensor | None:
         """(P, N, S, eye_frame_dim) encoded eye-frame points of every pass's gaze; None for ``tiled``.
-        ``centers``: ``ray_eye_centers`` when the caller has them already."""
+        ``centers``: the rays' ``ray_eye_centers``."""
         if not self.eye_frame:
             return None
         with torch.autocast(rays.depths.device.type, enabled=False):  # geometry in fp32 also under bf16
             rotation = gaze_rotation(torch.stack(gazes).float()).index_select(1, rays.ray_image)  # (P, N, 3, 3)
-            if centers is None:
-                centers = self.ray_eye_centers(shape_code, rays.ray_image)
             points = eye_frame_points(rays.points.float(), centers, rotation)
             encoded = eye_frame_encoding(points, self.cfg.eye_frame_freqs)
             if self.eye_polar is None:
@@ -406,7 +404,7 @@ class HeadNeRF_Gaze(GazeModelBase):
             return torch.cat((encoded, self.eye_polar(points)), dim=-1)
 
     def gaze_injections_near_eyes(self, rays: RayBatch, ray_inputs: torch.Tensor, gazes: list[torch.Tensor],
-                                  shape_code: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                                  centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The gaze MLP on the samples near an eyeball only (``ModelConfig.gaze_region_radius``).
 
         A gaze moves the eyeballs and the lids on them, nothing else, so the injections are 0 beyond
@@ -432,7 +430,7 @@ class HeadNeRF_Gaze(GazeModelBase):
                        rays.points_pe.reshape(N * S, 1, -1)[inside], rays.pixels, rays.points.reshape(-1, 1, 3)[inside])
         sub_centers = centers.index_select(0, ray_of) if centers.dim() == 3 else centers  # per ray, or shared (2, 3)
         hidden, colour = self.gaze_mlp(sub.points_pe, ray_inputs.index_select(1, ray_of),
-                                       self.eye_frame_inputs(sub, gazes, shape_code, sub_centers))  # (P, M, 1, ·)
+                                       self.eye_frame_inputs(sub, gazes, sub_centers))  # (P, M, 1, ·)
         window = gaze_region_window(radius.reshape(-1)[inside], self.cfg.gaze_region_radius)  # (M,)
         offset = self.gaze_mlp.density_offset(hidden, self.trunk.density_head.weight)[..., 0] * window  # (P, M)
         density_off = density_off.index_copy(1, inside, offset.to(density_off.dtype))
@@ -457,10 +455,10 @@ class HeadNeRF_Gaze(GazeModelBase):
         ray_inputs = ray_inputs.flatten(1, 2).index_select(1, rays.ray_index)  # (P, N, F)
         centers = self.ray_eye_centers(shape_code, rays.ray_image, eye_centers) if self.eye_frame else None
         if cfg.gaze_region_radius > 0:
-            density_off, colour_inj = self.gaze_injections_near_eyes(rays, ray_inputs, gazes, shape_code, centers)
+            density_off, colour_inj = self.gaze_injections_near_eyes(rays, ray_inputs, gazes, centers)
         else:
             gaze_hidden, colour_inj = self.gaze_mlp(rays.points_pe, ray_inputs, self.eye_frame_inputs(
-                rays, gazes, shape_code, centers))  # (P, N, S, Wg), (P, N, S, W/2)
+                rays, gazes, centers))  # (P, N, S, Wg), (P, N, S, W/2)
             density_off = self.gaze_mlp.density_offset(gaze_hidden, self.trunk.density_head.weight)  # (P, N, S)
 
         # The trunk is gaze-independent: one evaluation shared by the gaze and template passes.

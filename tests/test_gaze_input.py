@@ -287,10 +287,10 @@ def test_gaze_region_runs_the_gaze_mlp_near_the_eyes_only():
     gazes = [0.3 * torch.randn(2, 2, generator=g), torch.zeros(2, 2)]
     ray_inputs = torch.randn(2, N, region.gaze_mlp.ray_in.in_features, generator=g)
     with torch.no_grad():
-        hidden, colour = region.gaze_mlp(rays.points_pe, ray_inputs, region.eye_frame_inputs(rays, gazes, x["shape_code"]))
+        centres_of_rays = region.ray_eye_centers(x["shape_code"], rays.ray_image)
+        hidden, colour = region.gaze_mlp(rays.points_pe, ray_inputs, region.eye_frame_inputs(rays, gazes, centres_of_rays))
         density = region.gaze_mlp.density_offset(hidden, region.trunk.density_head.weight)
-        got_density, got_colour = region.gaze_injections_near_eyes(rays, ray_inputs, gazes, x["shape_code"],
-                                                                   region.ray_eye_centers(x["shape_code"], rays.ray_image))
+        got_density, got_colour = region.gaze_injections_near_eyes(rays, ray_inputs, gazes, centres_of_rays)
     radius = (points.unsqueeze(-2) - centres).norm(dim=-1).amin(-1) / EYE_RADIUS  # (N, S)
     near, far = radius < 1.5, radius >= 2.0
     assert near.sum() > 10 and far.sum() > 10

@@ -32,13 +32,11 @@ import torch
 from tqdm import tqdm
 
 from ..atomic_io import atomic_write
-from ..data.layout import read_row
 from ..fitting import eye_mask_for_view
 from ..geometry.gaze import gaze_in_head_frame, rotate_pitch_yaw
 from ..models import camera_for_head_pose
 from . import metrics as M
 from .protocol import dataset_item, estimator_reading, fit_input, render_at, row_estimate, row_readout
-from .readout import GazeReadout
 
 __all__ = ["controllability", "gaze_grid", "plot_controllability"]
 
@@ -67,11 +65,7 @@ def map_view(ctx, subject: int, row: int, fit) -> tuple[dict, object]:
     fitted = torch.cat((fit.shape_code, fit.appearance_code), -1).cpu().numpy() if synthetic else None
     view = {"R_w2c": R[0], "t_w2c": t[0], "K": item["K"],
             "eye_mask": eye_mask_for_view(R, t, item["K"][None], ctx.image_size, fitted)[0]}
-    readout = None
-    if synthetic:
-        code = read_row(ctx.subjects[subject].path, row, ("latent_code",))["latent_code"]
-        readout = GazeReadout(code, view["R_w2c"], view["t_w2c"], view["K"], ctx.image_size, supersample=ctx.readout[subject])
-    return view, readout
+    return view, row_readout(ctx, subject, row, view, "frontal") if synthetic else None
 
 
 def _nanmean(x) -> float | None:

@@ -337,13 +337,14 @@ def _row_features(ctx: Context, subject: int, row: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------- exact readout
 
-def row_readout(ctx: Context, subject: int, row: int):
-    """The exact readout of one synthetic row's view (generator code, camera at the model's size), cached."""
-    key = ("readout", subject, row)
+def row_readout(ctx: Context, subject: int, row: int, view: dict | None = None, view_name: str = "row"):
+    """The exact readout of one synthetic row (generator code) in its own view, or in ``view`` ({R_w2c (3,3),
+    t_w2c (3,), K (3,3)} at the model's size, cached as ``view_name``: the same name must mean the same camera)."""
+    key = ("readout", subject, row, view_name)
     if key not in ctx.cache:
         code = read_row(ctx.subjects[subject].path, row, ("latent_code",))["latent_code"]
-        item = dataset_item(ctx, subject, row)
-        ctx.cache[key] = GazeReadout(code, item["R_w2c"], item["t_w2c"], item["K"], ctx.image_size,
+        cam = dataset_item(ctx, subject, row) if view is None else view
+        ctx.cache[key] = GazeReadout(code, cam["R_w2c"], cam["t_w2c"], cam["K"], ctx.image_size,
                                      supersample=ctx.readout[subject])
     return ctx.cache[key]
 
