@@ -10,7 +10,11 @@ Prints numbers only (no asserts). Usage:
 Warp (``--warp``, issue 16): the photo eye warp (``HeadNeRF.eyewarp``) on same-camera redirection pairs of
 the synthetic test subject at 64 and 256 px, against the generator's exact renders: eye PSNR and the exact
 gaze readout's error per redirection bin, next to copying the input and (with a checkpoint) the NeRF fit
-(codes only, codes + fine-tuning); then the warp's time per frame on a 1024 px photo.
+(codes only, codes + fine-tuning); then the warp's time per frame on a 1024 px photo. With ``--estimator
+RUN`` (a gaze/head-pose estimator run, e.g. runs/gaze_estimator_quickstart) a second warp row,
+``warp_estimator_pose``, takes the head pose from the estimator instead of the landmark PnP (rotation and,
+through the layout's normalised camera, translation: ``evaluation.photo_warp.estimator_head_pose``), and
+each source view's pose error of both against the true camera is printed.
 
 Speed: runs ``FittingSingleImage.py`` as a subprocess (so start-up and imports count), on the
 astronaut of scikit-image by default, ``--repeats`` times, and prints the subprocess's wall time
@@ -162,6 +166,30 @@ def _nerf_methods(args):
     return {"nerf_codes": method(0), f"nerf_finetune{args.finetune_steps}": method(args.finetune_steps)}
 
 
+def _print_pose_errors(pairs, head_pose) -> None:
+    """Pose error against the true camera of each distinct source view, landmark PnP vs ``head_pose``: rotation
+    (deg) and translation (relative to its length)."""
+    import numpy as np
+
+    from HeadNeRF.evaluation.photo_warp import analyse_synthetic
+
+    def angle(A, B):
+        return float(np.degrees(np.arccos(np.clip((np.trace(A.T @ B) - 1) / 2, -1, 1))))
+
+    errors = {"pnp": [], "estimator": []}
+    for p in {p.row: p for p in pairs}.values():
+        try:
+            poses = {"pnp": analyse_synthetic(p.image_in, p.K)[1:], "estimator": head_pose(p.image_in)}
+        except Exception:  # noqa: BLE001 - a missed face is left out of this average (the table counts it)
+            continue
+        for k, (R, t) in poses.items():
+            errors[k].append((angle(R, p.R), float(np.linalg.norm(t - p.t) / np.linalg.norm(p.t))))
+    if errors["pnp"]:
+        print(f"{pairs[0].image_in.shape[0]} px pose error vs the true camera, {len(errors['pnp'])} views: "
+              + ", ".join(f"{k} rotation {np.mean([e[0] for e in v]):.2f} mean / {np.max([e[0] for e in v]):.2f} max deg, "
+                          f"translation {100 * np.mean([e[1] for e in v]):.1f} %" for k, v in errors.items()))
+
+
 def bench_warp(args) -> None:
     import torch
 
@@ -174,26 +202,40 @@ def bench_warp(args) -> None:
         methods = _nerf_methods(args)
     else:
         print(f"no checkpoint at {args.model_path}: the NeRF-fit columns are left out")
+    head_pose = None
+    if args.estimator:
+        from HeadNeRF.estimator.model import load_estimator
+        from HeadNeRF.evaluation.photo_warp import estimator_head_pose
+
+        estimator, _ = load_estimator(args.estimator)
+
+        def head_pose(image):
+            return estimator_head_pose(estimator, image)
     for size in args.warp_sizes:
         pairs = make_pairs(args.dataset, size, rows=args.warp_rows, deltas_deg=[7.5, 12.5, 17.5, 22.5],
                            directions=args.warp_directions, seed=0)
         rows += evaluate_pairs(pairs, methods)
+        if head_pose is not None:
+            _print_pose_errors(pairs, head_pose)
+            rows += [dict(r, method="warp_estimator_pose") for r in evaluate_pairs(pairs, {}, head_pose=head_pose)
+                     if r["method"] == "warp"]
     table = summarise(rows)
     print("\n| size | method | redirection | pairs (refused) | eye PSNR dB | readout gaze error mean / median deg |")
     print("|---|---|---|---|---|---|")
     for t in table:
         print(f"| {t['size']} | {t['method']} | {t['bin']} deg | {t['pairs']} ({t['refused']}) | {t['eye_psnr']:.2f} | "
               f"{t['gaze_error_mean']:.1f} / {t['gaze_error_median']:.1f} |")
-    warp = [r for r in rows if r["method"] == "warp" and not r["refused"]]
+    warp = [r for r in rows if r["method"].startswith("warp") and not r["refused"]]
     print(f"\nwarp outside the periocular region identical to the input: {sum(r['outside_identical'] for r in warp)}"
           f"/{len(warp)} pairs")
     for size in args.warp_sizes:
-        sel = [r for r in warp if r["size"] == size and r["delta_deg"] < 20]
-        if sel:
-            import numpy as np
+        for method in dict.fromkeys(r["method"] for r in warp):
+            sel = [r for r in warp if r["size"] == size and r["delta_deg"] < 20 and r["method"] == method]
+            if sel:
+                import numpy as np
 
-            print(f"{size} px, redirections < 20 deg: warp mean gaze error {np.mean([r['gaze_error_deg'] for r in sel]):.1f}"
-                  f" deg (target <= 4)")
+                print(f"{size} px, redirections < 20 deg: {method} mean gaze error "
+                      f"{np.mean([r['gaze_error_deg'] for r in sel]):.1f} deg on {len(sel)} pairs (target <= 4)")
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump({"rows": rows, "table": table}, f, indent=1)
@@ -219,6 +261,8 @@ def main() -> None:
     p.add_argument("--warp_sizes", type=int, nargs="+", default=[64, 256], help="--warp: image sizes")
     p.add_argument("--warp_directions", type=int, default=3, help="--warp: random directions per bin and row")
     p.add_argument("--json_out", help="--warp: also write every pair's numbers here")
+    p.add_argument("--estimator", help="--warp: a gaze/head-pose estimator run (or .pt) whose head pose the warp "
+                   "also runs with (row warp_estimator_pose), e.g. runs/gaze_estimator_quickstart")
     args = p.parse_args()
     if args.warp:
         if args.finetune_steps == 0:

@@ -277,3 +277,64 @@ def test_the_catchlight_sits_where_the_sphere_mirrors_the_light_into_the_camera(
     np.testing.assert_allclose(spec[y, x] / spec[y, x, 0], [1.0, 1.05, 1.1], rtol=1e-5)
     eye.contour = (c2 + 0.2 * (contour - c2)).astype(np.float32)  # a slit that misses the highlight
     assert _catchlight(eye, (50, 50, 80, 80), K)[y, x].max() == 0.0
+
+
+
+def test_layout_camera_is_the_rigs_normalised_camera():
+    """layout_camera(head pose) reproduces the synthetic rig's normalised extrinsics for any rig camera, head pose
+    and image size (the head pose alone fixes them); a wrong shape is a one-line error."""
+    from HeadNeRF.data.synthetic import rig
+    from HeadNeRF.evaluation.photo_warp import layout_camera
+    from HeadNeRF.geometry.gaze import head_pose_from_rotation
+
+    rng = np.random.default_rng(0)
+    for cam, size in ((0, 64), (3, 256), (6, 96)):
+        pose = rng.uniform(-0.3, 0.3, (1, 2))
+        R, t, _ = (x[0].numpy().astype(np.float64) for x in rig.normalized_cameras(np.array([cam]), pose, size))
+        R_out, t_out = layout_camera(head_pose_from_rotation(torch.tensor(R)))
+        assert np.allclose(R_out, R, atol=1e-5) and np.allclose(t_out, t, atol=1e-5)
+    with pytest.raises(ValueError, match="shape"):
+        layout_camera(torch.zeros(3))
+
+
+def test_estimator_head_pose_is_the_layout_camera_of_its_reading():
+    """estimator_head_pose resizes to the estimator's input size and returns the layout camera of the head pose
+    the estimator reads from that resized image."""
+    import cv2
+
+    from HeadNeRF.estimator.model import GazeEstimator, estimate
+    from HeadNeRF.evaluation.photo_warp import estimator_head_pose, layout_camera
+
+    torch.manual_seed(0)
+    model = GazeEstimator(18, 32, "standard").eval()
+    img = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    R, t = estimator_head_pose(model, img)
+    small = cv2.resize(img, (32, 32), interpolation=cv2.INTER_AREA)
+    hp = estimate(model, torch.from_numpy(small).permute(2, 0, 1)[None].float() / 255)["head_pose"][0].double()
+    R_ref, t_ref = layout_camera(hp)
+    assert np.allclose(R, R_ref, atol=1e-9) and np.allclose(t, t_ref, atol=1e-9)
+    assert np.allclose(R.T @ R, np.eye(3), atol=1e-9) and abs(np.linalg.det(R) - 1) < 1e-9
+
+
+def test_synthetic_analysis_takes_the_head_pose_it_is_given(tiny_dataset):
+    """analyse_synthetic(head_pose=...) uses that pose instead of the landmark PnP (the same landmarks either way),
+    and evaluate_pairs asks it once per source view and warps with it."""
+    from HeadNeRF.evaluation.photo_warp import analyse_synthetic, evaluate_pairs, make_pairs
+
+    pairs = make_pairs(tiny_dataset, 128, rows=[0], deltas_deg=[10.0, 15.0], directions=1)
+    assert len(pairs) == 2
+    p = pairs[0]
+    lm_pnp, R_pnp, _ = analyse_synthetic(p.image_in, p.K)
+    lm, R, t = analyse_synthetic(p.image_in, p.K, head_pose=lambda image: (p.R, p.t))
+    assert R is p.R and t is p.t and np.array_equal(lm, lm_pnp)
+    assert not np.allclose(R_pnp, p.R, atol=1e-3)  # the PnP pose is another one, so the switch is visible
+    calls = []
+
+    def pose(image):
+        calls.append(image)
+        return p.R, p.t
+
+    rows = evaluate_pairs(pairs, {}, readout=False, head_pose=pose)
+    assert len(calls) == 1 and np.array_equal(calls[0], p.image_in)
+    warp = [r for r in rows if r["method"] == "warp"]
+    assert len(warp) == 2 and all(not r["refused"] and r["outside_identical"] for r in warp)
