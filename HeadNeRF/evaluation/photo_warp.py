@@ -22,9 +22,10 @@ whole extrinsics (``layout_camera``: zero roll, the head's FACE_CENTER on the op
 NORMALIZED_DISTANCE), so the translation needs no landmarks either. Both halves matter: the estimator's
 rotation with the landmarks' translation (solved with the rotation fixed) only took the 64 px warp from
 5.8 to 5.1 deg, because the landmark fit puts the head 2-4 % too far or too near by the subject's size; with
-the layout's translation it reads 3.2 deg (docs/photo_redirection.md). At 256 px the PnP pose stays the
-better one (1.9 against 2.9 deg): mediapipe is accurate there and the estimator reads a 64 px copy. It applies to synthetic renders in the layout's normalised
-camera only (the estimator never saw a real face), so the photo path (``FittingSingleImage.py``) keeps PnP.
+the layout's translation it reads 3.3 deg (docs/photo_redirection.md). At 256 px the PnP pose stays the
+better one (1.9 against 2.9 deg): mediapipe is accurate there and the estimator reads a 64 px copy. It
+applies to synthetic renders in the layout's normalised camera only (the estimator never saw a real face),
+so the photo path (``FittingSingleImage.py``) keeps PnP.
 """
 
 from __future__ import annotations
