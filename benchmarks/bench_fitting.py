@@ -191,6 +191,7 @@ def _print_pose_errors(pairs, head_pose) -> None:
 
 
 def bench_warp(args) -> None:
+    import numpy as np
     import torch
 
     from HeadNeRF.evaluation.photo_warp import evaluate_pairs, make_pairs, summarise
@@ -202,7 +203,7 @@ def bench_warp(args) -> None:
         methods = _nerf_methods(args)
     else:
         print(f"no checkpoint at {args.model_path}: the NeRF-fit columns are left out")
-    head_pose = None
+    warps = {"warp": None}  # the landmark PnP pose
     if args.estimator:
         from HeadNeRF.estimator.model import load_estimator
         from HeadNeRF.evaluation.photo_warp import estimator_head_pose
@@ -211,29 +212,26 @@ def bench_warp(args) -> None:
 
         def head_pose(image):
             return estimator_head_pose(estimator, image)
+        warps["warp_estimator_pose"] = head_pose
     for size in args.warp_sizes:
         pairs = make_pairs(args.dataset, size, rows=args.warp_rows, deltas_deg=[7.5, 12.5, 17.5, 22.5],
                            directions=args.warp_directions, seed=0)
-        rows += evaluate_pairs(pairs, methods)
-        if head_pose is not None:
-            _print_pose_errors(pairs, head_pose)
-            rows += [dict(r, method="warp_estimator_pose") for r in evaluate_pairs(pairs, {}, head_pose=head_pose)
-                     if r["method"] == "warp"]
+        if "warp_estimator_pose" in warps:
+            _print_pose_errors(pairs, warps["warp_estimator_pose"])
+        rows += evaluate_pairs(pairs, methods, warps=warps)
     table = summarise(rows)
     print("\n| size | method | redirection | pairs (refused) | eye PSNR dB | readout gaze error mean / median deg |")
     print("|---|---|---|---|---|---|")
     for t in table:
         print(f"| {t['size']} | {t['method']} | {t['bin']} deg | {t['pairs']} ({t['refused']}) | {t['eye_psnr']:.2f} | "
               f"{t['gaze_error_mean']:.1f} / {t['gaze_error_median']:.1f} |")
-    warp = [r for r in rows if r["method"].startswith("warp") and not r["refused"]]
+    warp = [r for r in rows if r["method"] in warps and not r["refused"]]
     print(f"\nwarp outside the periocular region identical to the input: {sum(r['outside_identical'] for r in warp)}"
           f"/{len(warp)} pairs")
     for size in args.warp_sizes:
-        for method in dict.fromkeys(r["method"] for r in warp):
+        for method in warps:
             sel = [r for r in warp if r["size"] == size and r["delta_deg"] < 20 and r["method"] == method]
             if sel:
-                import numpy as np
-
                 print(f"{size} px, redirections < 20 deg: {method} mean gaze error "
                       f"{np.mean([r['gaze_error_deg'] for r in sel]):.1f} deg on {len(sel)} pairs (target <= 4)")
     if args.json_out:

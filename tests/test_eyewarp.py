@@ -318,7 +318,7 @@ def test_estimator_head_pose_is_the_layout_camera_of_its_reading():
 
 def test_synthetic_analysis_takes_the_head_pose_it_is_given(tiny_dataset):
     """analyse_synthetic(head_pose=...) uses that pose instead of the landmark PnP (the same landmarks either way),
-    and evaluate_pairs asks it once per source view and warps with it."""
+    and evaluate_pairs asks it once per source view and warps with it beside the PnP warp."""
     from HeadNeRF.evaluation.photo_warp import analyse_synthetic, evaluate_pairs, make_pairs
 
     pairs = make_pairs(tiny_dataset, 128, rows=[0], deltas_deg=[10.0, 15.0], directions=1)
@@ -334,10 +334,12 @@ def test_synthetic_analysis_takes_the_head_pose_it_is_given(tiny_dataset):
         calls.append(image)
         return p.R, p.t
 
-    rows = evaluate_pairs(pairs, {}, readout=False, head_pose=pose)
+    rows = evaluate_pairs(pairs, {}, readout=False, warps={"warp": None, "warp_given_pose": pose})
     assert len(calls) == 1 and np.array_equal(calls[0], p.image_in)
-    warp = [r for r in rows if r["method"] == "warp"]
-    assert len(warp) == 2 and all(not r["refused"] and r["outside_identical"] for r in warp)
+    for name in ("warp", "warp_given_pose"):
+        warp = [r for r in rows if r["method"] == name]
+        assert len(warp) == 2 and all(not r["refused"] and r["outside_identical"] for r in warp)
+    assert [r["method"] for r in rows].count("copy") == 2  # one copy reference per pair, shared by the warps
 
 
 def _current_gaze_request(red) -> np.ndarray:

@@ -205,32 +205,36 @@ def warp_pair(pair: SyntheticPair, config: RedirectConfig | None = None, analysi
 
 
 def evaluate_pairs(pairs: list[SyntheticPair], methods: dict, config: RedirectConfig | None = None,
-                   readout: bool = True, progress: bool = False, head_pose=None) -> list[dict]:
+                   readout: bool = True, progress: bool = False, warps: dict | None = None) -> list[dict]:
     """Eye PSNR and readout gaze error of each method on each pair.
 
-    methods: name -> fn(pair) -> (S, S, 3) uint8 image or None (refused); "warp" and "copy" are added.
-    head_pose: the warp's head-pose source (``analyse_synthetic``; None: the landmark PnP).
+    methods: name -> fn(pair) -> (S, S, 3) uint8 image or None (refused); "copy" and the warps are added.
+    warps: name -> the warp's head-pose source (``analyse_synthetic``'s ``head_pose``; None: the landmark
+    PnP); default ``{"warp": None}``. Every warp shares the pairs' readers and the copy reference.
     Returns one dict per (pair, method): method, delta_deg, eye_psnr, gaze_error_deg (NaN without
-    readout), refused (bool), outside_identical (warp only).
+    readout), refused (bool), outside_identical (warps only).
     """
 
+    warps = {"warp": None} if warps is None else warps
     rows, analyses, readers = [], {}, {}
     for i, p in enumerate(pairs):
         key = (p.row, p.image_in.shape[0])
-        if key not in analyses:
-            try:
-                analyses[key] = analyse_synthetic(p.image_in, p.K, head_pose)
-            except Exception as exc:  # noqa: BLE001 - a missed face is a refusal of this pair, counted
-                analyses[key] = str(exc).splitlines()[0]
+        for warp, head_pose in warps.items():
+            if (warp, key) not in analyses:
+                try:
+                    analyses[warp, key] = analyse_synthetic(p.image_in, p.K, head_pose)
+                except Exception as exc:  # noqa: BLE001 - a missed face is a refusal of this pair, counted
+                    analyses[warp, key] = str(exc).splitlines()[0]
         if readout and key not in readers:
             readers[key] = GazeReadout(p.code, p.R, p.t, p.K, p.image_in.shape[0], supersample=2)
-        outs = {"copy": (p.image_in, None)}
-        a = analyses[key]
-        if isinstance(a, str):
-            outs["warp"] = (None, a)
-        else:
-            img, note, region = warp_pair(p, config, a)
-            outs["warp"] = (img, note)
+        outs, regions = {"copy": (p.image_in, None)}, {}
+        for warp in warps:
+            a = analyses[warp, key]
+            if isinstance(a, str):
+                outs[warp] = (None, a)
+            else:
+                img, note, regions[warp] = warp_pair(p, config, a)
+                outs[warp] = (img, note)
         for name, fn in methods.items():
             outs[name] = (fn(p), None)
         for name, (img, note) in outs.items():
@@ -242,7 +246,8 @@ def evaluate_pairs(pairs: list[SyntheticPair], methods: dict, config: RedirectCo
                     g = readers[key].read(img)["gaze_head"]
                     r["gaze_error_deg"] = float(angular_error_deg(torch.as_tensor(g, dtype=torch.float64)[None],
                                                                   torch.tensor(p.gaze_out_head)[None])[0])
-                if name == "warp":
+                if name in regions:
+                    region = regions[name]
                     r["outside_identical"] = bool((img[~region] == p.image_in[~region]).all())
             rows.append(r)
         if progress:
