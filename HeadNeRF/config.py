@@ -150,6 +150,7 @@ class DataConfig:
     subjects: list = dataclasses.field(default_factory=list)  # subject ids to train on; empty = split.json's train_subjects
     max_rows_per_subject: int = 0  # 0 = all
     num_workers: int = 0
+    cache_in_memory: bool = False  # keep every item read (training and validation sets) in memory: small datasets only
 
     def __post_init__(self):
         check_field(self.max_rows_per_subject >= 0, "data.max_rows_per_subject", "must be >= 0")

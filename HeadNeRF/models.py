@@ -421,9 +421,8 @@ class HeadNeRF_Gaze(GazeModelBase):
             inside = (radius < self.cfg.gaze_region_radius).reshape(-1).nonzero().squeeze(1)  # (M,) flat samples
         colour_width = self.gaze_mlp.colour_out.out_features
         density_off = rays.depths.new_zeros(P, N * S)
-        colour_inj = rays.depths.new_zeros(P, N * S, colour_width)
         if inside.numel() == 0:
-            return density_off.view(P, N, S), colour_inj.view(P, N, S, colour_width)
+            return density_off.view(P, N, S), rays.depths.new_zeros(P, N, S, colour_width)
         ray_of = inside // S  # (M,) the ray of each inside sample: each becomes a one-sample ray
         sub = RayBatch(rays.batch, rays.grid, rays.ray_index[ray_of], rays.ray_image[ray_of],
                        rays.depths.reshape(-1, 1)[inside], rays.deltas.reshape(-1, 1)[inside],
@@ -434,7 +433,10 @@ class HeadNeRF_Gaze(GazeModelBase):
         window = gaze_region_window(radius.reshape(-1)[inside], self.cfg.gaze_region_radius)  # (M,)
         offset = self.gaze_mlp.density_offset(hidden, self.trunk.density_head.weight)[..., 0] * window  # (P, M)
         density_off = density_off.index_copy(1, inside, offset.to(density_off.dtype))
-        colour_inj = colour_inj.index_copy(1, inside, (colour[:, :, 0] * window.unsqueeze(-1)).to(colour_inj.dtype))
+        # in the gaze MLP's output dtype (bf16 under mlp_precision bf16): the trunk's colour state it is added to
+        # has that dtype too, so the (P, N*S, W/2) injection is neither written nor read back in fp32
+        colour_inj = colour.new_zeros(P, N * S, colour_width).index_copy(
+            1, inside, (colour[:, :, 0] * window.unsqueeze(-1).to(colour.dtype)))
         return density_off.view(P, N, S), colour_inj.view(P, N, S, colour_width)
 
     def render_fields(self, rays, shape_code, appearance_code, gaze_head, pooled_eye_mask, training, render_template,

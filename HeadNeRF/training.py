@@ -150,9 +150,10 @@ def prepare(cfg: TrainConfig, resume: str | None = None):
     require_gaze = cfg.model.model_name != "HeadNeRF"
     train_ds = GazeDataset(cfg.data.dataset_dir, "train", subjects=cfg.data.subjects or None,
                            image_size=cfg.model.image_size, max_rows_per_subject=cfg.data.max_rows_per_subject,
-                           with_template=loss_cfg.template_eye > 0, require_gaze=require_gaze)
+                           with_template=loss_cfg.template_eye > 0, require_gaze=require_gaze,
+                           cache_items=cfg.data.cache_in_memory)
     val_ds = GazeDataset(cfg.data.dataset_dir, "val", subjects=cfg.data.subjects or None,
-                         image_size=cfg.model.image_size, require_gaze=require_gaze)
+                         image_size=cfg.model.image_size, require_gaze=require_gaze, cache_items=cfg.data.cache_in_memory)
     vgg = VGGPerceptual(loss_cfg.vgg_weights_path) if loss_cfg.vgg > 0 else None
     state = None
     if resume:

@@ -41,6 +41,24 @@ def test_read_row_matches_the_dataset(tiny_dataset):
     assert set(read_row(path, 0)) == {"source", "supersample", "image_size"}  # no keys: the file's attributes only
 
 
+def test_cached_items_equal_fresh_reads_and_are_read_once(tiny_dataset, monkeypatch):
+    plain = GazeDataset(tiny_dataset, "all", image_size=32, with_template=True)
+    cached = GazeDataset(tiny_dataset, "all", image_size=32, with_template=True, cache_items=True)
+    reads = []
+    read = cached._read_item
+    monkeypatch.setattr(cached, "_read_item", lambda i: reads.append(i) or read(i))
+    for i in (3, 7, 3, 7, 3):
+        item, fresh = cached[i], plain[i]
+        assert item.keys() == fresh.keys()
+        assert all(torch.equal(item[k], fresh[k]) for k in item)
+    assert reads == [3, 7]  # each row read from HDF5 once
+    cached[3]["image"] = None  # a caller's changes to the returned dict do not reach the cache
+    assert torch.equal(cached[3]["image"], plain[3]["image"])
+    batch = torch.utils.data.default_collate([cached[3], cached[7]])  # collate copies: the cache stays untouched
+    batch["image"].zero_()
+    assert torch.equal(cached[3]["image"], plain[3]["image"])
+
+
 def test_split_partitions_rows(tiny_dataset):
     split = Split.load(tiny_dataset)
     train, val, test = (GazeDataset(tiny_dataset, w) for w in ("train", "val", "test"))

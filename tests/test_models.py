@@ -285,6 +285,31 @@ def test_chunked_evaluation_equals_one_pass(name, monkeypatch):
         torch.testing.assert_close(chunked[key], whole[key], atol=1e-5, rtol=1e-5)
 
 
+def test_chunked_bf16_evaluation_keeps_bf16_states_and_equals_one_pass(monkeypatch):
+    """Under mlp_precision bf16 the chunked evaluation gathers its chunks in their own dtype (no fp32 round
+    trip that every consumer casts back), and renders what the one-pass bf16 evaluation renders."""
+    import HeadNeRF.fields.trunk as trunk_module
+
+    model = make("HeadNeRF_Gaze", mlp_precision="bf16")
+    x = inputs()
+    with torch.no_grad():
+        whole = model(**x, render_template=True)
+        monkeypatch.setattr(trunk_module, "EVAL_CHUNK_SAMPLES", 20)
+        chunked = model(**x, render_template=True)
+        assert len(trunk_module.ray_chunks(50, 3)) > 1
+        pe = torch.randn(50, 3, model.point_dim)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h = model.trunk.hidden(pe, x["shape_code"], torch.zeros(50, dtype=torch.long))
+            gaze_in = torch.randn(2, 50, model.gaze_mlp.ray_in.in_features)
+            sample_in = (torch.randn(2, 50, 3, model.gaze_mlp.sample_in.in_features)
+                         if model.gaze_mlp.sample_in is not None else None)
+            g_h, g_colour = model.gaze_mlp(pe, gaze_in, sample_in)
+    assert h.dtype == g_h.dtype == g_colour.dtype == torch.bfloat16
+    for key in whole:
+        assert chunked[key].dtype == whole[key].dtype == torch.float32
+        torch.testing.assert_close(chunked[key], whole[key], atol=1e-2, rtol=1e-2)
+
+
 @pytest.mark.parametrize("name", list(MODEL_CLASSES))
 def test_mlp_precision_bf16_is_close_to_fp32_and_trains(name):
     """The opt-in bf16 MLPs: same weights give an fp32 image close to the fp32 model's (but not

@@ -266,11 +266,14 @@ class GazeMLP(nn.Module):
         if len(chunks) == 1:
             return self._forward(points_pe, ray_inputs, sample_inputs)
         P, N, S = ray_inputs.shape[0], points_pe.shape[0], points_pe.shape[1]
-        h = points_pe.new_empty(P, N, S, self.layers[-1].out_features)
-        colour = points_pe.new_empty(P, N, S, self.colour_out.out_features)
+        h = colour = None
         for c in chunks:
-            h[:, c], colour[:, c] = self._forward(points_pe[c], ray_inputs[:, c],
-                                                  None if sample_inputs is None else sample_inputs[:, c])
+            h_c, colour_c = self._forward(points_pe[c], ray_inputs[:, c],
+                                          None if sample_inputs is None else sample_inputs[:, c])
+            if h is None:  # the chunks' own dtype (bf16 under mlp_precision bf16): no fp32 round trip
+                h = h_c.new_empty(P, N, S, h_c.shape[-1])
+                colour = colour_c.new_empty(P, N, S, colour_c.shape[-1])
+            h[:, c], colour[:, c] = h_c, colour_c
         return h, colour
 
     def _forward(self, points_pe, ray_inputs, sample_inputs=None):

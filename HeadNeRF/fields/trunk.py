@@ -126,9 +126,12 @@ class ConditionalTrunk(nn.Module):
         chunks = ray_chunks(points_pe.shape[0], points_pe.shape[1])
         if len(chunks) == 1:
             return self._hidden(points_pe, shape_term, skip_term)
-        out = points_pe.new_empty(points_pe.shape[:2] + (self.width,))
+        out = None
         for c in chunks:
-            out[c] = self._hidden(points_pe[c], shape_term[c], None if skip_term is None else skip_term[c])
+            h = self._hidden(points_pe[c], shape_term[c], None if skip_term is None else skip_term[c])
+            if out is None:  # the chunks' own dtype (bf16 under mlp_precision bf16): no fp32 round trip
+                out = h.new_empty(points_pe.shape[:2] + (self.width,))
+            out[c] = h
         return out
 
     def _hidden(self, points_pe, shape_term, skip_term):
