@@ -224,7 +224,11 @@ class GazeModelBase(nn.Module):
         if self.density_grid is None:
             depths, deltas = stratified_samples(near, far, cfg.num_samples, training, generator)  # (N, S)
         else:  # concentrated where the rays stop in the union of the heads seen so far
-            weights, grid_opacity = grid_bin_weights(self.density_grid, o, d, near, far)
+            # Where the samples go is a sampling decision, not a quantity to differentiate: the grid is a cache with
+            # no gradient, and a fit that refines the camera would otherwise backpropagate through the grid's
+            # trilinear reads and the inverse CDF of every ray (the depths still follow the camera via near / far).
+            with torch.no_grad():
+                weights, grid_opacity = grid_bin_weights(self.density_grid, o, d, near, far)
             # Drawn for every ray before skipping, so the jitter stream does not depend on the grid's verdicts
             # (the sampling itself is a few ms; the MLPs are what skipping saves).
             depths, deltas = grid_guided_samples(weights, near, far, cfg.num_samples, training=training,

@@ -274,6 +274,9 @@ class GazeMLP(nn.Module):
                 h = h_c.new_empty(P, N, S, h_c.shape[-1])
                 colour = colour_c.new_empty(P, N, S, colour_c.shape[-1])
             h[:, c], colour[:, c] = h_c, colour_c
+        if h is None:  # no rays
+            h = points_pe.new_empty(P, N, S, self.layers[-1].out_features)
+            colour = points_pe.new_empty(P, N, S, self.colour_out.out_features)
         return h, colour
 
     def _forward(self, points_pe, ray_inputs, sample_inputs=None):

@@ -132,7 +132,7 @@ class ConditionalTrunk(nn.Module):
             if out is None:  # the chunks' own dtype (bf16 under mlp_precision bf16): no fp32 round trip
                 out = h.new_empty(points_pe.shape[:2] + (self.width,))
             out[c] = h
-        return out
+        return out if out is not None else points_pe.new_empty(points_pe.shape[:2] + (self.width,))  # no rays
 
     def _hidden(self, points_pe, shape_term, skip_term):
         h = add_relu(self.layers[0](points_pe), shape_term)
