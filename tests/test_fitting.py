@@ -144,6 +144,33 @@ def test_fit_lowers_the_loss_and_the_camera_refinement_stays_small(ckpt, tiny_da
     assert render_fit(res, head_pose=torch.tensor([[0.1, 0.4]])).shape == (1, 3, 16, 16)
 
 
+def test_camera_steps_hold_the_camera_after_n_code_steps(ckpt, tiny_dataset, monkeypatch):
+    import HeadNeRF.fitting.fit as fit_module
+
+    model, info = load_trained_model(ckpt)
+    ds = GazeDataset(tiny_dataset, "test", image_size=info.image_size)
+    target = target_from_dataset_row(ds, 0, code=info.code_mean, code_init="mean")
+    trail = []  # the camera offset after each step
+
+    def recording_step(net, problem, guarded_step, stage, step):
+        loss = fit_step(net, problem, guarded_step, stage, step)
+        trail.append(problem.cam.detach().clone())
+        return loss
+
+    monkeypatch.setattr(fit_module, "fit_step", recording_step)
+    common = dict(steps=8, rays_per_step=128, early_stop_patience=0, lr_camera=0.05)
+    held = fit_image(model, target, FitConfig(camera_steps=3, **common), progress=False)
+    held_trail, trail[:] = list(trail), []
+    fit_image(model, target, FitConfig(**common), progress=False)
+    assert len(held_trail) == len(trail) == 8
+    assert not torch.equal(held_trail[0], held_trail[2])  # refined in the first 3 steps
+    assert all(torch.equal(c, held_trail[2]) for c in held_trail[3:])  # then held, while the codes go on
+    assert not torch.equal(trail[2], trail[7])  # without camera_steps it keeps moving
+    assert held.steps_run == {"codes": 8}
+    with pytest.raises(ConfigError, match="camera_steps"):
+        FitConfig(camera_steps=-1)
+
+
 def test_early_stop_and_unknown_gaze_is_fitted(ckpt, tiny_dataset):
     model, info = load_trained_model(ckpt)
     ds = GazeDataset(tiny_dataset, "test", image_size=info.image_size)

@@ -26,6 +26,7 @@ class FitConfig:
     lr_camera: float = 0.003
     lr_gaze: float = 0.03
     fit_camera: bool = True
+    camera_steps: int = 0  # with fit_camera: refine the camera only in the first N code steps, then hold it (0 = every step)
     fit_gaze: bool | None = None  # None: only when the target's gaze is unknown (photos)
     head: float = 1.0  # photometric weights, as LossConfig
     nonhead: float = 1.0
@@ -50,7 +51,7 @@ class FitConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for k in ("steps", "rays_per_step", "finetune_steps", "early_stop_patience"):
+        for k in ("steps", "rays_per_step", "finetune_steps", "early_stop_patience", "camera_steps"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"{k}: must be >= 0, got {getattr(self, k)}")
         if self.vgg > 0 and not self.vgg_weights_path:
