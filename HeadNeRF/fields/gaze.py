@@ -263,7 +263,7 @@ class GazeMLP(nn.Module):
             raise ValueError("sample_inputs: given iff the gaze MLP was built with sample_input_dim > 0 "
                              f"(built with {0 if self.sample_in is None else self.sample_in.in_features}, "
                              f"got {None if sample_inputs is None else tuple(sample_inputs.shape)})")
-        if len(chunks) == 1:
+        if len(chunks) <= 1:  # one pass (also no rays at all: no chunk)
             return self._forward(points_pe, ray_inputs, sample_inputs)
         P, N, S = ray_inputs.shape[0], points_pe.shape[0], points_pe.shape[1]
         h = colour = None
@@ -274,9 +274,6 @@ class GazeMLP(nn.Module):
                 h = h_c.new_empty(P, N, S, h_c.shape[-1])
                 colour = colour_c.new_empty(P, N, S, colour_c.shape[-1])
             h[:, c], colour[:, c] = h_c, colour_c
-        if h is None:  # no rays
-            h = points_pe.new_empty(P, N, S, self.layers[-1].out_features)
-            colour = points_pe.new_empty(P, N, S, self.colour_out.out_features)
         return h, colour
 
     def _forward(self, points_pe, ray_inputs, sample_inputs=None):

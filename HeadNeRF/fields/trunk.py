@@ -124,7 +124,7 @@ class ConditionalTrunk(nn.Module):
         if self.skip_into is not None:
             skip_term = per_ray_code_term(self.skip_shape(shape_code), ray_image)
         chunks = ray_chunks(points_pe.shape[0], points_pe.shape[1])
-        if len(chunks) == 1:
+        if len(chunks) <= 1:  # one pass (also no rays at all: no chunk)
             return self._hidden(points_pe, shape_term, skip_term)
         out = None
         for c in chunks:
@@ -132,7 +132,7 @@ class ConditionalTrunk(nn.Module):
             if out is None:  # the chunks' own dtype (bf16 under mlp_precision bf16): no fp32 round trip
                 out = h.new_empty(points_pe.shape[:2] + (self.width,))
             out[c] = h
-        return out if out is not None else points_pe.new_empty(points_pe.shape[:2] + (self.width,))  # no rays
+        return out
 
     def _hidden(self, points_pe, shape_term, skip_term):
         h = add_relu(self.layers[0](points_pe), shape_term)
