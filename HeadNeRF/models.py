@@ -95,12 +95,38 @@ def _head_model_eyes():
     return eye_centers
 
 
+# Under bf16 field MLPs the rows of every MLP product are rounded up to these multiples (``pad_rows``): oneDNN builds
+# (JIT-compiles) a bf16 GEMM for each new row count, ~0.7 ms for a (24k, 128) @ (128, 128) product, and the hit-ray and
+# near-eye sample counts change every training step, so without buckets each of a step's ~70 products paid it (a
+# quickstart step: 202 -> 180 ms with the shapes seen before; measured 2026-12-03). fp32 products (MKL) do not care.
+RAY_BUCKET = 64  # rays (x S samples per ray)
+GAZE_SAMPLE_BUCKET = 256  # near-eye samples of the gaze MLP (``HeadNeRF_Gaze.gaze_injections_near_eyes``)
+
+
+def padded_count(count: int, bucket: int) -> int:
+    """``count`` rounded up to the next multiple of ``bucket`` strictly above it (at least one padding row: a slot
+    whose output is thrown away); ``count`` itself when ``bucket <= 0`` or ``count == 0``."""
+    if bucket <= 0 or count == 0:
+        return count
+    return (count // bucket + 1) * bucket
+
+
+def pad_rows(count: int, bucket: int, device=None) -> torch.Tensor:
+    """Row index ``(padded_count,)``: rows ``0..count-1``, then copies of row 0."""
+    index = torch.arange(count, device=device)
+    return torch.cat((index, index.new_zeros(padded_count(count, bucket) - count)))
+
+
 @dataclasses.dataclass
 class RayBatch:
     """The rays of a batch that hit the bound sphere, flattened.
 
     ``ray_index (N,)`` indexes the flat ``(B * h * w)`` ray grid (``h, w = grid``); ``ray_image (N,)`` is the
     image of each ray; ``depths, deltas (N, S)``; ``points_pe (N, S, P)``.
+
+    ``num_rays``: the real rays are the first ``num_rays``; the rest (``RAY_BUCKET`` padding under bf16, copies of
+    ray 0) only give the MLP products a recurring row count: ``render_rays`` drops them, so they reach no output
+    and get no gradient. None: every ray is real.
     """
 
     batch: int
@@ -112,19 +138,30 @@ class RayBatch:
     points_pe: torch.Tensor
     pixels: torch.Tensor | None = None  # (B, K) output-image pixel indices when rendering a subset
     points: torch.Tensor | None = None  # (N, S, 3) sample positions (head frame)
+    num_rays: int | None = None
+
+    @property
+    def count(self) -> int:
+        """The number of real rays (the leading ``count`` of the N)."""
+        return self.ray_index.shape[0] if self.num_rays is None else self.num_rays
+
+    @property
+    def padded(self) -> bool:
+        """True when padding rays follow the real ones (then at least one: ``pad_rows``)."""
+        return self.count < self.ray_index.shape[0]
 
     def subset(self, keep: torch.Tensor) -> "RayBatch":
-        """The rays where ``keep (N,)`` is True."""
-        sel = keep.nonzero().squeeze(1)
+        """The real rays where ``keep (N,)`` is True (no padding)."""
+        sel = keep[: self.count].nonzero().squeeze(1)
         return RayBatch(self.batch, self.grid, self.ray_index[sel], self.ray_image[sel], self.depths[sel],
                         self.deltas[sel], self.points_pe[sel], self.pixels,
                         None if self.points is None else self.points[sel])
 
     def scatter(self, values: torch.Tensor) -> torch.Tensor:
-        """(N, C) per-ray values -> (B, C, h, w) map, zero where rays missed."""
+        """(count, C) values of the real rays -> (B, C, h, w) map, zero where rays missed."""
         h, w = self.grid
         full = values.new_zeros(self.batch * h * w, values.shape[-1])
-        full = full.index_copy(0, self.ray_index, values)
+        full = full.index_copy(0, self.ray_index[: self.count], values)
         # contiguous NCHW: the renderer's convs then see one memory format whatever the hit set
         return full.view(self.batch, h, w, -1).permute(0, 3, 1, 2).contiguous()
 
@@ -174,16 +211,17 @@ def render_rays(rays: RayBatch, features: torch.Tensor, density: torch.Tensor) -
         features: (N, S, C); density: (N, S) >= 0.
     Returns:
         dict of (B, ·, h, w) maps: "features" (pre-multiplied), "opacity", "depth"; and
-        "sample_density" (N, S), the densities themselves (for the density grid).
+        "sample_density" (count, S), the real rays' densities themselves (for the density grid).
     """
     dims = check_shape("render_rays", "density", density, ("N", "S"))
     check_shape("render_rays", "features", features, ("N", "S", None), dims)
     check_shape("render_rays", "rays.deltas", rays.deltas, ("N", "S"), dims)
+    n = rays.count  # padding rays (RayBatch.num_rays) stop here: no output, no gradient
     with torch.autocast(rays.depths.device.type, enabled=False):  # fp32 compositing, also under mlp_precision bf16
-        features, density = features.float(), density.float()
-        weights = transmittance_weights(alpha_from_density(density, rays.deltas))  # (N, S)
-        feat = composite(weights, features)  # (N, C)
-        depth, opacity = depth_and_opacity(weights, rays.depths)  # (N,), (N,)
+        features, density = features[:n].float(), density[:n].float()
+        weights = transmittance_weights(alpha_from_density(density, rays.deltas[:n]))  # (n, S)
+        feat = composite(weights, features)  # (n, C)
+        depth, opacity = depth_and_opacity(weights, rays.depths[:n])  # (n,), (n,)
     return {"features": rays.scatter(feat), "opacity": rays.scatter(opacity.unsqueeze(-1)),
             "depth": rays.scatter(depth.unsqueeze(-1)), "sample_density": density}
 
@@ -204,6 +242,7 @@ class GazeModelBase(nn.Module):
         if cfg.density_grid_resolution:
             self.density_grid = DensityGrid(cfg.density_grid_resolution, cfg.bound_radius)
         self.renderer = NeuralRenderer(cfg.featmap_size, cfg.featmap_channels, cfg.image_size, cfg.renderer_min_channels)
+        self.bucket_rows: bool | None = None  # None: pad the MLPs' row counts under bf16 only (``ray_bucket``)
 
     def make_rays(self, R_w2c, t_w2c, K, training: bool, generator=None, pixels=None) -> RayBatch:
         """Rays of the feature grid (or of ``pixels (B, K)``) that hit the bound sphere, with their samples."""
@@ -236,12 +275,24 @@ class GazeModelBase(nn.Module):
             if self.density_grid.ready:  # rays through empty cells are not evaluated: they render as background
                 keep = (grid_opacity >= EMPTY_RAY_OPACITY).nonzero().squeeze(1)
                 ray_index, o, d, depths, deltas = (x[keep] for x in (ray_index, o, d, depths, deltas))
+        num_rays = ray_index.shape[0]
+        rows = pad_rows(num_rays, self.ray_bucket(o.device.type), o.device)  # bf16: a recurring row count
+        if rows.shape[0] > num_rays:
+            ray_index, o, d, depths, deltas = (x[rows] for x in (ray_index, o, d, depths, deltas))
         points = o.unsqueeze(1) + d.unsqueeze(1) * depths.unsqueeze(-1)  # (N, S, 3)
         encoded = positional_encoding(points, cfg.pe_freqs)
         if self.triplane is not None:
             encoded = torch.cat((encoded, self.triplane(points)), dim=-1)
         return RayBatch(R_w2c.shape[0], grid, ray_index, torch.div(ray_index, R, rounding_mode="floor"),
-                        depths, deltas, encoded, pixels, points)
+                        depths, deltas, encoded, pixels, points, num_rays)
+
+    def ray_bucket(self, device_type: str) -> int:
+        """Rays are padded to multiples of this (``pad_rows``): ``RAY_BUCKET`` when the field MLPs run in bf16 (oneDNN
+        compiles a GEMM per row count), else 0. ``self.bucket_rows`` = True / False forces it on / off (tests)."""
+        on = self.bucket_rows
+        if on is None:
+            on = resolve_mlp_precision(self.cfg.mlp_precision, device_type) == "bf16"
+        return RAY_BUCKET if on else 0
 
     def render_fields(self, rays, shape_code, appearance_code, gaze_head, pooled_eye_mask, training, render_template,
                       generator, eye_centers=None) -> tuple[dict, dict | None]:
@@ -313,7 +364,7 @@ class GazeModelBase(nn.Module):
             main, template = self.render_fields(rays, shape_code, appearance_code, gaze_head, pooled, training,
                                                 render_template, generator, eye_centers)
         if training and self.density_grid is not None:
-            self.density_grid.record(rays.points, main["sample_density"])
+            self.density_grid.record(rays.points[: rays.count], main["sample_density"])
         out = {"image": self.renderer(main["features"], main["opacity"], pixels), "opacity": main["opacity"],
                "depth": main["depth"]}
         if template is not None:
@@ -422,11 +473,16 @@ class HeadNeRF_Gaze(GazeModelBase):
         P = ray_inputs.shape[0]
         with torch.no_grad(), torch.autocast(rays.depths.device.type, enabled=False):
             radius = eye_offsets(rays.points.float(), centers).norm(dim=-1).amin(-1)  # (N, S) to the nearer eye, in radii
-            inside = (radius < self.cfg.gaze_region_radius).reshape(-1).nonzero().squeeze(1)  # (M,) flat samples
+            # (M,) flat indices of the real rays' samples inside (they lead the flat order: padding rays come last)
+            inside = (radius[: rays.count] < self.cfg.gaze_region_radius).reshape(-1).nonzero().squeeze(1)
         colour_width = self.gaze_mlp.colour_out.out_features
         density_off = rays.depths.new_zeros(P, N * S)
         if inside.numel() == 0:
             return density_off.view(P, N, S), rays.depths.new_zeros(P, N, S, colour_width)
+        if rays.padded:  # bf16: a recurring row count for the gaze MLP too; the added rows read and write the last
+            # padding ray's last sample, whose outputs render_rays drops (duplicate writes there are harmless)
+            extra = padded_count(inside.shape[0], GAZE_SAMPLE_BUCKET) - inside.shape[0]
+            inside = torch.cat((inside, inside.new_full((extra,), N * S - 1)))
         ray_of = inside // S  # (M,) the ray of each inside sample: each becomes a one-sample ray
         sub = RayBatch(rays.batch, rays.grid, rays.ray_index[ray_of], rays.ray_image[ray_of],
                        rays.depths.reshape(-1, 1)[inside], rays.deltas.reshape(-1, 1)[inside],
