@@ -58,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(weight fit.vgg, 0.1 when the config leaves it 0; whole images, slower)")
     p.add_argument("--estimator", help="[estimator] gaze estimator checkpoint (HeadNeRF/estimator): fit.json then "
                    "reports the gaze it reads from the redirected renders")
-    p.add_argument("--threads", type=int, help="[threads] torch CPU threads (default 1: the fit's small matrix "
-                   "products gain little from more, and on a shared machine 2 threads measured 2.3x slower)")
+    p.add_argument("--threads", type=int, help="[threads] torch CPU threads (default 2: the astronaut's code fit 4.3-5.9 s "
+                   "-> 3.6-4.4 s on 2 free cores; use 1 on a machine busy with other jobs, where 2 threads "
+                   "wait for each other: measured 2.3x slower there)")
     p.add_argument("--seed", type=int, help="[fit.seed] seed of the pixel draws (default 0)")
     p.add_argument("--full_frames", action="store_true", default=None, help="[full_frames: true] render every "
                    "gaze_sweep frame whole (default for per-pixel models: only the dilated eye region is re-rendered "

@@ -79,7 +79,7 @@ class PhotoFitConfig:
     gaze_targets: str = ""  # "pitch,yaw;pitch,yaw" (radians, camera frame) or "camera"
     face_index: int | None = None  # which face when there are several; None = the largest
     device: str = "cpu"
-    threads: int = 1  # torch CPU threads
+    threads: int = 2  # torch CPU threads (1 on a machine shared with other jobs)
     estimator: str = ""  # optional gaze estimator checkpoint: read back the redirected gazes
     full_frames: bool = False  # render every gaze_sweep frame whole (else only the eye region per gaze)
     mp4: bool = True  # also write .mp4 copies of the animations
