@@ -525,16 +525,16 @@ class HeadNeRF_Gaze(GazeModelBase):
 
         # The trunk is gaze-independent: one evaluation shared by the gaze and template passes.
         h = self.trunk.hidden(rays.points_pe, shape_code, rays.ray_image)
-        colour = self.trunk.colour_hidden(h, appearance_code, rays.ray_image)
+        colour, logit = self.trunk.heads(h, appearance_code, rays.ray_image)
         main_d, main_c = density_off[0], colour_inj[0]
         if alpha < 1.0:
             main_d = alpha * main_d + (1 - alpha) * density_off[1]
             main_c = alpha * main_c + (1 - alpha) * colour_inj[1]
-        main = render_rays(rays, self.trunk.features(colour, main_c), self.trunk.density(h, main_d))
+        main = render_rays(rays, self.trunk.features(colour, main_c), self.trunk.density_from_logit(logit, main_d))
         template = None
         if render_template:
             template = render_rays(rays, self.trunk.features(colour, colour_inj[1]),
-                                   self.trunk.density(h, density_off[1]))
+                                   self.trunk.density_from_logit(logit, density_off[1]))
         return main, template
 
 

@@ -270,6 +270,24 @@ def test_gaze_density_offset_is_the_injection_through_the_density_head(gaze_widt
     torch.testing.assert_close(trunk.density(h, offset), F.softplus(trunk.density_head(h + injection)).squeeze(-1))
 
 
+def test_fused_trunk_heads_equal_the_separate_heads():
+    """``trunk.heads`` (colour layer + density head in one product) gives ``colour_hidden`` and, through
+    ``density_from_logit``, ``density``; also the gradients reaching the hidden state."""
+    trunk = make("HeadNeRF_Gaze").trunk
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(6, 5, trunk.width, generator=g, requires_grad=True)
+    app, ray_image = torch.randn(2, DA, generator=g), torch.arange(6) % 2
+    offset = torch.randn(6, 5, generator=g)
+    colour, logit = trunk.heads(h, app, ray_image)
+    fused = colour.sum() + 2 * trunk.density_from_logit(logit, offset).sum()
+    colour_ref, density_ref = trunk.colour_hidden(h, app, ray_image), trunk.density(h, offset)
+    torch.testing.assert_close(colour, colour_ref)
+    torch.testing.assert_close(trunk.density_from_logit(logit, offset), density_ref)
+    grad, = torch.autograd.grad(fused, h)
+    grad_ref, = torch.autograd.grad(colour_ref.sum() + 2 * density_ref.sum(), h)
+    torch.testing.assert_close(grad, grad_ref)
+
+
 @pytest.mark.parametrize("name", list(MODEL_CLASSES))
 def test_chunked_evaluation_equals_one_pass(name, monkeypatch):
     import HeadNeRF.fields.trunk as trunk_module
