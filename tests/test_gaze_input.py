@@ -158,8 +158,8 @@ def test_eye_centre_offsets_are_bounded():
 
 def test_shipped_quickstart_is_the_tiled_config_with_the_eye_frame_input_polar_table_and_auto_precision():
     """config/quickstart.yml (the default) differs from config/quickstart_tiled.yml (the earlier default) only in the
-    gaze input, the head-model eye centres, the gaze region, the polar table, the MLP precision (auto: bf16 on CPUs with native bf16)
-    (and run dir), and builds that model (the full training path is the quickstart's, tests/test_training.py);
+    gaze input, the head-model eye centres, the gaze region, the polar table, the MLP precision (auto: bf16 on CPUs with native bf16),
+    the samples per ray (12: the density grid places them) (and run dir), and builds that model (the full training path is the quickstart's, tests/test_training.py);
     config/quickstart_fp32.yml is the default with fp32 forced, nothing else changed."""
     import os
 
@@ -174,6 +174,7 @@ def test_shipped_quickstart_is_the_tiled_config_with_the_eye_frame_input_polar_t
     assert variant["model"].pop("gaze_region_radius") == 3.0 and base["model"].pop("gaze_region_radius") == 0.0
     assert variant["model"].pop("eye_polar_cells") == 64 and base["model"].pop("eye_polar_cells") == 0
     assert variant["model"].pop("mlp_precision") == "auto" and base["model"].pop("mlp_precision") == "fp32"
+    assert variant["model"].pop("num_samples") == 12 and base["model"].pop("num_samples") == 16
     assert variant.pop("run_dir") != base.pop("run_dir")
     assert variant == base
     default, fp32 = (to_dict(load_yaml(os.path.join(root, "config", f"{n}.yml"))) for n in ("quickstart", "quickstart_fp32"))
