@@ -46,6 +46,9 @@ Speed decisions (measured in ``benchmarks/bench_render.py``):
 * HeadNeRF_Gaze's template pass shares the trunk; only the gaze MLP and the two heads run
   again. Nothing is computed for the template unless it is rendered or blended.
 * The background image is decoded only when ``render_background`` asks for it.
+* Under bf16 MLPs the rays (and the gaze region's near-eye samples) are padded to recurring counts
+  (``RAY_BUCKET``, ``GAZE_SAMPLE_BUCKET``): oneDNN compiles a bf16 GEMM for every new row count, and
+  these counts change every training step (quickstart training 422 -> 296 s, README "Speed").
 
 Point encoding: PE(points), optionally concatenated with learned tri-plane features
 (``ModelConfig.triplane_resolution``, ``fields/triplane.py``) that every field reads.
