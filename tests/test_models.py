@@ -267,12 +267,14 @@ def test_gaze_density_offset_is_the_injection_through_the_density_head(gaze_widt
     injection = gaze.density_out(h_gaze)  # (P, N, S, trunk_width): what the seed adds to the trunk state
     offset = gaze.density_offset(h_gaze, trunk.density_head.weight)
     assert offset.shape == (2, 3, 5)
-    torch.testing.assert_close(trunk.density(h, offset), F.softplus(trunk.density_head(h + injection)).squeeze(-1))
+    logit = trunk.density_head(h).squeeze(-1)
+    torch.testing.assert_close(trunk.density_from_logit(logit, offset),
+                               F.softplus(trunk.density_head(h + injection)).squeeze(-1))
 
 
 def test_fused_trunk_heads_equal_the_separate_heads():
-    """``trunk.heads`` (colour layer + density head in one product) gives ``colour_hidden`` and, through
-    ``density_from_logit``, ``density``; also the gradients reaching the hidden state."""
+    """``trunk.heads`` (colour layer + density head in one product) gives what the two layers give separately
+    (colour: ReLU(W_c h + b_c + W_a appearance); density: softplus(w · h + b + offset)); also the gradients."""
     trunk = make("HeadNeRF_Gaze").trunk
     g = torch.Generator().manual_seed(2)
     h = torch.randn(6, 5, trunk.width, generator=g, requires_grad=True)
@@ -280,7 +282,8 @@ def test_fused_trunk_heads_equal_the_separate_heads():
     offset = torch.randn(6, 5, generator=g)
     colour, logit = trunk.heads(h, app, ray_image)
     fused = colour.sum() + 2 * trunk.density_from_logit(logit, offset).sum()
-    colour_ref, density_ref = trunk.colour_hidden(h, app, ray_image), trunk.density(h, offset)
+    colour_ref = F.relu(trunk.colour_layer(h) + trunk.appearance_in(app)[ray_image].unsqueeze(1))
+    density_ref = F.softplus(trunk.density_head(h).squeeze(-1) + offset)
     torch.testing.assert_close(colour, colour_ref)
     torch.testing.assert_close(trunk.density_from_logit(logit, offset), density_ref)
     grad, = torch.autograd.grad(fused, h)

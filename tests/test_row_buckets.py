@@ -1,6 +1,7 @@
 """Row buckets (``models.RAY_BUCKET``, ``GAZE_SAMPLE_BUCKET``): under bf16 the rays and the near-eye samples are
 padded to recurring counts so oneDNN reuses its compiled GEMMs. Padding must change nothing: same images, same
-gradients, same density-grid records as without it (checked in fp32, where the products are exact per row)."""
+gradients, same density-grid records as without it (checked in fp32, to rounding: a product over more rows may
+block differently)."""
 
 import pytest
 import torch

@@ -22,8 +22,8 @@ Speed decisions:
   the single map ``W_c`` (same function class; width² fewer FLOPs per sample; seed weights
   would load as ``W_c = W_1[:, :width] @ W_0``).
 * Injections enter linearly before the density head and after the colour ReLU, so a second
-  set of injections (the template pass of HeadNeRF_Gaze) reuses ``hidden`` and
-  ``colour_hidden`` and only re-runs the feature head and the softplus. The density injection, being
+  set of injections (the template pass of HeadNeRF_Gaze) reuses ``hidden`` and the
+  colour state of ``heads`` and only re-runs the feature head and the softplus. The density injection, being
   linear, arrives already projected by the density head: one scalar per sample.
 * ``heads`` computes the colour layer and the density head's logit as one product (the head's
   row appended to the colour layer's weight): a width -> 1 product alone is three slow GEMMs
@@ -149,13 +149,9 @@ class ConditionalTrunk(nn.Module):
                 h = add_relu(self.layers[i](h))
         return h
 
-    def colour_hidden(self, h: torch.Tensor, appearance_code: torch.Tensor, ray_image: torch.Tensor) -> torch.Tensor:
-        """(N, S, W) hidden, (B, Da) appearance -> (N, S, W//2) colour hidden state (after its ReLU)."""
-        return add_relu(self.colour_layer(h), per_ray_code_term(self.appearance_in(appearance_code), ray_image))
-
     def heads(self, h: torch.Tensor, appearance_code: torch.Tensor, ray_image: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, S, W) hidden -> (``colour_hidden`` (N, S, W//2), density logit (N, S)) in one product.
+        """(N, S, W) hidden -> (colour hidden state (N, S, W//2), after its ReLU; density logit (N, S)), one product.
 
         The density head's row is appended to the colour layer's weight: alone, a W -> 1 product runs at ~5 GFLOP/s
         in its forward and both backward products (three ~2 ms GEMMs per quickstart step, measured 2026-12-03), and
@@ -169,20 +165,13 @@ class ConditionalTrunk(nn.Module):
 
     @staticmethod
     def density_from_logit(logit: torch.Tensor, density_offset: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, S) density logit (``heads``) [+ (N, S) offset, ``GazeMLP.density_offset``] -> (N, S) density >= 0."""
-        return F.softplus(logit if density_offset is None else logit + density_offset)
-
-    def density(self, h: torch.Tensor, density_offset: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, S, W) hidden [+ (N, S) pre-activation offset] -> (N, S) density >= 0.
+        """(N, S) density logit (``heads``) [+ (N, S) pre-activation offset] -> (N, S) density >= 0.
 
         An additive injection ``inj`` into the hidden state enters the density only through
         ``w · (h + inj) + b = (w · h + b) + w · inj``, so callers pass the scalar offset
         ``w · inj`` (``GazeMLP.density_offset``) instead of an (N, S, W) tensor.
         """
-        pre = self.density_head(h).squeeze(-1)
-        if density_offset is not None:
-            pre = pre + density_offset
-        return F.softplus(pre)
+        return F.softplus(logit if density_offset is None else logit + density_offset)
 
     def features(self, colour_hidden: torch.Tensor, colour_injection: torch.Tensor | None = None) -> torch.Tensor:
         """(N, S, W//2) colour hidden [+ injection] -> (N, S, featmap_channels) features."""
