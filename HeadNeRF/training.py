@@ -343,6 +343,9 @@ def final_report(model, val_ds: GazeDataset, cfg: TrainConfig, device, run_dir: 
         report["gaze_redirection"] = redirect
         if "readout" in redirect:
             print(f"[train] exact gaze readout check: {redirect['readout']['check']}")
+            print("[train] exact gaze readout by source view (model / not redirected, mean °, pairs): " + "; ".join(
+                f"{view} {r['model'].get('mean_deg', math.nan):.2f} / {r['no_redirection'].get('mean_deg', math.nan):.2f} "
+                f"({r['model']['n']})" for view, r in redirect["readout_by_view"].items()))
     write_gaze_sweep_gif(model, val_ds, device, os.path.join(run_dir, "gaze_sweep.gif"))
     write_report(run_dir, report)
     print("[train] report: " + json.dumps(report))

@@ -159,6 +159,22 @@ def test_report_gaze_blind_model_not_met(tiny_dataset, tmp_path):
     assert r["gaze_error_deg_model_mean"] > 5.0  # the targets are far from whatever it draws
     assert r["gaze_error_deg_floor_mean"] < 1.0
     assert r["check_met"] is False and r["check"].startswith("NOT met")
+    _check_by_view(rep)
+
+
+def _check_by_view(rep):
+    """The per-view readings partition the pairs: their counts add up and their weighted means give the overall."""
+    from HeadNeRF.evaluation.readout import view_bin
+
+    by_view = rep["readout_by_view"]
+    bins = {view_bin(y) for y in (0, 30, 90)}
+    assert by_view and set(by_view) <= bins
+    for name in ("model", "copy_input", "no_redirection", "floor"):
+        n = sum(v[name]["n"] + v[name]["n_failed"] for v in by_view.values())
+        assert n == rep["pairs"]
+        mean = sum(v[name]["mean_deg"] * v[name]["n"] for v in by_view.values() if v[name]["n"]) / max(
+            sum(v[name]["n"] for v in by_view.values()), 1)
+        assert mean == pytest.approx(rep["readout"][f"gaze_error_deg_{name}_mean"], abs=1e-6)
 
 
 def test_report_exact_redirector_met(tiny_dataset, tmp_path):
@@ -174,3 +190,5 @@ def test_report_exact_redirector_met(tiny_dataset, tmp_path):
     r = rep["readout"]
     assert r["gaze_error_deg_model_mean"] < 1.0 and r["gaze_error_deg_copy_input_mean"] > 5.0
     assert r["check_met"] is True and r["check"].startswith("met")
+    _check_by_view(rep)
+    assert all(v["model"]["mean_deg"] < 1.0 for v in rep["readout_by_view"].values())

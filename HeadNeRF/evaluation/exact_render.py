@@ -29,7 +29,8 @@ from ..fitting import FitConfig, ModelInfo, fit_image, is_synthetic_layout, rend
 from ..geometry.gaze import gaze_in_head_frame
 from ..metrics import masked_psnr, whiten_background
 from ..models import eval_mode
-from .readout import GazeReadout, readout_errors_deg, redirection_readout_summary
+from .readout import (GazeReadout, readout_errors_deg, redirection_readout_summary, summarise_errors, view_bin,
+                      view_yaw_deg)
 
 __all__ = ["dataset_redirection", "exact_renders", "ground_truth_quality", "redirection_measurement"]
 
@@ -114,8 +115,10 @@ def dataset_redirection(model, val_ds: GazeDataset, sources: list, device, reado
 
     Returns the means over all pairs: {"pairs", "eye_psnr_model", "eye_psnr_copy_input", "eye_psnr_gain_db"} and
     with ``readout`` (only when the rows' codes are the generator's own) "readout":
-    ``evaluation.readout.redirection_readout_summary`` of the four readings; None for non-synthetic data or
-    no pair.
+    ``evaluation.readout.redirection_readout_summary`` of the four readings, and "readout_by_view": the same readings
+    per bin of the source camera's yaw seen from the face (``readout.view_bin``: {bin: {reading:
+    ``summarise_errors``}}; where a mean's degrees are: a near-profile view's one small eye reads worst); None for
+    non-synthetic data or no pair.
     """
     if not sources:
         return None
@@ -128,6 +131,7 @@ def dataset_redirection(model, val_ds: GazeDataset, sources: list, device, reado
     heldout_frames = set(val_ds.split.heldout_frames)
     model_psnr, copy_psnr = [], []
     errors: dict[str, list] = {"model": [], "copy_input": [], "no_redirection": [], "floor": []}
+    by_view: dict[str, dict[str, list]] = {}  # the same readings split by how turned the source camera is
     for i in sources:
         sid, row, cam, frame, _ = val_ds.rows[i]
         found = same_camera_targets(val_ds.paths[sid], row, cam, frame, heldout_frames)
@@ -139,8 +143,10 @@ def dataset_redirection(model, val_ds: GazeDataset, sources: list, device, reado
                                     val_ds.image_size, supersample, device, readout)
         model_psnr += m["model_psnr"].tolist()
         copy_psnr += m["copy_psnr"].tolist()
+        view = view_bin(float(view_yaw_deg(a["R_w2c"], a["t_w2c"])))
         for name, values in m.get("errors", {}).items():
             errors[name] += values
+            by_view.setdefault(view, {}).setdefault(name, []).extend(values)
     if not model_psnr:
         return None
     mean_model, mean_copy = sum(model_psnr) / len(model_psnr), sum(copy_psnr) / len(copy_psnr)
@@ -148,6 +154,8 @@ def dataset_redirection(model, val_ds: GazeDataset, sources: list, device, reado
               "eye_psnr_gain_db": mean_model - mean_copy}
     if readout:
         report["readout"] = redirection_readout_summary(errors)
+        report["readout_by_view"] = {view: {name: summarise_errors(e) for name, e in readings.items()}
+                                     for view, readings in sorted(by_view.items())}
     return report
 
 
