@@ -67,6 +67,10 @@ class ModelConfig:
     # an eye centre, its injections faded to 0 over the last half radius (models.py gaze_injections_near_eyes); 0 = all
     eye_polar_cells: int = 0  # eye_frame: a learned table over the angle from each eye's optical axis (fields/gaze.py
     # EyePolarTable) beside the eye-frame encoding; 0 = off
+    gaze_appearance_input: bool = False  # HeadNeRF_Gaze: the appearance code among the gaze MLP's per-ray inputs (an iris
+    # drawn by the gaze MLP can take the subject's colour); off = the seed's identity-blind gaze MLP
+    gaze_view_input: bool = False  # HeadNeRF_Gaze: each ray's direction (head frame, a 3-frequency PE) among the gaze MLP's
+    # per-ray inputs: a view-dependent eye (the cornea's highlight) near the eyes only; off = the seed's view-blind field
     gaze_pixel_coords: bool = True  # the pixel's (col, row) among the gaze MLP's per-ray inputs
     bound_radius: float = 1.6  # the head lies inside this sphere around the origin (head units); no samples outside
     template_gaze_noise: float = 0.08  # std of the noise on the zero template gaze while training
@@ -96,6 +100,11 @@ class ModelConfig:
         check_field(self.gaze_region_radius == 0 or (self.gaze_region_radius >= 1.5 and self.gaze_input == "eye_frame"),
                     "gaze_region_radius", f"must be 0 (everywhere) or >= 1.5 eyeball radii with gaze_input: eye_frame, got "
                     f"{self.gaze_region_radius} with gaze_input {self.gaze_input!r}")
+        check_field(not self.gaze_appearance_input or self.model_name == "HeadNeRF_Gaze", "gaze_appearance_input",
+                    f"is for model_name HeadNeRF_Gaze (its gaze MLP), got {self.model_name!r}")
+        check_field(not self.gaze_view_input or (self.model_name == "HeadNeRF_Gaze" and self.num_samples >= 2),
+                    "gaze_view_input", f"is for model_name HeadNeRF_Gaze with num_samples >= 2 (a ray's direction is "
+                    f"read from its samples), got {self.model_name!r} with {self.num_samples}")
         check_field(self.eye_polar_cells == 0 or self.gaze_input == "eye_frame", "eye_polar_cells",
                     "needs gaze_input: eye_frame (the table reads the eye-frame points)")
         check_field(self.mlp_precision in ("fp32", "bf16", "auto"), "mlp_precision",

@@ -85,6 +85,7 @@ from .rendering.sampling import stratified_samples
 from .shapes import check_shape
 from .rendering.volume import alpha_from_density, composite, depth_and_opacity, transmittance_weights
 
+VIEW_PE_FREQS = 3  # PE frequencies of the ray direction among the gaze MLP's inputs (ModelConfig.gaze_view_input)
 EYE_POLAR_CHANNELS = 8  # features per eye of the optional eye polar table (ModelConfig.eye_polar_cells)
 
 __all__ = ["HeadNeRF", "HeadNeRF_Gaze", "GazeNeRF", "MODEL_CLASSES", "build_model", "redirect",
@@ -118,6 +119,11 @@ def pad_rows(count: int, bucket: int, device=None) -> torch.Tensor:
     """Row index ``(padded_count,)``: rows ``0..count-1``, then copies of row 0."""
     index = torch.arange(count, device=device)
     return torch.cat((index, index.new_zeros(padded_count(count, bucket) - count)))
+
+
+def ray_directions(points: torch.Tensor) -> torch.Tensor:
+    """(N, S >= 2, 3) samples along each ray, nearest first -> (N, 3) unit ray directions (from its first to last sample)."""
+    return nn.functional.normalize((points[:, -1] - points[:, 0]).float(), dim=-1)
 
 
 @dataclasses.dataclass
@@ -401,7 +407,9 @@ class HeadNeRF_Gaze(GazeModelBase):
         eye_frame = cfg.gaze_input == "eye_frame"
         # eye_frame: the gaze enters only through the eye-frame points (no tiled angles)
         self.ray_gaze_tile = 0 if eye_frame else cfg.gaze_tile
-        self.gaze_mlp = GazeMLP(self.point_dim, gaze_input_dim(self.ray_gaze_tile, cfg.gaze_pixel_coords),
+        self.gaze_mlp = GazeMLP(self.point_dim, gaze_input_dim(self.ray_gaze_tile, cfg.gaze_pixel_coords)
+                                + (appearance_code_dim if cfg.gaze_appearance_input else 0)
+                                + (encoding_dim(VIEW_PE_FREQS) if cfg.gaze_view_input else 0),
                                 cfg.gaze_mlp_width, cfg.gaze_mlp_depth, cfg.mlp_width, self.trunk.colour_width,
                                 (eye_frame_dim(cfg.eye_frame_freqs) + 2 * EYE_POLAR_CHANNELS * (cfg.eye_polar_cells > 0))
                                 if eye_frame else 0)
@@ -518,6 +526,14 @@ class HeadNeRF_Gaze(GazeModelBase):
         ray_inputs = torch.stack([per_ray_gaze_inputs(pooled_eye_mask, g, self.ray_gaze_tile, coords,
                                                       cfg.gaze_pixel_coords) for g in gazes])  # (P, B, R, F)
         ray_inputs = ray_inputs.flatten(1, 2).index_select(1, rays.ray_index)  # (P, N, F)
+        extra = []  # per-ray inputs shared by every pass
+        if cfg.gaze_appearance_input:
+            extra.append(appearance_code.to(ray_inputs.dtype).index_select(0, rays.ray_image))
+        if cfg.gaze_view_input:
+            extra.append(positional_encoding(ray_directions(rays.points), VIEW_PE_FREQS).to(ray_inputs.dtype))
+        if extra:
+            extra = torch.cat(extra, dim=-1)
+            ray_inputs = torch.cat((ray_inputs, extra.expand(len(gazes), *extra.shape)), dim=-1)  # (P, N, F + ...)
         centers = self.ray_eye_centers(shape_code, rays.ray_image, eye_centers) if self.eye_frame else None
         if cfg.gaze_region_radius > 0:
             density_off, colour_inj = self.gaze_injections_near_eyes(rays, ray_inputs, gazes, centers)

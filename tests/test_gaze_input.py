@@ -159,7 +159,8 @@ def test_eye_centre_offsets_are_bounded():
 def test_shipped_quickstart_is_the_tiled_config_with_the_eye_frame_input_polar_table_and_auto_precision():
     """config/quickstart.yml (the default) differs from config/quickstart_tiled.yml (the earlier default) only in the
     gaze input, the head-model eye centres, the gaze region, the polar table, the MLP precision (auto: bf16 on CPUs with native bf16),
-    the samples per ray (12: the density grid places them) (and run dir), and builds that model (the full training path is the quickstart's, tests/test_training.py);
+    the samples per ray (12: the density grid places them), the gaze MLP's appearance-code and view-direction inputs
+    (and run dir), and builds that model (the full training path is the quickstart's, tests/test_training.py);
     config/quickstart_fp32.yml is the default with fp32 forced, nothing else changed."""
     import os
 
@@ -175,6 +176,8 @@ def test_shipped_quickstart_is_the_tiled_config_with_the_eye_frame_input_polar_t
     assert variant["model"].pop("eye_polar_cells") == 64 and base["model"].pop("eye_polar_cells") == 0
     assert variant["model"].pop("mlp_precision") == "auto" and base["model"].pop("mlp_precision") == "fp32"
     assert variant["model"].pop("num_samples") == 12 and base["model"].pop("num_samples") == 16
+    assert variant["model"].pop("gaze_appearance_input") and not base["model"].pop("gaze_appearance_input")
+    assert variant["model"].pop("gaze_view_input") and not base["model"].pop("gaze_view_input")
     assert variant.pop("run_dir") != base.pop("run_dir")
     assert variant == base
     default, fp32 = (to_dict(load_yaml(os.path.join(root, "config", f"{n}.yml"))) for n in ("quickstart", "quickstart_fp32"))
@@ -187,6 +190,10 @@ def test_shipped_quickstart_is_the_tiled_config_with_the_eye_frame_input_polar_t
     model = build_model(cfg, head_model_shape_dim(), DA)
     assert model.centers_from_head_model and model.eye_centers is None and model.gaze_mlp.sample_in is not None
     assert model.eye_center_offset is None and model.eye_polar is not None
+    from HeadNeRF.fields.encoding import encoding_dim
+    from HeadNeRF.models import VIEW_PE_FREQS
+
+    assert model.gaze_mlp.ray_in.in_features == gaze_input_dim(0) + DA + encoding_dim(VIEW_PE_FREQS)
 
 
 def test_eye_polar_table_is_a_ring_function_on_the_shell():
@@ -331,3 +338,60 @@ def test_given_eye_centres_replace_the_models_own():
         model(**x, eye_centers=own[:, :1])
     with pytest.raises(ValueError, match="eye_frame"):
         make("HeadNeRF_Gaze")(**inputs(), eye_centers=own)
+
+
+def test_ray_directions_are_the_rays_unit_directions():
+    from HeadNeRF.models import ray_directions
+
+    g = torch.Generator().manual_seed(6)
+    origins, dirs = torch.randn(30, 3, generator=g), torch.nn.functional.normalize(torch.randn(30, 3, generator=g), dim=-1)
+    depths = torch.sort(0.5 + 3 * torch.rand(30, 5, generator=g), dim=-1).values
+    points = origins.unsqueeze(1) + dirs.unsqueeze(1) * depths.unsqueeze(-1)
+    torch.testing.assert_close(ray_directions(points), dirs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ray_directions(points).norm(dim=-1), torch.ones(30))
+
+
+def test_gaze_view_input_feeds_the_ray_direction_to_the_gaze_mlp():
+    """gaze_view_input: the gaze MLP reads each ray's direction (a PE of it) as a per-ray input: its weights get a
+    gradient and change the render; the config refuses it where no gaze MLP reads it or no direction can be read."""
+    from HeadNeRF.fields.encoding import encoding_dim
+    from HeadNeRF.models import VIEW_PE_FREQS
+
+    view_dim = encoding_dim(VIEW_PE_FREQS)
+    model = make("HeadNeRF_Gaze", gaze_input="eye_frame", eye_frame_freqs=2, gaze_view_input=True)
+    assert model.gaze_mlp.ray_in.in_features == gaze_input_dim(0) + view_dim
+    x = inputs()
+    model.train()
+    out = model(**x, training=True, render_template=True)
+    (out["image"].square().mean() + out["template_image"].mean()).backward()
+    assert model.gaze_mlp.ray_in.weight.grad[:, -view_dim:].abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        before = model(**x)["image"]
+        model.gaze_mlp.ray_in.weight[:, -view_dim:] = 0
+        after = model(**x)["image"]
+    assert (before - after).abs().max() > 1e-6
+    with pytest.raises(ConfigError, match="gaze_view_input"):
+        ModelConfig(model_name="GazeNeRF", gaze_view_input=True)
+    with pytest.raises(ConfigError, match="gaze_view_input"):
+        ModelConfig(num_samples=1, gaze_view_input=True)
+
+
+def test_gaze_appearance_input_feeds_the_appearance_code_to_the_gaze_mlp():
+    """gaze_appearance_input: the appearance code is a per-ray input of the gaze MLP (after the mask and coords): its
+    weights get a gradient, and another code changes the gaze MLP's share of the render; refused for GazeNeRF."""
+    model = make("HeadNeRF_Gaze", gaze_input="eye_frame", eye_frame_freqs=2, gaze_appearance_input=True)
+    assert model.gaze_mlp.ray_in.in_features == gaze_input_dim(0) + DA
+    x = inputs()
+    model.train()
+    out = model(**x, training=True)
+    out["image"].square().mean().backward()
+    assert model.gaze_mlp.ray_in.weight.grad[:, gaze_input_dim(0):].abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        before = model(**x)["image"]
+        model.gaze_mlp.ray_in.weight[:, gaze_input_dim(0):] = 0
+        after = model(**x)["image"]
+    assert (before - after).abs().max() > 1e-6
+    with pytest.raises(ConfigError, match="gaze_appearance_input"):
+        ModelConfig(model_name="GazeNeRF", gaze_appearance_input=True)
