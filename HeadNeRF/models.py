@@ -72,6 +72,7 @@ from torch import nn
 from .config import ModelConfig
 from .fields.encoding import encoding_dim, positional_encoding
 from .fields.gaze import (EYE_CENTER_MAX_OFFSET, MEAN_EYE_CENTERS, EyePolarTable, GazeMLP, eye_frame_dim, eye_frame_encoding,
+                          eye_reflection_encoding, reflection_dim,
                           eye_frame_points, eye_offsets, gaze_input_dim, gaze_region_window, grid_coords, per_ray_gaze_inputs,
                           pool_eye_mask, rotate_feature_groups)
 from .fields.triplane import TriplaneEncoding
@@ -411,7 +412,8 @@ class HeadNeRF_Gaze(GazeModelBase):
                                 + (appearance_code_dim if cfg.gaze_appearance_input else 0)
                                 + (encoding_dim(VIEW_PE_FREQS) if cfg.gaze_view_input else 0),
                                 cfg.gaze_mlp_width, cfg.gaze_mlp_depth, cfg.mlp_width, self.trunk.colour_width,
-                                (eye_frame_dim(cfg.eye_frame_freqs) + 2 * EYE_POLAR_CHANNELS * (cfg.eye_polar_cells > 0))
+                                (eye_frame_dim(cfg.eye_frame_freqs) + 2 * EYE_POLAR_CHANNELS * (cfg.eye_polar_cells > 0)
+                                 + (reflection_dim(VIEW_PE_FREQS) if cfg.gaze_reflection_input else 0))
                                 if eye_frame else 0)
         # optional learned iris/limbus profile over the angle from each optical axis (fields/gaze.py EyePolarTable)
         self.eye_polar = EyePolarTable(cfg.eye_polar_cells, EYE_POLAR_CHANNELS) if cfg.eye_polar_cells else None
@@ -499,8 +501,13 @@ class HeadNeRF_Gaze(GazeModelBase):
                        rays.depths.reshape(-1, 1)[inside], rays.deltas.reshape(-1, 1)[inside],
                        rays.points_pe.reshape(N * S, 1, -1)[inside], rays.pixels, rays.points.reshape(-1, 1, 3)[inside])
         sub_centers = centers.index_select(0, ray_of) if centers.dim() == 3 else centers  # per ray, or shared (2, 3)
-        hidden, colour = self.gaze_mlp(sub.points_pe, ray_inputs.index_select(1, ray_of),
-                                       self.eye_frame_inputs(sub, gazes, sub_centers))  # (P, M, 1, ·)
+        sample_inputs = self.eye_frame_inputs(sub, gazes, sub_centers)  # (P, M, 1, ·)
+        if self.cfg.gaze_reflection_input:  # the same for every pass: the sphere's normal does not turn with the gaze
+            with torch.autocast(rays.depths.device.type, enabled=False):
+                mirrored = eye_reflection_encoding(sub.points[:, 0].float(), ray_directions(rays.points).index_select(
+                    0, ray_of), sub_centers, VIEW_PE_FREQS)  # (M, D)
+            sample_inputs = torch.cat((sample_inputs, mirrored.to(sample_inputs.dtype).expand(P, -1, -1).unsqueeze(2)), -1)
+        hidden, colour = self.gaze_mlp(sub.points_pe, ray_inputs.index_select(1, ray_of), sample_inputs)
         window = gaze_region_window(radius.reshape(-1)[inside], self.cfg.gaze_region_radius)  # (M,)
         offset = self.gaze_mlp.density_offset(hidden, self.trunk.density_head.weight)[..., 0] * window  # (P, M)
         density_off = density_off.index_copy(1, inside, offset.to(density_off.dtype))

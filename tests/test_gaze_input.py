@@ -395,3 +395,44 @@ def test_gaze_appearance_input_feeds_the_appearance_code_to_the_gaze_mlp():
     assert (before - after).abs().max() > 1e-6
     with pytest.raises(ConfigError, match="gaze_appearance_input"):
         ModelConfig(model_name="GazeNeRF", gaze_appearance_input=True)
+
+
+def test_eye_reflection_encoding_mirrors_the_ray_on_the_nearer_eyeball():
+    """eye_reflection_encoding: PE(r) with r = d - 2 (d · n) n on the nearer eye's sphere, and d · n: a ray straight at
+    the centre comes back (r = -d, d · n = -1), a tangent ray passes (r = d), r stays a unit vector."""
+    from HeadNeRF.fields.gaze import eye_reflection_encoding, reflection_dim
+
+    centres = torch.tensor(MEAN_EYE_CENTERS)
+    g = torch.Generator().manual_seed(7)
+    M = 50
+    which = torch.randint(0, 2, (M,), generator=g)
+    normal = torch.nn.functional.normalize(torch.randn(M, 3, generator=g), dim=-1)
+    points = centres[which] + EYE_RADIUS * normal  # on the surface of one eye (the other is 3.4 radii away)
+    tangent = torch.nn.functional.normalize(torch.linalg.cross(normal, torch.randn(M, 3, generator=g)), dim=-1)
+    for d, expected_r, expected_cos in ((-normal, normal, -1.0), (tangent, tangent, 0.0)):
+        enc = eye_reflection_encoding(points, d, centres, 2)
+        assert enc.shape == (M, reflection_dim(2))
+        torch.testing.assert_close(enc[:, :3], expected_r, atol=1e-5, rtol=0)
+        torch.testing.assert_close(enc[:, -1], torch.full((M,), expected_cos), atol=1e-5, rtol=0)
+    oblique = torch.nn.functional.normalize(torch.randn(M, 3, generator=g), dim=-1)
+    enc = eye_reflection_encoding(points, oblique, centres.expand(M, 2, 3), 0)  # per-sample centres, no PE
+    torch.testing.assert_close(enc[:, :3].norm(dim=-1), torch.ones(M))
+    torch.testing.assert_close((enc[:, :3] * normal).sum(-1), -(oblique * normal).sum(-1), atol=1e-5, rtol=0)
+
+
+def test_gaze_reflection_input_reaches_the_gaze_mlp_and_needs_the_gaze_region():
+    from HeadNeRF.fields.gaze import reflection_dim
+    from HeadNeRF.models import VIEW_PE_FREQS
+
+    base = make("HeadNeRF_Gaze", gaze_input="eye_frame", eye_frame_freqs=2, gaze_region_radius=3.0)
+    model = make("HeadNeRF_Gaze", gaze_input="eye_frame", eye_frame_freqs=2, gaze_region_radius=3.0,
+                 gaze_reflection_input=True)
+    extra = reflection_dim(VIEW_PE_FREQS)
+    assert model.gaze_mlp.sample_in.in_features == base.gaze_mlp.sample_in.in_features + extra
+    x = inputs()
+    model.train()
+    out = model(**x, training=True, render_template=True)
+    (out["image"].square().mean() + out["template_image"].mean()).backward()
+    assert model.gaze_mlp.sample_in.weight.grad[:, -extra:].abs().sum() > 0
+    with pytest.raises(ConfigError, match="gaze_reflection_input"):
+        ModelConfig(gaze_input="eye_frame", gaze_reflection_input=True)  # no gaze region

@@ -48,7 +48,8 @@ from .encoding import positional_encoding
 from .trunk import add_relu, ray_chunks
 
 __all__ = ["GazeMLP", "per_ray_gaze_inputs", "gaze_input_dim", "pool_eye_mask", "grid_coords", "rotate_feature_groups",
-           "MEAN_EYE_CENTERS", "EYE_RADIUS", "EYE_CENTER_MAX_OFFSET", "eye_frame_points", "eye_offsets", "gaze_region_window", "eye_frame_encoding", "eye_frame_dim",
+           "MEAN_EYE_CENTERS", "EYE_RADIUS", "EYE_CENTER_MAX_OFFSET", "eye_frame_points", "eye_offsets", "eye_reflection_encoding",
+           "reflection_dim", "gaze_region_window", "eye_frame_encoding", "eye_frame_dim",
            "EyePolarTable"]
 
 # The synthetic head model's eyeball centres [subject's right (x < 0), left], head frame, averaged over
@@ -88,6 +89,33 @@ def eye_offsets(points: torch.Tensor, eye_centers: torch.Tensor) -> torch.Tensor
     if eye_centers.dim() == 3:
         eye_centers = eye_centers.unsqueeze(1)  # (N, 1, E, 3): broadcast over the samples
     return (points.unsqueeze(-2) - eye_centers) / EYE_RADIUS
+
+
+def eye_reflection_encoding(points: torch.Tensor, directions: torch.Tensor, eye_centers: torch.Tensor,
+                            num_freqs: int) -> torch.Tensor:
+    """Per sample, the ray mirrored on the nearer eyeball's sphere: what a glossy eye's highlight depends on.
+
+    A highlight on a mirror-like sphere is a function of the reflected direction ``r = d - 2 (d · n) n`` (``n`` the
+    sphere's normal at the sample, ``d`` the ray's direction) and of the light; a view-dependent input given this way
+    needs no product of position and direction inside the MLP (the idea of Ref-NeRF's reflected direction).
+
+    Args:
+        points: (M, 3) head frame. directions: (M, 3) unit ray directions.
+        eye_centers: (E, 3) or per sample (M, E, 3).
+    Returns:
+        (M, 3 (1 + 2 num_freqs) + 1): PE of ``r`` and ``d · n``.
+    """
+    offsets = eye_offsets(points.unsqueeze(1), eye_centers)[:, 0]  # (M, E, 3)
+    nearer = offsets.norm(dim=-1).argmin(-1)  # (M,)
+    normal = F.normalize(offsets[torch.arange(len(points), device=points.device), nearer], dim=-1)  # (M, 3)
+    cos = (directions * normal).sum(-1, keepdim=True)
+    reflected = directions - 2.0 * cos * normal
+    return torch.cat((positional_encoding(reflected, num_freqs), cos), dim=-1)
+
+
+def reflection_dim(num_freqs: int) -> int:
+    """Channels of :func:`eye_reflection_encoding`."""
+    return 3 * (1 + 2 * num_freqs) + 1
 
 
 def gaze_region_window(radius: torch.Tensor, region_radius: float, fade: float = 0.5) -> torch.Tensor:
