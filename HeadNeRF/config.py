@@ -69,8 +69,9 @@ class ModelConfig:
     # EyePolarTable) beside the eye-frame encoding; 0 = off
     gaze_appearance_input: bool = False  # HeadNeRF_Gaze: the appearance code among the gaze MLP's per-ray inputs (an iris
     # drawn by the gaze MLP can take the subject's colour); off = the seed's identity-blind gaze MLP
-    gaze_view_input: bool = False  # HeadNeRF_Gaze: each ray's direction (head frame, a 3-frequency PE) among the gaze MLP's
-    # per-ray inputs: a view-dependent eye (the cornea's highlight) near the eyes only; off = the seed's view-blind field
+    gaze_view_input: bool = False  # HeadNeRF_Gaze: each ray's direction (head frame, PE) among the gaze MLP's per-ray
+    # inputs: a view-dependent eye (the cornea's highlight) near the eyes only; off = the seed's view-blind field
+    gaze_view_freqs: int = 6  # PE frequencies of that direction (6 against 3: the turned views' eyes, docs/evaluation.md)
     gaze_reflection_input: bool = False  # gaze_region_radius > 0: each near-eye sample's ray mirrored on its eyeball
     # sphere (fields/gaze.py eye_reflection_encoding) among the gaze MLP's per-sample inputs: a glossy eye's highlight
     gaze_pixel_coords: bool = True  # the pixel's (col, row) among the gaze MLP's per-ray inputs
@@ -107,6 +108,7 @@ class ModelConfig:
         check_field(not self.gaze_view_input or (self.model_name == "HeadNeRF_Gaze" and self.num_samples >= 2),
                     "gaze_view_input", f"is for model_name HeadNeRF_Gaze with num_samples >= 2 (a ray's direction is "
                     f"read from its samples), got {self.model_name!r} with {self.num_samples}")
+        check_field(self.gaze_view_freqs >= 0, "gaze_view_freqs", f"must be >= 0, got {self.gaze_view_freqs}")
         check_field(not self.gaze_reflection_input or (self.gaze_region_radius > 0 and self.num_samples >= 2),
                     "gaze_reflection_input", f"needs gaze_region_radius > 0 (the near-eye samples) and num_samples >= 2, "
                     f"got {self.gaze_region_radius} and {self.num_samples}")

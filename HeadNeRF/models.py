@@ -86,7 +86,7 @@ from .rendering.sampling import stratified_samples
 from .shapes import check_shape
 from .rendering.volume import alpha_from_density, composite, depth_and_opacity, transmittance_weights
 
-VIEW_PE_FREQS = 3  # PE frequencies of the ray direction among the gaze MLP's inputs (ModelConfig.gaze_view_input)
+REFLECTION_PE_FREQS = 3  # PE frequencies of the mirrored ray (ModelConfig.gaze_reflection_input)
 EYE_POLAR_CHANNELS = 8  # features per eye of the optional eye polar table (ModelConfig.eye_polar_cells)
 
 __all__ = ["HeadNeRF", "HeadNeRF_Gaze", "GazeNeRF", "MODEL_CLASSES", "build_model", "redirect",
@@ -410,10 +410,10 @@ class HeadNeRF_Gaze(GazeModelBase):
         self.ray_gaze_tile = 0 if eye_frame else cfg.gaze_tile
         self.gaze_mlp = GazeMLP(self.point_dim, gaze_input_dim(self.ray_gaze_tile, cfg.gaze_pixel_coords)
                                 + (appearance_code_dim if cfg.gaze_appearance_input else 0)
-                                + (encoding_dim(VIEW_PE_FREQS) if cfg.gaze_view_input else 0),
+                                + (encoding_dim(cfg.gaze_view_freqs) if cfg.gaze_view_input else 0),
                                 cfg.gaze_mlp_width, cfg.gaze_mlp_depth, cfg.mlp_width, self.trunk.colour_width,
                                 (eye_frame_dim(cfg.eye_frame_freqs) + 2 * EYE_POLAR_CHANNELS * (cfg.eye_polar_cells > 0)
-                                 + (reflection_dim(VIEW_PE_FREQS) if cfg.gaze_reflection_input else 0))
+                                 + (reflection_dim(REFLECTION_PE_FREQS) if cfg.gaze_reflection_input else 0))
                                 if eye_frame else 0)
         # optional learned iris/limbus profile over the angle from each optical axis (fields/gaze.py EyePolarTable)
         self.eye_polar = EyePolarTable(cfg.eye_polar_cells, EYE_POLAR_CHANNELS) if cfg.eye_polar_cells else None
@@ -505,7 +505,7 @@ class HeadNeRF_Gaze(GazeModelBase):
         if self.cfg.gaze_reflection_input:  # the same for every pass: the sphere's normal does not turn with the gaze
             with torch.autocast(rays.depths.device.type, enabled=False):
                 mirrored = eye_reflection_encoding(sub.points[:, 0].float(), ray_directions(rays.points).index_select(
-                    0, ray_of), sub_centers, VIEW_PE_FREQS)  # (M, D)
+                    0, ray_of), sub_centers, REFLECTION_PE_FREQS)  # (M, D)
             sample_inputs = torch.cat((sample_inputs, mirrored.to(sample_inputs.dtype).expand(P, -1, -1).unsqueeze(2)), -1)
         hidden, colour = self.gaze_mlp(sub.points_pe, ray_inputs.index_select(1, ray_of), sample_inputs)
         window = gaze_region_window(radius.reshape(-1)[inside], self.cfg.gaze_region_radius)  # (M,)
@@ -537,7 +537,7 @@ class HeadNeRF_Gaze(GazeModelBase):
         if cfg.gaze_appearance_input:
             extra.append(appearance_code.to(ray_inputs.dtype).index_select(0, rays.ray_image))
         if cfg.gaze_view_input:
-            extra.append(positional_encoding(ray_directions(rays.points), VIEW_PE_FREQS).to(ray_inputs.dtype))
+            extra.append(positional_encoding(ray_directions(rays.points), cfg.gaze_view_freqs).to(ray_inputs.dtype))
         if extra:
             extra = torch.cat(extra, dim=-1)
             ray_inputs = torch.cat((ray_inputs, extra.expand(len(gazes), *extra.shape)), dim=-1)  # (P, N, F + ...)

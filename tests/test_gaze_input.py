@@ -191,9 +191,7 @@ def test_shipped_quickstart_is_the_tiled_config_with_the_eye_frame_input_polar_t
     assert model.centers_from_head_model and model.eye_centers is None and model.gaze_mlp.sample_in is not None
     assert model.eye_center_offset is None and model.eye_polar is not None
     from HeadNeRF.fields.encoding import encoding_dim
-    from HeadNeRF.models import VIEW_PE_FREQS
-
-    assert model.gaze_mlp.ray_in.in_features == gaze_input_dim(0) + DA + encoding_dim(VIEW_PE_FREQS)
+    assert model.gaze_mlp.ray_in.in_features == gaze_input_dim(0) + DA + encoding_dim(cfg.gaze_view_freqs)
 
 
 def test_eye_polar_table_is_a_ring_function_on_the_shell():
@@ -355,10 +353,9 @@ def test_gaze_view_input_feeds_the_ray_direction_to_the_gaze_mlp():
     """gaze_view_input: the gaze MLP reads each ray's direction (a PE of it) as a per-ray input: its weights get a
     gradient and change the render; the config refuses it where no gaze MLP reads it or no direction can be read."""
     from HeadNeRF.fields.encoding import encoding_dim
-    from HeadNeRF.models import VIEW_PE_FREQS
 
-    view_dim = encoding_dim(VIEW_PE_FREQS)
-    model = make("HeadNeRF_Gaze", gaze_input="eye_frame", eye_frame_freqs=2, gaze_view_input=True)
+    model = make("HeadNeRF_Gaze", gaze_input="eye_frame", eye_frame_freqs=2, gaze_view_input=True, gaze_view_freqs=4)
+    view_dim = encoding_dim(4)
     assert model.gaze_mlp.ray_in.in_features == gaze_input_dim(0) + view_dim
     x = inputs()
     model.train()
@@ -375,6 +372,8 @@ def test_gaze_view_input_feeds_the_ray_direction_to_the_gaze_mlp():
         ModelConfig(model_name="GazeNeRF", gaze_view_input=True)
     with pytest.raises(ConfigError, match="gaze_view_input"):
         ModelConfig(num_samples=1, gaze_view_input=True)
+    with pytest.raises(ConfigError, match="gaze_view_freqs"):
+        ModelConfig(gaze_view_input=True, gaze_view_freqs=-1)
 
 
 def test_gaze_appearance_input_feeds_the_appearance_code_to_the_gaze_mlp():
@@ -422,12 +421,12 @@ def test_eye_reflection_encoding_mirrors_the_ray_on_the_nearer_eyeball():
 
 def test_gaze_reflection_input_reaches_the_gaze_mlp_and_needs_the_gaze_region():
     from HeadNeRF.fields.gaze import reflection_dim
-    from HeadNeRF.models import VIEW_PE_FREQS
+    from HeadNeRF.models import REFLECTION_PE_FREQS
 
     base = make("HeadNeRF_Gaze", gaze_input="eye_frame", eye_frame_freqs=2, gaze_region_radius=3.0)
     model = make("HeadNeRF_Gaze", gaze_input="eye_frame", eye_frame_freqs=2, gaze_region_radius=3.0,
                  gaze_reflection_input=True)
-    extra = reflection_dim(VIEW_PE_FREQS)
+    extra = reflection_dim(REFLECTION_PE_FREQS)
     assert model.gaze_mlp.sample_in.in_features == base.gaze_mlp.sample_in.in_features + extra
     x = inputs()
     model.train()

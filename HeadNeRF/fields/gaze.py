@@ -9,10 +9,10 @@ Gaze MLP (seed §3.5, ``MLPforGaze``), per sample:
     colour_injection  = ReLU(W_c h)  (trunk colour width = mlp_width // 2)
 
 Two opt-in per-ray inputs are appended by ``HeadNeRF_Gaze.render_fields`` (on in ``config/quickstart.yml``):
-``gaze_appearance_input`` the image's appearance code, ``gaze_view_input`` a 3-frequency PE of the ray's direction.
+``gaze_appearance_input`` the image's appearance code, ``gaze_view_input`` a PE of the ray's direction (``gaze_view_freqs``).
 Why: the synthetic generator's eyes carry a view-dependent highlight that greys the iris from turned cameras, and
-irises differ in colour between subjects; the seed's gaze MLP saw neither (docs/evaluation.md, ninth round: +1.0 dB
-eye-region PSNR, two seeds).
+irises differ in colour between subjects; the seed's gaze MLP saw neither (docs/evaluation.md, ninth round: +1.5 dB
+eye-region PSNR and 1° less seen-face error, two seeds).
 
 The seed's dead ``Gaze_RGB_layer_0`` is dropped. The eye mask is average-pooled to the
 feature grid and lies in [0, 1] (the seed fed 0..255); the coordinates are the column and
