@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from HeadNeRF.config import ConfigError, ModelConfig
+from HeadNeRF.fields.encoding import encoding_dim
 from HeadNeRF.fields.gaze import (EYE_RADIUS, MEAN_EYE_CENTERS, eye_frame_dim, eye_frame_encoding, eye_frame_points,
                                   gaze_input_dim)
 from HeadNeRF.geometry.gaze import gaze_rotation
@@ -349,42 +350,20 @@ def test_ray_directions_are_the_rays_unit_directions():
     torch.testing.assert_close(ray_directions(points).norm(dim=-1), torch.ones(30))
 
 
-def test_gaze_view_input_feeds_the_ray_direction_to_the_gaze_mlp():
-    """gaze_view_input: the gaze MLP reads each ray's direction (a PE of it) as a per-ray input: its weights get a
-    gradient and change the render; the config refuses it where no gaze MLP reads it or no direction can be read."""
-    from HeadNeRF.fields.encoding import encoding_dim
-
-    model = make("HeadNeRF_Gaze", gaze_input="eye_frame", eye_frame_freqs=2, gaze_view_input=True, gaze_view_freqs=4)
-    view_dim = encoding_dim(4)
-    assert model.gaze_mlp.ray_in.in_features == gaze_input_dim(0) + view_dim
+@pytest.mark.parametrize("flag, kw, width", [
+    ("gaze_view_input", {"gaze_view_freqs": 4}, encoding_dim(4)),  # a PE of each ray's direction
+    ("gaze_appearance_input", {}, DA),  # the image's appearance code
+])
+def test_per_ray_gaze_inputs_reach_the_gaze_mlp(flag, kw, width):
+    """gaze_view_input / gaze_appearance_input: the ray's direction (a PE of it) or the appearance code is a per-ray
+    input of the gaze MLP, after the mask and coords: its weights get a gradient and change the render; the config
+    refuses it where no gaze MLP reads it (GazeNeRF)."""
+    model = make("HeadNeRF_Gaze", gaze_input="eye_frame", eye_frame_freqs=2, **{flag: True}, **kw)
+    assert model.gaze_mlp.ray_in.in_features == gaze_input_dim(0) + width
     x = inputs()
     model.train()
     out = model(**x, training=True, render_template=True)
     (out["image"].square().mean() + out["template_image"].mean()).backward()
-    assert model.gaze_mlp.ray_in.weight.grad[:, -view_dim:].abs().sum() > 0
-    model.eval()
-    with torch.no_grad():
-        before = model(**x)["image"]
-        model.gaze_mlp.ray_in.weight[:, -view_dim:] = 0
-        after = model(**x)["image"]
-    assert (before - after).abs().max() > 1e-6
-    with pytest.raises(ConfigError, match="gaze_view_input"):
-        ModelConfig(model_name="GazeNeRF", gaze_view_input=True)
-    with pytest.raises(ConfigError, match="gaze_view_input"):
-        ModelConfig(num_samples=1, gaze_view_input=True)
-    with pytest.raises(ConfigError, match="gaze_view_freqs"):
-        ModelConfig(gaze_view_input=True, gaze_view_freqs=-1)
-
-
-def test_gaze_appearance_input_feeds_the_appearance_code_to_the_gaze_mlp():
-    """gaze_appearance_input: the appearance code is a per-ray input of the gaze MLP (after the mask and coords): its
-    weights get a gradient, and another code changes the gaze MLP's share of the render; refused for GazeNeRF."""
-    model = make("HeadNeRF_Gaze", gaze_input="eye_frame", eye_frame_freqs=2, gaze_appearance_input=True)
-    assert model.gaze_mlp.ray_in.in_features == gaze_input_dim(0) + DA
-    x = inputs()
-    model.train()
-    out = model(**x, training=True)
-    out["image"].square().mean().backward()
     assert model.gaze_mlp.ray_in.weight.grad[:, gaze_input_dim(0):].abs().sum() > 0
     model.eval()
     with torch.no_grad():
@@ -392,8 +371,15 @@ def test_gaze_appearance_input_feeds_the_appearance_code_to_the_gaze_mlp():
         model.gaze_mlp.ray_in.weight[:, gaze_input_dim(0):] = 0
         after = model(**x)["image"]
     assert (before - after).abs().max() > 1e-6
-    with pytest.raises(ConfigError, match="gaze_appearance_input"):
-        ModelConfig(model_name="GazeNeRF", gaze_appearance_input=True)
+    with pytest.raises(ConfigError, match=flag):
+        ModelConfig(model_name="GazeNeRF", **{flag: True})
+
+
+def test_gaze_view_input_needs_a_ray_direction_and_valid_frequencies():
+    with pytest.raises(ConfigError, match="gaze_view_input"):
+        ModelConfig(num_samples=1, gaze_view_input=True)  # one sample per ray: no direction to read
+    with pytest.raises(ConfigError, match="gaze_view_freqs"):
+        ModelConfig(gaze_view_input=True, gaze_view_freqs=-1)
 
 
 def test_eye_reflection_encoding_mirrors_the_ray_on_the_nearer_eyeball():
