@@ -533,14 +533,14 @@ class HeadNeRF_Gaze(GazeModelBase):
         ray_inputs = torch.stack([per_ray_gaze_inputs(pooled_eye_mask, g, self.ray_gaze_tile, coords,
                                                       cfg.gaze_pixel_coords) for g in gazes])  # (P, B, R, F)
         ray_inputs = ray_inputs.flatten(1, 2).index_select(1, rays.ray_index)  # (P, N, F)
-        extra = []  # per-ray inputs shared by every pass
+        shared = []  # per-ray inputs the same for every pass, each (N, ·)
         if cfg.gaze_appearance_input:
-            extra.append(appearance_code.to(ray_inputs.dtype).index_select(0, rays.ray_image))
+            shared.append(appearance_code.to(ray_inputs.dtype).index_select(0, rays.ray_image))
         if cfg.gaze_view_input:
-            extra.append(positional_encoding(ray_directions(rays.points), cfg.gaze_view_freqs).to(ray_inputs.dtype))
-        if extra:
-            extra = torch.cat(extra, dim=-1)
-            ray_inputs = torch.cat((ray_inputs, extra.expand(len(gazes), *extra.shape)), dim=-1)  # (P, N, F + ...)
+            shared.append(positional_encoding(ray_directions(rays.points), cfg.gaze_view_freqs).to(ray_inputs.dtype))
+        if shared:
+            per_ray = torch.cat(shared, dim=-1)
+            ray_inputs = torch.cat((ray_inputs, per_ray.expand(len(gazes), *per_ray.shape)), dim=-1)  # (P, N, F + ...)
         centers = self.ray_eye_centers(shape_code, rays.ray_image, eye_centers) if self.eye_frame else None
         if cfg.gaze_region_radius > 0:
             density_off, colour_inj = self.gaze_injections_near_eyes(rays, ray_inputs, gazes, centers)
