@@ -238,6 +238,10 @@ def test_evaluation_end_to_end_writes_every_output(tiny_dataset, models, tmp_pat
     ref = image_metrics(white(inp), white(tgt), tgt["head_mask"][None])
     assert math.isclose(r0["copy_input"]["psnr"], float(ref["psnr"][0]), rel_tol=1e-9)
     assert r0["requested_from"] == "label" and r0["requested_gaze"] == pytest.approx(tgt["gaze"].tolist())
+    from HeadNeRF.evaluation.readout import view_bin, view_yaw_deg
+
+    assert r0["target_view"] == view_bin(float(view_yaw_deg(tgt["R_w2c"], tgt["t_w2c"])))  # the target's camera, not the input's
+    assert sum(v["pairs"] for v in result["aggregate"]["per_target_view"].values()) == 3
     report = _text(os.path.join(out, "report.md"))
     assert "NOT the same data" in report and "GazeGaussian" in report and "copy the input" in report
     assert report.index("## Results") < report.index("NOT the same data")
@@ -572,6 +576,42 @@ def test_checks_say_met_only_when_the_eyes_beat_the_no_redirection_row():
     for i, r in enumerate(same):
         r["id_reference"]["other_subject"]["id_sim"] = 90.0 + (i % 2)  # another subject scores like the same one
     assert not R.aggregate(same, ["codes"])["overall"]["id_reference"]["informative"]
+
+
+def test_the_readout_split_by_target_view_partitions_the_pairs(tmp_path):
+    """``per_target_view``: every pair with a recorded target view in exactly one bin, the bins' pair-weighted means
+    give the overall mean, a record without a view (written before the key existed) stays in the overall only, and
+    the report and the closing lines show the split (a turned view's worse reading is not averaged away)."""
+    from HeadNeRF.evaluation import report as R
+
+    views = ["view |yaw| 0-20°", "view |yaw| >45°", "view |yaw| 0-20°", "view |yaw| 20-45°", "view |yaw| >45°", None]
+    errors = [2.0, 12.0, 4.0, 3.0, 20.0, 7.0]
+    records = []
+    for i, (view, e) in enumerate(zip(views, errors)):
+        r = {"pair": i, "subject": 1, "gaze_labelled": True, "codes": {"gaze_err_readout": e},
+             "codes_no_redirection": {"gaze_err_readout": 30.0 + i}, "copy_input": {"gaze_err_readout": 35.0},
+             "floor": {"gaze_err_label": 1.0, "head_err_label": 1.0, "gaze_err_readout": 0.1 * (i + 1)}}
+        if view is not None:
+            r["target_view"] = view
+        records.append(r)
+    agg = R.aggregate(records, ["codes"])
+    by_view = agg["per_target_view"]
+    assert list(by_view) == ["view |yaw| 0-20°", "view |yaw| 20-45°", "view |yaw| >45°"]
+    assert [v["pairs"] for v in by_view.values()] == [2, 1, 2]
+    assert by_view["view |yaw| >45°"]["codes"]["gaze_err_readout"] == pytest.approx(16.0)
+    weighted = sum(v["pairs"] * v["codes"]["gaze_err_readout"] for v in by_view.values()) / 5
+    assert weighted == pytest.approx(sum(errors[:5]) / 5)
+    assert agg["overall"]["codes"]["gaze_err_readout"] == pytest.approx(sum(errors) / 6)  # the view-less record counts here
+
+    lines = R._target_view_lines(by_view, ["codes"], 0)
+    assert any(line.startswith("| view |yaw| >45° | 2 | 16.00 / 16.00") for line in lines), lines
+    closing = R.summary_lines(agg, ["codes"], None)
+    assert any("by target view" in line and "view |yaw| >45° 16.00 / 32.50 (2)" in line for line in closing), closing
+    for r in records:  # no readout (real data): no split table, no closing line
+        r["codes"]["gaze_err_readout"] = r["floor"]["gaze_err_readout"] = float("nan")
+    agg = R.aggregate(records, ["codes"])
+    assert R._target_view_lines(agg["per_target_view"], ["codes"], 0) == []
+    assert not any("by target view" in line for line in R.summary_lines(agg, ["codes"], None))
 
 
 def test_the_default_recipe_trains_evaluates_and_fits_a_photo(tiny_dataset, tmp_path, write_config):

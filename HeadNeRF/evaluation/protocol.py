@@ -79,7 +79,7 @@ from .pairs import (
     pairs_digest,
     read_subject_rows,
 )
-from .readout import GazeReadout
+from .readout import GazeReadout, view_bin, view_yaw_deg
 
 __all__ = ["Context", "EvaluationError", "candidates", "fit_input", "input_seed", "no_redirection", "prepare",
            "score_pair"]
@@ -468,6 +468,8 @@ def score_pair(ctx: Context, pair: Pair, fits: dict) -> tuple[dict, dict, dict]:
         "target_row": pair.target_row, "source": rows.source,
         "input_frame": int(rows.frames[pair.input_row]), "target_frame": int(rows.frames[pair.target_row]),
         "input_cam": int(rows.cams[pair.input_row]), "target_cam": int(rows.cams[pair.target_row]),
+        # how turned the target camera is, seen from the face: where a mean's degrees are (report: per target view)
+        "target_view": view_bin(float(view_yaw_deg(tgt["R_w2c"], tgt["t_w2c"]))),
         "gaze_labelled": t_label["gaze"] is not None,
         "requested_gaze": [float(x) for x in requested],
         "requested_from": "label" if t_label["gaze"] is not None else "estimator",
