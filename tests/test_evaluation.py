@@ -7,6 +7,7 @@ models: the tests check the protocol's bookkeeping, not the numbers' quality.
 import json
 import math
 import os
+import re
 import shutil
 
 import h5py
@@ -604,7 +605,9 @@ def test_the_readout_split_by_target_view_partitions_the_pairs(tmp_path):
     assert agg["overall"]["codes"]["gaze_err_readout"] == pytest.approx(sum(errors) / 6)  # the view-less record counts here
 
     lines = R._target_view_lines(by_view, ["codes"], 0)
-    assert any(line.startswith("| view |yaw| >45° | 2 | 16.00 / 16.00") for line in lines), lines
+    assert any(line.startswith("| view \\|yaw\\| >45° | 2 | 16.00 / 16.00") for line in lines), lines  # a markdown row
+    table = [line for line in lines if line.startswith("|")]
+    assert len({len(re.split(r"(?<!\\)\|", line)) for line in table}) == 1, table  # every row has the header's cells
     closing = R.summary_lines(agg, ["codes"], None)
     assert any("by target view" in line and "view |yaw| >45° 16.00 / 32.50 (2)" in line for line in closing), closing
     for r in records:  # no readout (real data): no split table, no closing line

@@ -372,7 +372,8 @@ def _target_view_lines(by_view: dict, regimes: list[str], finetune_steps: int) -
     for view, summ in by_view.items():
         cells = [f"{fmt(summ[c]['gaze_err_readout'], 2)} / {fmt(summ[c]['gaze_err_readout_median'], 2)}" for c in names]
         cells.append(f"{fmt(summ['floor']['gaze_err_readout'], 2)} / {fmt(summ['floor']['gaze_err_readout_median'], 2)}")
-        L.append(f"| {view} | {summ['pairs']} | " + " | ".join(cells) + " |")
+        cell = view.replace("|", "\\|")  # the bin's name holds "|yaw|": escaped, or it splits the table's row
+        L.append(f"| {cell} | {summ['pairs']} | " + " | ".join(cells) + " |")
     return L + [""]
 
 
