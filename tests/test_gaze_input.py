@@ -160,8 +160,8 @@ def test_eye_centre_offsets_are_bounded():
 def test_shipped_quickstart_is_the_tiled_config_with_the_eye_frame_input_polar_table_and_auto_precision():
     """config/quickstart.yml (the default) differs from config/quickstart_tiled.yml (the earlier default) only in the
     gaze input, the head-model eye centres, the gaze region, the polar table, the MLP precision (auto: bf16 on CPUs with native bf16),
-    the samples per ray (12: the density grid places them), the gaze MLP's appearance-code and view-direction inputs
-    (and run dir), and builds that model (the full training path is the quickstart's, tests/test_training.py);
+    the samples per ray (12: the density grid places them), the gaze MLP's appearance-code and view-direction inputs,
+    the steps (2300 on the 48-frame data since session 25) (and run dir), and builds that model (the full training path is the quickstart's, tests/test_training.py);
     config/quickstart_fp32.yml is the default with fp32 forced, nothing else changed."""
     import os
 
@@ -179,6 +179,7 @@ def test_shipped_quickstart_is_the_tiled_config_with_the_eye_frame_input_polar_t
     assert variant["model"].pop("num_samples") == 12 and base["model"].pop("num_samples") == 16
     assert variant["model"].pop("gaze_appearance_input") and not base["model"].pop("gaze_appearance_input")
     assert variant["model"].pop("gaze_view_input") and not base["model"].pop("gaze_view_input")
+    assert variant.pop("steps") == 2300 and base.pop("steps") == 1550
     assert variant.pop("run_dir") != base.pop("run_dir")
     assert variant == base
     default, fp32 = (to_dict(load_yaml(os.path.join(root, "config", f"{n}.yml"))) for n in ("quickstart", "quickstart_fp32"))
