@@ -217,10 +217,20 @@ def test_sigint_saves_a_checkpoint_and_resume_continues(tiny_dataset, tmp_path, 
     assert load_checkpoint(run)["step"] == state["step"] + 2
 
 
+def _free_port() -> int:
+    """A TCP port nothing listens on now (a fixed port collided when two test suites ran on one machine)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_ddp_two_cpu_processes(tiny_dataset, tmp_path, write_config):
     run = str(tmp_path / "ddp")
     cfg = {**tiny_config_dict(tiny_dataset, run, steps=2), "batch_size": 1}
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", str(_free_port()),
                           SCRIPT, "--config_file", write_config(cfg), "--no-progress"],
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
