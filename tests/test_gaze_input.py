@@ -192,7 +192,6 @@ def test_shipped_quickstart_is_the_tiled_config_with_the_eye_frame_input_polar_t
     model = build_model(cfg, head_model_shape_dim(), DA)
     assert model.centers_from_head_model and model.eye_centers is None and model.gaze_mlp.sample_in is not None
     assert model.eye_center_offset is None and model.eye_polar is not None
-    from HeadNeRF.fields.encoding import encoding_dim
     assert model.gaze_mlp.ray_in.in_features == gaze_input_dim(0) + DA + encoding_dim(cfg.gaze_view_freqs)
 
 

@@ -359,11 +359,16 @@ def _identity_lines(o: dict, regimes: list[str], finetune_steps: int) -> list[st
     return L
 
 
+def _has_readout(by_view: dict) -> bool:
+    """Does any bin of ``aggregate``'s ``per_target_view`` hold exact-readout values (synthetic data)?"""
+    return any(summ["floor"]["gaze_err_readout_n"] for summ in by_view.values())
+
+
 def _target_view_lines(by_view: dict, regimes: list[str], finetune_steps: int) -> list[str]:
     """The exact readout split by how turned the target camera is (synthetic data; nothing without a readout)."""
-    if not any(summ["floor"]["gaze_err_readout_n"] for summ in by_view.values()):
+    if not _has_readout(by_view):
         return []
-    names = list(regimes) + [no_redirection(r) for r in regimes] + ["copy_input"]
+    names = candidates(regimes)
     L = ["## Exact readout by the target camera's view", "",
          "Mean / median degrees per bin of the target camera's yaw seen from the face: a turned view shows a smaller, "
          "foreshortened eye (and a model's geometry error moves it more), so the overall mean is read with this split.",
@@ -506,7 +511,7 @@ def summary_lines(agg: dict, regimes: list[str], ctrl: dict | None) -> list[str]
             f"copy input {fmt(c['copy_input_gaze_err'])}°, estimator floor {fmt(c['floor_gaze_err_label'])}°), "
             f"head {fmt(o[r]['head_err_est'])}°, SSIM {fmt(o[r]['ssim'])}, PSNR {fmt(o[r]['psnr'], 2)} dB")
     by_view = agg.get("per_target_view") or {}
-    for r in regimes if any(v["floor"]["gaze_err_readout_n"] for v in by_view.values()) else ():
+    for r in regimes if _has_readout(by_view) else ():
         lines.append(f"{NAMES[r]}: exact readout by target view (model / no redirection, mean °, pairs): " + "; ".join(
             f"{view} {fmt(v[r]['gaze_err_readout'], 2)} / {fmt(v[no_redirection(r)]['gaze_err_readout'], 2)} "
             f"({v['pairs']})" for view, v in by_view.items()))
