@@ -70,6 +70,16 @@ def test_blurred_render_reads_close(readouts):
     assert float(angular_error_deg(read["gaze_head"], gaze)) < 2.5 and read["blur_px"] > 0
 
 
+def test_a_face_drawn_a_pixel_off_is_not_read_at_its_gaze(readouts):
+    """The readout compares the eye pixels where the generator draws them: the same face shifted by one pixel
+    (a model that misplaces the eye) reads far from its gaze in every view, so a misplaced eye cannot pass."""
+    gaze = torch.tensor([0.1, -0.2])
+    for ro in readouts:
+        img = ro.render(gaze)[0]
+        assert float(angular_error_deg(ro.read(img)["gaze_head"], gaze)) < 0.5
+        assert float(angular_error_deg(ro.read(torch.roll(img, 1, dims=1))["gaze_head"], gaze)) > 5.0
+
+
 def test_large_image_compared_at_work_size():
     """Images above max_work_size are compared box-filtered (f = 2 here); .render stays full size and exact."""
     code = hm.sample_code(np.random.default_rng([0, 4]))

@@ -60,6 +60,13 @@ A colour bias (0.85·x + 0.08) reads within ~1°, a 3×3 box blur within ~1° me
 the candidate blurs). Time (one thread, busy 2-core machine): 64 px 0.15-0.3 s per read after
 0.15-0.35 s preparation per view; 256 px (compared at 128) 1.3-1.8 s per read after 1-2 s
 preparation; ``read_batch`` shares the coarse candidates between the images of one view.
+
+What it reads as gaze (48-frame data, mean ° by view 0-20° / 20-45° / > 45°): a Gaussian blur of
+σ 1.0 px 2.5 / 3.6 / 7.7; a **whole image shifted by 1 px** 13.6 / 13.8 / 18.3 (the iris moves
+against the eye pixels). A face drawn a pixel off therefore reads as a turned gaze. Registering the
+image first on the gaze-independent band around the eyes was tried and not kept: on a trained
+model's seen pairs it changed nothing in turned views and added resampling blur elsewhere
+(docs/evaluation.md, eleventh round).
 """
 
 from __future__ import annotations
